@@ -1,0 +1,155 @@
+//! The route table (host → ready endpoints) and the per-endpoint state that outlives a table:
+//! in-flight counts for draining and the pool of idle upstream connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1::SendRequest;
+
+pub(crate) type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+/// What the control plane pushes: one host name and the endpoints that may serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Host name as clients send it, without port (`web.localhost`).
+    pub host: String,
+    /// Ready endpoints; an empty list answers 503.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// An immutable route table; replaced as a whole, never edited in place.
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) version: u64,
+    pub(crate) routes: HashMap<String, Route>,
+}
+
+pub(crate) struct Route {
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// Round-robin cursor. Relaxed atomics: fairness, not correctness, depends on it.
+    next: AtomicUsize,
+}
+
+impl Route {
+    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>) -> Route {
+        Route { endpoints, next: AtomicUsize::new(0) }
+    }
+
+    /// The next endpoint in round-robin order that is not in `skip`, counted as in flight so that
+    /// a drain cannot miss a request that picked it from this table.
+    pub(crate) fn pick(&self, skip: &[SocketAddr]) -> Option<InFlight> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| !skip.contains(&e.addr))
+            .map(|e| InFlight::new(e.clone()))
+    }
+}
+
+/// One upstream address. Shared by every table that lists it, so its in-flight count and idle
+/// connections carry over when a table is replaced.
+pub struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    in_flight: AtomicUsize,
+    idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, in_flight: AtomicUsize::new(0), idle: Mutex::new(Vec::new()) }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// An idle connection that is still open and younger than `max_idle`, if any.
+    pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
+        while let Some((sender, since)) = idle.pop() {
+            if since.elapsed() < max_idle && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn put_idle(&self, sender: SendRequest<UpstreamBody>, max_pool: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
+        if idle.len() < max_pool {
+            idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// Counts one request against an endpoint until dropped.
+pub(crate) struct InFlight(pub(crate) Arc<Endpoint>);
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Normalises a Host header value to a table key: lower case, no port, no trailing dot.
+pub(crate) fn host_key(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port after them.
+        host.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| host.to_string())
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| host.to_string())
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_ignore_case_port_and_trailing_dot() {
+        assert_eq!(host_key("Web.LocalHost:8080"), "web.localhost");
+        assert_eq!(host_key("web.localhost."), "web.localhost");
+        assert_eq!(host_key("[::1]:80"), "[::1]");
+        assert_eq!(host_key("example.com"), "example.com");
+    }
+
+    #[test]
+    fn picks_rotate_skip_what_was_tried_and_count_in_flight() {
+        let a = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap()));
+        let b = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
+        let route = Route::new(vec![a.clone(), b.clone()]);
+        let first = route.pick(&[]).unwrap();
+        assert_eq!(first.0.addr, a.addr);
+        assert_eq!((a.in_flight(), b.in_flight()), (1, 0));
+        let second = route.pick(&[]).unwrap();
+        assert_eq!(second.0.addr, b.addr);
+        // The cursor is on a again, but a was tried.
+        let retry = route.pick(&[a.addr]).unwrap();
+        assert_eq!(retry.0.addr, b.addr);
+        assert!(route.pick(&[a.addr, b.addr]).is_none());
+        drop((first, second, retry));
+        assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
+        assert!(Route::new(Vec::new()).pick(&[]).is_none());
+    }
+}

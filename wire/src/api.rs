@@ -1,0 +1,262 @@
+//! Requests and responses of the REST API under `/api/v1`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AppSpec;
+use crate::agent::ContainerPhase;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateApp {
+    pub name: String,
+    pub image: String,
+    pub port: u16,
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    #[serde(default)]
+    pub privileges: crate::Privileges,
+}
+
+/// A new release: every field left out keeps the value of the latest release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Deploy {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Variables to set (or overwrite).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables to remove.
+    #[serde(default)]
+    pub unset_env: Vec<String>,
+    #[serde(default)]
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// Replaces the placement constraints when present (an empty map removes them).
+    #[serde(default)]
+    pub constraints: Option<BTreeMap<String, String>>,
+    /// Replaces the privileged options when present (instance admins only).
+    #[serde(default)]
+    pub privileges: Option<crate::Privileges>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scale {
+    pub replicas: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rollback {
+    /// Release number to return to; the release before the serving one when absent.
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Waiting for an earlier operation on the same app to finish.
+    Queued,
+    InProgress,
+    /// Serves the app's traffic now.
+    Serving,
+    /// Served earlier; replaced by a later release.
+    Superseded,
+    /// Could not go out; the release that served before it kept serving.
+    Failed,
+}
+
+impl ReleaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Queued => "queued",
+            ReleaseState::InProgress => "in_progress",
+            ReleaseState::Serving => "serving",
+            ReleaseState::Superseded => "superseded",
+            ReleaseState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReleaseState> {
+        Some(match s {
+            "queued" => ReleaseState::Queued,
+            "in_progress" => ReleaseState::InProgress,
+            "serving" => ReleaseState::Serving,
+            "superseded" => ReleaseState::Superseded,
+            "failed" => ReleaseState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// True once the release will not change state again by itself.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, ReleaseState::Queued | ReleaseState::InProgress)
+    }
+}
+
+/// One step of the release protocol, as shown to the user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseEvent {
+    pub at: i64,
+    /// `queued`, `scheduling`, `starting`, `waiting_ready`, `shifting_traffic`, `draining`,
+    /// `stopping_old`, `done` or `failed`.
+    pub phase: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub number: u32,
+    pub spec: AppSpec,
+    pub state: ReleaseState,
+    /// Why the release failed, or what it is doing now.
+    pub message: Option<String>,
+    /// The release whose spec this one restored, for rollbacks.
+    pub rollback_of: Option<u32>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub events: Vec<ReleaseEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub release: u32,
+    pub host: String,
+    pub container_id: Option<String>,
+    pub phase: ContainerPhase,
+    pub ready: bool,
+    pub endpoint: Option<String>,
+    pub restarts: u32,
+    pub message: Option<String>,
+    pub started_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppSummary {
+    pub team: String,
+    pub name: String,
+    pub url: String,
+    /// The release serving traffic, if any has succeeded yet.
+    pub serving_release: Option<u32>,
+    pub replicas_desired: u32,
+    pub replicas_ready: u32,
+    pub image: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppDetail {
+    #[serde(flatten)]
+    pub summary: AppSummary,
+    /// Newest first.
+    pub releases: Vec<ReleaseInfo>,
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// Answer to create, deploy, scale and rollback: the release that will carry the change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseAccepted {
+    pub app: String,
+    pub release: u32,
+    pub url: String,
+}
+
+/// One log line of one replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub replica: String,
+    pub release: u32,
+    pub stream: String,
+    pub line: String,
+}
+
+/// `POST /api/v1/join-tokens` (instance admins).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateJoinToken {
+    /// Lifetime in seconds (default one hour).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How many hosts may join with it (default one).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenCreated {
+    pub token: String,
+    pub expires_at: i64,
+    pub uses: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Heartbeats arrive; the host takes new replicas.
+    Up,
+    /// Missed heartbeats; its replicas were placed elsewhere.
+    Down,
+    /// Its replicas are being moved off; it takes no new ones.
+    Draining,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Up => "up",
+            HostState::Down => "down",
+            HostState::Draining => "draining",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HostState> {
+        Some(match s {
+            "up" => HostState::Up,
+            "down" => HostState::Down,
+            "draining" => HostState::Draining,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub address: String,
+    pub state: HostState,
+    /// True for the agent inside `berth server`.
+    pub local: bool,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: crate::agent::HostCapacity,
+    /// CPU and memory requested by the replicas placed on the host.
+    pub allocated: crate::agent::HostCapacity,
+    pub last_seen: Option<i64>,
+    /// `team/app` and release of every replica placed on the host.
+    pub replicas: Vec<HostReplica>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostReplica {
+    pub team: String,
+    pub app: String,
+    pub release: u32,
+    pub replica: String,
+    pub phase: ContainerPhase,
+}

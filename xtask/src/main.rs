@@ -1,0 +1,119 @@
+//! `cargo xtask <task>`: the project's multi-step chores as one command each.
+//!
+//! - `test`: formatting and lint checks, then every test (the end-to-end ones need Docker).
+//! - `bench`: the release benchmark (not a test: it prints figures, it asserts nothing).
+//! - `dashboard [--release]`: the dashboard's wasm and JS, next to the `berth` binary (`site/pkg`).
+//! - `run`: the dashboard and `berth server`, release builds (the README's run command).
+//! - `dist`: a statically linked release `berth` in `dist/`, for the `Dockerfile`.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+mod bench;
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "test" => test(),
+        "bench" => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(bench::run())
+        }
+        "dist" => dist(),
+        "dashboard" => dashboard(std::env::args().any(|a| a == "--release")),
+        "run" => {
+            dashboard(true)?;
+            let extra: Vec<String> = std::env::args().skip(2).collect();
+            let mut args = vec!["run", "--release", "-p", "berth-backend", "--bin", "berth", "--", "server"];
+            args.extend(extra.iter().map(String::as_str));
+            cargo(&args)
+        }
+
+        _ => bail!(
+            "usage: cargo xtask <test|bench|dashboard|run|dist>\n  test       fmt + clippy + all tests\n  \
+             bench      release benchmark (needs Docker, nginx, optionally wrk)\n  \
+             dashboard  the dashboard's wasm [--release]\n  run        berth server with its dashboard\n  \
+             dist       static binary in dist/"
+        ),
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(args, &[])
+}
+
+fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(berth_tests::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    // The end-to-end tests run the real `berth` binary, so build it first. (The dashboard's wasm
+    // is not part of the test run yet: its browser test is not in place.)
+    cargo(&["build", "-p", "berth-backend", "--bin", "berth"])?;
+    cargo(&["test", "--workspace", "--", "--test-threads", "2"])
+}
+
+/// Builds `berth` statically linked (glibc, `crt-static`) into `dist/berth`. The explicit
+/// `--target` keeps these flags away from the host build's cache.
+fn dist() -> anyhow::Result<()> {
+    let target = "x86_64-unknown-linux-gnu";
+    cargo_with(
+        &["build", "--release", "-p", "berth-backend", "--bin", "berth", "--target", target],
+        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+    )?;
+    let root = berth_tests::workspace_root();
+    let target_dir =
+        std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let built = target_dir.join(target).join("release/berth");
+    std::fs::create_dir_all(root.join("dist"))?;
+    std::fs::copy(&built, root.join("dist/berth")).with_context(|| format!("copying {}", built.display()))?;
+    eprintln!("xtask: dist/berth is ready; `docker-compose up --build` runs it");
+    Ok(())
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| berth_tests::workspace_root().join("target"))
+}
+
+/// Builds the dashboard for the browser: the frontend crate with `hydrate` for wasm32, then
+/// wasm-bindgen into `<target>/<profile>/site/pkg`, where `berth` (same profile) looks by default.
+/// Server and wasm must come from the same kind of build, or hydration breaks.
+fn dashboard(release: bool) -> anyhow::Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    let mut args =
+        vec!["build", "-p", "berth-frontend", "--lib", "--target", "wasm32-unknown-unknown", "--features", "hydrate"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)?;
+    let target = target_dir();
+    let wasm = target.join("wasm32-unknown-unknown").join(profile).join("berth_frontend.wasm");
+    let out = target.join(profile).join("site").join("pkg");
+    eprintln!("xtask: wasm-bindgen -> {}", out.display());
+    let status = Command::new("wasm-bindgen")
+        .args(["--target", "web", "--no-typescript", "--out-name", "berth", "--out-dir"])
+        .arg(&out)
+        .arg(&wasm)
+        .status()
+        .context("running wasm-bindgen (cargo install wasm-bindgen-cli at the version in Cargo.lock; .ci/run does)")?;
+    if !status.success() {
+        bail!("wasm-bindgen failed");
+    }
+    Ok(())
+}
