@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_wire::agent::{ContainerPhase, DesiredContainer, HostCapacity, ObservedContainer};
+use berth_wire::agent::{ContainerPhase, ContainerUsage, DesiredContainer, HostCapacity, ObservedContainer};
 use berth_wire::labels;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
@@ -132,6 +132,7 @@ pub fn spawn(docker: Docker, config: AgentConfig, desired: DesiredReceiver) -> A
     let (observed_tx, observed_rx) = watch::channel(Observed::new());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(watch_docker_events(docker.clone(), config.host.clone(), events_tx.clone()));
+    tokio::spawn(sample_usage(docker.clone(), observed_rx.clone(), events_tx.clone()));
     let actor = Actor {
         docker: docker.clone(),
         config: config.clone(),
@@ -142,6 +143,55 @@ pub fn spawn(docker: Docker, config: AgentConfig, desired: DesiredReceiver) -> A
     };
     tokio::spawn(actor.run(desired, events_rx));
     AgentHandle { host: config.host, observed: observed_rx, docker }
+}
+
+/// How often running containers' CPU and memory are sampled.
+const USAGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Samples the CPU and memory of this agent's running containers every [`USAGE_EVERY`] and
+/// reports them to the actor. CPU is the growth of the container's CPU time over the wall time
+/// between two samples; memory leaves out reclaimable page cache, as `docker stats` does.
+async fn sample_usage(docker: Docker, observed: watch::Receiver<Observed>, tx: mpsc::UnboundedSender<Msg>) {
+    use bollard::query_parameters::StatsOptions;
+    let mut previous: HashMap<String, (Instant, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval(USAGE_EVERY);
+    loop {
+        tick.tick().await;
+        let running: Vec<String> = observed
+            .borrow()
+            .values()
+            .filter(|o| matches!(o.phase, ContainerPhase::Running | ContainerPhase::Ready))
+            .filter_map(|o| o.container_id.clone())
+            .collect();
+        let samples = futures::future::join_all(running.into_iter().map(|id| {
+            let docker = docker.clone();
+            async move {
+                let options = StatsOptions { stream: false, one_shot: true };
+                let stats = docker.stats(&id, Some(options)).next().await?.ok()?;
+                let cpu_ns = stats.cpu_stats?.cpu_usage?.total_usage?;
+                let memory = stats.memory_stats.map_or(0, |m| {
+                    let cache = m.stats.as_ref().and_then(|s| s.get("inactive_file").or(s.get("cache")).copied());
+                    m.usage.unwrap_or(0).saturating_sub(cache.unwrap_or(0))
+                });
+                Some((id, Instant::now(), cpu_ns, memory))
+            }
+        }))
+        .await;
+        let mut usage = HashMap::new();
+        let mut current = HashMap::new();
+        for (id, at, cpu_ns, memory_bytes) in samples.into_iter().flatten() {
+            if let Some((before, before_ns)) = previous.get(&id) {
+                let wall = at.duration_since(*before).as_nanos().max(1) as u64;
+                let cpu_millis = cpu_ns.saturating_sub(*before_ns).saturating_mul(1000) / wall;
+                usage.insert(id.clone(), ContainerUsage { cpu_millis, memory_bytes });
+            }
+            current.insert(id, (at, cpu_ns));
+        }
+        previous = current;
+        if tx.send(Msg::Usage(usage)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Connects to Docker through `DOCKER_HOST` or the local socket, and says which was tried when it
@@ -216,6 +266,8 @@ enum Msg {
     },
     /// The event stream (re)connected or a periodic check is due: compare with Docker's list.
     Resync,
+    /// Fresh CPU and memory figures, by container id.
+    Usage(HashMap<String, ContainerUsage>),
 }
 
 struct Slot {
@@ -232,6 +284,7 @@ struct Slot {
     /// A start or restart task is running for this slot.
     busy: bool,
     probe: Option<AbortHandle>,
+    usage: Option<ContainerUsage>,
 }
 
 impl Slot {
@@ -248,6 +301,7 @@ impl Slot {
             restart_at: Some(Instant::now()),
             busy: false,
             probe: None,
+            usage: None,
         }
     }
 
@@ -406,6 +460,11 @@ impl Actor {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Usage(usage) => {
+                for slot in self.slots.values_mut() {
+                    slot.usage = slot.container_id.as_ref().and_then(|id| usage.get(id)).copied();
+                }
+            }
             Msg::Phase { replica_id, phase } => {
                 if let Some(slot) = self.slots.get_mut(&replica_id) {
                     slot.phase = phase;
@@ -597,6 +656,7 @@ impl Actor {
                     restarts: s.restarts,
                     message: s.message.clone(),
                     started_at: s.started_at,
+                    usage: s.usage.filter(|_| matches!(s.phase, ContainerPhase::Running | ContainerPhase::Ready)),
                 };
                 (id.clone(), container)
             })
@@ -610,6 +670,7 @@ impl Actor {
                 restarts: 0,
                 message: None,
                 started_at: None,
+                usage: None,
             });
         }
         self.observed.send_if_modified(|current| {

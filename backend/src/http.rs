@@ -21,6 +21,8 @@ use crate::services::{ServiceError, Services};
 
 mod agents;
 mod identity;
+pub mod session;
+mod watch;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -76,6 +78,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/rollback", Team(DeployApps), rollback),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/releases/{number}", Team(ViewApps), show_release),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/logs", Team(ViewApps), logs),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app),
+        endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps),
+        endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),
         endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host),
         endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host),
@@ -90,6 +96,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start),
         endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback),
         endpoint(Method::GET, "/api/v1/me", User, identity::me),
+        endpoint(Method::GET, "/api/v1/session", User, session::session),
         endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password),
         endpoint(Method::GET, "/api/v1/users", InstanceAdmin, identity::list_users),
         endpoint(Method::POST, "/api/v1/users/{email}/disable", InstanceAdmin, identity::disable_user),
@@ -123,13 +130,18 @@ pub fn router_with_dashboard(state: AppState, dashboard_dir: Option<&std::path::
         api = api.route(endpoint.path, endpoint.router);
     }
     let not_found = || async { ApiError::from(ServiceError::NotFound("no such endpoint".into())) };
-    let api = api.route("/api/{*rest}", axum::routing::any(not_found));
-    api.with_state(state).merge(dashboard(dashboard_dir))
+    let api = api.route("/api/{*rest}", axum::routing::any(not_found)).with_state(state.clone());
+    api.clone().merge(dashboard(dashboard_dir, state, api))
 }
 
-/// The Leptos dashboard, rendered on the server and hydrated by `/pkg/berth.js`.
-fn dashboard(dir: Option<&std::path::Path>) -> Router {
+/// The Leptos dashboard, rendered on the server and hydrated by `/pkg/berth.js`, and the sign-in
+/// and sign-out forms. Pages read their data through `api`, in-process, with the page request's
+/// session cookie: the dashboard has no access path of its own.
+fn dashboard(dir: Option<&std::path::Path>, state: AppState, api: Router) -> Router {
+    use berth_frontend::api::{ApiResponse, Csrf, ServerTransport};
+    use leptos::prelude::{provide_context, use_context};
     use leptos_axum::LeptosRoutes;
+
     let site_root = dir.map_or_else(|| "site".to_string(), |d| d.display().to_string());
     let options = leptos::prelude::LeptosOptions::builder()
         .output_name(berth_frontend::app::OUTPUT_NAME)
@@ -138,10 +150,54 @@ fn dashboard(dir: Option<&std::path::Path>) -> Router {
         .build();
     let routes = leptos_axum::generate_route_list(berth_frontend::app::App);
     let shell_options = options.clone();
-    Router::new()
-        .leptos_routes(&options, routes, move || berth_frontend::app::shell(shell_options.clone()))
-        .nest_service("/pkg", tower_http::services::ServeDir::new(std::path::Path::new(&site_root).join("pkg")))
+    let page_context = move || {
+        let Some(session) =
+            use_context::<Parts>().and_then(|parts| parts.extensions.get::<session::PageSession>().cloned())
+        else {
+            return;
+        };
+        let csrf = session::csrf_token(&session.secret);
+        provide_context(Csrf(csrf.clone()));
+        let api = api.clone();
+        let cookie = format!("{}={}", session::SESSION_COOKIE, session.secret);
+        provide_context(ServerTransport(std::sync::Arc::new(move |request| {
+            let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
+            Box::pin(async move {
+                use tower::ServiceExt;
+                let mut builder = axum::http::Request::builder()
+                    .method(request.method)
+                    .uri(&request.path)
+                    .header(header::COOKIE, cookie)
+                    .header(session::CSRF_HEADER, csrf);
+                if request.body.is_some() {
+                    builder = builder.header(header::CONTENT_TYPE, "application/json");
+                }
+                let request = builder.body(Body::from(request.body.unwrap_or_default()));
+                let response = match request {
+                    Ok(request) => api.oneshot(request).await.expect("BUG: the router is infallible"),
+                    Err(error) => return ApiResponse { status: 400, body: format!("bad API request: {error}") },
+                };
+                let status = response.status().as_u16();
+                match axum::body::to_bytes(response.into_body(), 64 << 20).await {
+                    Ok(body) => ApiResponse { status, body: String::from_utf8_lossy(&body).into_owned() },
+                    Err(error) => ApiResponse { status: 500, body: format!("reading the API's answer: {error}") },
+                }
+            })
+        })));
+    };
+    let forms = Router::new()
+        .route("/auth/signin", axum::routing::post(session::sign_in))
+        .route("/auth/signout", axum::routing::post(session::sign_out))
+        .with_state(state.clone());
+    let pages = Router::new()
+        .leptos_routes_with_context(&options, routes, page_context, move || {
+            berth_frontend::app::shell(shell_options.clone())
+        })
         .with_state(options)
+        .layer(axum::middleware::from_fn_with_state(state, session::require_session));
+    pages
+        .nest_service("/pkg", tower_http::services::ServeDir::new(std::path::Path::new(&site_root).join("pkg")))
+        .merge(forms)
 }
 
 /// The JSON error every failed API call returns.
@@ -153,9 +209,9 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, field) = match &self.0 {
+impl ApiError {
+    fn classify(&self) -> (StatusCode, &'static str, Option<String>) {
+        match &self.0 {
             ServiceError::Validation { field, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation", Some(field.clone()))
             }
@@ -165,14 +221,25 @@ impl IntoResponse for ApiError {
             ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ServiceError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
-        };
-        let message = match &self.0 {
+        }
+    }
+
+    /// The message clients see; internal details go to the server log only.
+    fn message(&self) -> String {
+        match &self.0 {
             ServiceError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
                 "internal error; the server log has the details".to_string()
             }
             other => other.to_string(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.classify();
+        let message = self.message();
         let mut response = (status, Json(ErrorBody { code: code.into(), message, field })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
@@ -188,12 +255,28 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+        let secret = match header {
+            Some(header) => header.strip_prefix("Bearer ").map(str::trim),
+            // The dashboard's session cookie; whatever it may change needs the CSRF token too.
+            None => match session::session_secret(&parts.headers) {
+                Some(secret) if !session::csrf_ok(&parts.method, &parts.headers, secret) => {
+                    return Err(ServiceError::Forbidden(format!(
+                        "requests made with the session cookie must carry its CSRF token in '{}'",
+                        session::CSRF_HEADER
+                    ))
+                    .into());
+                }
+                secret => secret,
+            },
+        };
+        let Some(secret) = secret else {
             return Err(
                 ServiceError::Unauthorized("send an API token as 'Authorization: Bearer <token>'".into()).into()
             );
         };
-        Ok(auth::authenticate(state.services.store(), secret).await?)
+        let mut principal = auth::authenticate(state.services.store(), secret).await?;
+        principal.address = client_address(parts);
+        Ok(principal)
     }
 }
 
@@ -296,6 +379,14 @@ async fn show_release(
     Ok(Json(s.services.release(&p, &team, &app, number).await?))
 }
 
+async fn app_metrics(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.app_metrics(&p, &team, &app).await?))
+}
+
 #[derive(Deserialize)]
 struct LogsQuery {
     #[serde(default = "default_tail")]
@@ -308,20 +399,29 @@ fn default_tail() -> u32 {
     100
 }
 
-/// Newline-delimited JSON `LogLine`s; with `follow=true` the response stays open.
+/// Newline-delimited JSON `LogLine`s, or server-sent `log` events when the client accepts
+/// `text/event-stream`; with `follow=true` the response stays open.
 async fn logs(
     State(s): State<AppState>,
     p: Principal,
     Path((team, app)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
-) -> ApiResult<impl IntoResponse> {
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let lines = s.services.logs(&p, &team, &app, q.tail.min(10_000), q.follow).await?;
+    let wants_events = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if wants_events {
+        return Ok(watch::log_events(lines).into_response());
+    }
     let body = lines.map(|line| {
         let mut json = serde_json::to_vec(&line).expect("BUG: a LogLine always serialises");
         json.push(b'\n');
         Ok::<_, std::convert::Infallible>(json)
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)))
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
 }
 
 async fn list_hosts(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {

@@ -149,6 +149,12 @@ impl Orchestrator {
     }
 
     /// The latest report of every replica the agents know.
+    /// The last `seconds` of an app's traffic through the ingress (empty when it is not routed).
+    pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
+        let host = format!("{app}.{}", self.inner.config.base_domain);
+        self.inner.ingress.traffic(&host, seconds).unwrap_or_default()
+    }
+
     pub fn observed(&self) -> HashMap<String, ObservedContainer> {
         self.inner.observed.borrow().clone()
     }

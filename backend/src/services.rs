@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use berth_wire::AppSpec;
 use berth_wire::agent::{ContainerPhase, HostCapacity, JoinRequest, JoinResponse};
 use berth_wire::api::{
-    AppDetail, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, ReplicaInfo,
+    AppDetail, AppMetrics, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, ReplicaInfo, TrafficPoint,
 };
 use berth_wire::api::{CreateJoinToken, HostInfo, HostReplica, JoinTokenCreated};
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use crate::auth::{self, Action, Principal};
 
 mod identity;
+pub use identity::SESSION_TTL;
 use crate::orchestrator::Orchestrator;
 use crate::store::{self, AppRow, ReleaseRow, Store};
 
@@ -252,6 +253,7 @@ impl Services {
                     restarts: seen.map_or(0, |o| o.restarts),
                     message: seen.and_then(|o| o.message.clone()),
                     started_at: seen.and_then(|o| o.started_at),
+                    usage: seen.and_then(|o| o.usage),
                 }
             })
             .collect();
@@ -410,6 +412,33 @@ impl Services {
     }
 
     /// Log lines of the app's current replicas: the last `tail` of each, then new ones if `follow`.
+    /// The app's traffic over the last minute and its containers' current CPU and memory.
+    pub async fn app_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<AppMetrics> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let observed = self.orchestrator.observed();
+        let mut metrics = AppMetrics { at: crate::store::now_ms(), ..AppMetrics::default() };
+        for replica in self.store.replicas_of_app(app.id).await? {
+            if let Some(usage) = observed.get(&replica.id).and_then(|o| o.usage) {
+                metrics.cpu_millis += usage.cpu_millis;
+                metrics.memory_bytes += usage.memory_bytes;
+                metrics.sampled_replicas += 1;
+            }
+        }
+        metrics.traffic = self
+            .orchestrator
+            .traffic(&app.name, 60)
+            .into_iter()
+            .map(|second| TrafficPoint {
+                at: second.at,
+                requests: second.requests(),
+                classes: second.classes,
+                p50_ms: second.p50.map(|d| d.as_secs_f64() * 1000.0),
+                p99_ms: second.p99.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        Ok(metrics)
+    }
+
     pub async fn logs(
         &self,
         principal: &Principal,

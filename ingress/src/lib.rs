@@ -17,9 +17,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+mod metrics;
 mod proxy;
 mod route_table;
 
+pub use metrics::{RouteMetrics, TrafficSecond};
 pub use route_table::{Endpoint, RouteSpec};
 use route_table::{Route, Table};
 
@@ -69,6 +71,8 @@ pub struct Ingress {
     apply_lock: tokio::sync::Mutex<()>,
     /// Every endpoint some live table or in-flight request still holds, by address.
     known: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    /// Traffic figures by host key; kept across tables while the host is routed.
+    metrics: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     version: AtomicU64,
 }
 
@@ -79,6 +83,7 @@ impl Ingress {
             table: ArcSwap::from_pointee(Table::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             known: Mutex::new(HashMap::new()),
+            metrics: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
         })
     }
@@ -100,13 +105,17 @@ impl Ingress {
                     fresh
                 }
             };
-            let routes = routes
+            let mut metrics = self.metrics.lock().expect("BUG: metrics registry lock poisoned");
+            let routes: HashMap<String, Route> = routes
                 .into_iter()
                 .map(|spec| {
                     let endpoints = spec.endpoints.into_iter().map(&mut endpoint).collect();
-                    (route_table::host_key(&spec.host), Route::new(endpoints))
+                    let key = route_table::host_key(&spec.host);
+                    let figures = metrics.entry(key.clone()).or_default().clone();
+                    (key, Route::new(endpoints, figures))
                 })
                 .collect();
+            metrics.retain(|key, _| routes.contains_key(key));
             Table { version, routes }
         };
         let old = self.table.swap(Arc::new(table));
@@ -118,6 +127,13 @@ impl Ingress {
         drop(old);
         self.known.lock().expect("BUG: endpoint registry lock poisoned").retain(|_, weak| weak.strong_count() > 0);
         version
+    }
+
+    /// The traffic of `host` (as clients send it) over the last `seconds` complete seconds,
+    /// oldest first; `None` when the host is not routed.
+    pub fn traffic(&self, host: &str, seconds: usize) -> Option<Vec<TrafficSecond>> {
+        let metrics = self.metrics.lock().expect("BUG: metrics registry lock poisoned");
+        Some(metrics.get(&route_table::host_key(host))?.series(seconds))
     }
 
     /// The version of the table in use.

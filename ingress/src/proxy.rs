@@ -127,7 +127,7 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl Ingress {
-    pub(crate) async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         // Route.
         let host = req
             .headers()
@@ -139,6 +139,23 @@ impl Ingress {
             return ProxyError::MissingHost.into_response();
         };
         let key = host_key(&host);
+        let Some(metrics) = self.table.load().routes.get(&key).map(|route| route.metrics.clone()) else {
+            return ProxyError::UnknownHost(key).into_response();
+        };
+        let started = std::time::Instant::now();
+        let response = self.forward(req, peer, host, key).await;
+        metrics.record(response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    /// Sends a request for a routed host to one of its endpoints, retrying where that is safe.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        host: String,
+        key: String,
+    ) -> Response<ResponseBody> {
         let first = match self.pick(&key, &[]) {
             Ok(Some(candidate)) => candidate,
             Ok(None) => return ProxyError::NoReadyEndpoint(key).into_response(),

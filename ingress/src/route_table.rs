@@ -31,13 +31,14 @@ pub(crate) struct Table {
 
 pub(crate) struct Route {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) metrics: Arc<crate::RouteMetrics>,
     /// Round-robin cursor. Relaxed atomics: fairness, not correctness, depends on it.
     next: AtomicUsize,
 }
 
 impl Route {
-    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>) -> Route {
-        Route { endpoints, next: AtomicUsize::new(0) }
+    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>, metrics: Arc<crate::RouteMetrics>) -> Route {
+        Route { endpoints, metrics, next: AtomicUsize::new(0) }
     }
 
     /// The next endpoint in round-robin order that is not in `skip`, counted as in flight so that
@@ -138,7 +139,7 @@ mod tests {
     fn picks_rotate_skip_what_was_tried_and_count_in_flight() {
         let a = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap()));
         let b = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
-        let route = Route::new(vec![a.clone(), b.clone()]);
+        let route = Route::new(vec![a.clone(), b.clone()], Default::default());
         let first = route.pick(&[]).unwrap();
         assert_eq!(first.0.addr, a.addr);
         assert_eq!((a.in_flight(), b.in_flight()), (1, 0));
@@ -150,6 +151,6 @@ mod tests {
         assert!(route.pick(&[a.addr, b.addr]).is_none());
         drop((first, second, retry));
         assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
-        assert!(Route::new(Vec::new()).pick(&[]).is_none());
+        assert!(Route::new(Vec::new(), Default::default()).pick(&[]).is_none());
     }
 }

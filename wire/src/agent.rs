@@ -73,6 +73,18 @@ pub struct ObservedContainer {
     pub restarts: u32,
     pub message: Option<String>,
     pub started_at: Option<i64>,
+    /// CPU and memory in use, sampled every few seconds while the container runs.
+    #[serde(default)]
+    pub usage: Option<ContainerUsage>,
+}
+
+/// What a running container uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    /// CPU time per second of wall time, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory in use, without reclaimable page cache.
+    pub memory_bytes: u64,
 }
 
 impl ObservedContainer {

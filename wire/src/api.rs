@@ -147,6 +147,9 @@ pub struct ReplicaInfo {
     pub restarts: u32,
     pub message: Option<String>,
     pub started_at: Option<i64>,
+    /// CPU and memory in use, when the container runs and has been sampled.
+    #[serde(default)]
+    pub usage: Option<crate::agent::ContainerUsage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,4 +262,31 @@ pub struct HostReplica {
     pub release: u32,
     pub replica: String,
     pub phase: ContainerPhase,
+}
+
+/// `GET /api/v1/teams/{team}/apps/{app}/metrics`: the app's traffic through the ingress, second
+/// by second, and what its containers use now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppMetrics {
+    /// Unix time of the answer, in milliseconds.
+    pub at: i64,
+    /// The last minute, oldest first, one entry per second.
+    pub traffic: Vec<TrafficPoint>,
+    /// Sum over the app's running replicas.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Replicas with figures.
+    pub sampled_replicas: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPoint {
+    /// Unix time of the second, in seconds.
+    pub at: u64,
+    pub requests: u64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub classes: [u64; 5],
+    /// Latency until the response head, in milliseconds; absent for seconds without requests.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }

@@ -14,7 +14,7 @@ use super::{ApiJson, ApiResult, AppState, client_address};
 use crate::auth::Principal;
 
 /// The client address of an unauthenticated request.
-pub(super) struct ClientAddress(Option<String>);
+pub(super) struct ClientAddress(pub(super) Option<String>);
 
 impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;

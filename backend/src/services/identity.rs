@@ -20,6 +20,8 @@ const MAX_FAILED_LOGINS: i64 = 5;
 const LOCKOUT: Duration = Duration::from_secs(300);
 /// Sign-in attempts allowed per client address per minute.
 const ATTEMPTS_PER_MINUTE: usize = 20;
+/// How long a dashboard session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Sign-in attempts per client address in the last minute.
 #[derive(Default)]
@@ -112,7 +114,7 @@ impl Services {
 
     pub async fn login(&self, input: Login, address: Option<String>) -> Result<LoginResponse> {
         let email = input.email.trim().to_lowercase();
-        let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref()).await;
+        let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref(), None).await;
         let record = AuditRecord {
             actor: email.clone(),
             action: "login".into(),
@@ -125,12 +127,39 @@ impl Services {
         result
     }
 
+    /// Signs in to the dashboard: like [`Services::login`], but the login token expires after
+    /// [`SESSION_TTL`] and becomes the session cookie.
+    pub async fn sign_in_session(&self, email: &str, password: &str, address: Option<String>) -> Result<LoginResponse> {
+        let email = email.trim().to_lowercase();
+        let expires_at = now_ms() + SESSION_TTL.as_millis() as i64;
+        let result =
+            self.login_inner(&email, password, Some("dashboard".into()), address.as_deref(), Some(expires_at)).await;
+        let record = AuditRecord {
+            actor: email.clone(),
+            action: "sign_in".into(),
+            address,
+            outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
+            user_id: result.as_ref().ok().map(|r| r.user.id),
+            ..AuditRecord::default()
+        };
+        self.store.audit(record).await?;
+        result
+    }
+
+    /// Ends the caller's session: revokes the token it was made with.
+    pub async fn sign_out(&self, principal: &Principal) -> Result<()> {
+        self.store.revoke_token(principal.user_id, principal.token_id).await?;
+        let done: Result<()> = Ok(());
+        self.audit(Some(principal), "sign_out", None, None, None, &done).await
+    }
+
     async fn login_inner(
         &self,
         email: &str,
         password: &str,
         token_name: Option<String>,
         address: Option<&str>,
+        expires_at: Option<i64>,
     ) -> Result<LoginResponse> {
         if !self.login_limiter.allow(address.unwrap_or("unknown")) {
             return Err(ServiceError::TooManyRequests(
@@ -152,7 +181,7 @@ impl Services {
         self.store.record_successful_login(user.id).await?;
         let secret = auth::new_token();
         let name = token_name.unwrap_or_else(|| "sign-in".into());
-        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, None).await?;
+        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, expires_at).await?;
         Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
     }
 
@@ -607,7 +636,8 @@ impl Services {
         };
         let secret = auth::new_token();
         let name = format!("sign-in via {provider}");
-        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, None).await?;
+        let expires_at = Some(now_ms() + SESSION_TTL.as_millis() as i64);
+        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, expires_at).await?;
         Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
     }
 }
