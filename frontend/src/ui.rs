@@ -107,7 +107,7 @@ pub fn LineChart(title: &'static str, unit: &'static str, series: Vec<Series>) -
                 <line x1="0" y1=H / 2.0 x2=W y2=H / 2.0 class="grid"/>
                 {paths}
             </svg>
-            <div class="axis"><span>{format!("{} {unit}", format_number(top))}</span><span>"0"</span></div>
+            <div class="axis">{format!("scale 0 – {} {unit}", format_number(top))}</div>
             <ul class="legend">{latest}</ul>
         </figure>
     }

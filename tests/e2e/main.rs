@@ -2,6 +2,7 @@
 //! images the tests build themselves. One module per journey.
 
 mod api;
+mod browser;
 mod dashboard;
 mod failures;
 mod healing;

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
+pub mod browser;
+
 /// Polls `condition` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<T>
 where

@@ -1,0 +1,236 @@
+//! The dashboard in a real headless Chromium against a real `berth server` and Docker engine:
+//! sign-in, create, deploy, watch progress, roll back, sign out; and what each role may do.
+//! Screenshots of every page go to `target/artifacts/screenshots` (or `$BERTH_ARTIFACTS`).
+
+use std::time::Instant;
+
+use berth_tests::browser::Browser;
+use berth_tests::{Fixture, Server, get};
+use serde_json::json;
+
+use super::host;
+
+fn ensure_dashboard_built() -> anyhow::Result<()> {
+    let binary = berth_tests::berth_binary()?;
+    let js = binary.parent().expect("BUG: a binary has a directory").join("site/pkg/berth.js");
+    anyhow::ensure!(js.is_file(), "the dashboard's wasm is not built at {} (cargo xtask dashboard)", js.display());
+    Ok(())
+}
+
+async fn sign_in(browser: &Browser, server: &Server, email: &str, password: &str) -> anyhow::Result<()> {
+    browser.goto(&format!("http://{}/signin", server.api)).await?;
+    browser.fill("#email", email).await?;
+    browser.fill("#password", password).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_for("#sign-out").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Result<()> {
+    ensure_dashboard_built()?;
+    let fixture = Fixture::new()?;
+    let server = fixture.start_server().await?;
+    let base = format!("http://{}", server.api);
+    let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
+    let browser = Browser::start(&fixture.dir, "journey").await?;
+
+    // Without a session every page leads to the sign-in form.
+    browser.goto(&format!("{base}/teams/main/apps")).await?;
+    browser.wait_for("#sign-in").await?;
+    assert!(browser.path().await?.starts_with("/signin?next=/teams/main/apps"), "{}", browser.path().await?);
+    browser.screenshot("01-sign-in").await?;
+
+    // A wrong password is refused with a message.
+    browser.fill("#email", "admin@localhost").await?;
+    browser.fill("#password", "not the password").await?;
+    browser.click("#sign-in").await?;
+    let refused = browser.wait_text("#sign-in-error", "Wrong email or password").await?;
+    println!("wrong password: {refused}");
+    browser.screenshot("02-sign-in-refused").await?;
+
+    // The right one leads to where the user was going.
+    browser.fill("#email", "admin@localhost").await?;
+    browser.fill("#password", &password).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_for("#new-app").await?;
+    assert_eq!(browser.path().await?, "/teams/main/apps");
+    browser.wait_text("main", "No apps yet").await?;
+    browser.screenshot("03-apps-empty").await?;
+
+    // Create an app; a bad name is reported beside its field, nothing is created.
+    browser.click("#new-app").await?;
+    browser.wait_hydrated().await?;
+    browser.fill("#name", "Not_A_Label").await?;
+    browser.fill("#image", &fixture.image_v1).await?;
+    browser.fill("#replicas", "2").await?;
+    browser.fill("#health-path", "/up").await?;
+    browser.click("#create").await?;
+    let complaint = browser.wait_text("#name-error", "").await?;
+    assert!(!complaint.is_empty());
+    println!("bad name: {complaint}");
+    browser.screenshot("04-create-app-error").await?;
+    assert!(server.api().show("Not_A_Label").await.is_err());
+
+    browser.fill("#name", "web").await?;
+    let clicked = Instant::now();
+    browser.click("#create").await?;
+    browser.wait_for("#progress[data-release='1'][data-state='serving']").await?;
+    let first_release = clicked.elapsed();
+    browser.wait_text("#app-replicas", "2 / 2 ready").await?;
+    println!("create clicked -> release 1 serving (seen in the browser): {} ms", first_release.as_millis());
+    let (status, body) = get(server.ingress, &host("web"), "/").await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("v1"), "{body}");
+    let url = browser.wait_for("#app-url").await?.attr("href").await?.unwrap_or_default();
+    assert!(url.starts_with("http://web.localhost:"), "{url}");
+    // Some traffic for the charts, then the page with its replicas, charts and logs.
+    for _ in 0..20 {
+        get(server.ingress, &host("web"), "/").await?;
+    }
+    browser.wait_for("#replicas tr[data-phase='ready']").await?;
+    browser.screenshot("05-app-v1").await?;
+
+    // Deploy v2 from the page and watch the progress reach done.
+    browser.fill("#deploy-image", &fixture.image_v2).await?;
+    let clicked = Instant::now();
+    browser.click("#deploy").await?;
+    browser.wait_for("#progress[data-release='2']").await?;
+    browser.wait_for("#progress[data-release='2'] li[data-phase='shifting_traffic']").await?;
+    browser.wait_for("#progress[data-release='2'][data-state='serving']").await?;
+    let deploy = clicked.elapsed();
+    let (_, body) = get(server.ingress, &host("web"), "/").await?;
+    assert!(body.contains("v2"), "{body}");
+    let phases = browser.wait_for("#progress ol.events").await?.text().await?.to_lowercase();
+    for phase in ["starting", "shifting traffic", "draining", "done"] {
+        assert!(phases.contains(phase), "no {phase:?} in the progress: {phases}");
+    }
+    println!("Deploy clicked -> release 2 serving (seen in the browser): {} ms", deploy.as_millis());
+    browser.screenshot("06-app-v2-deployed").await?;
+
+    // Roll back: release 3 serves v1 again.
+    browser.click("#rollback").await?;
+    browser.wait_for("#progress[data-release='3'][data-state='serving']").await?;
+    let (_, body) = get(server.ingress, &host("web"), "/").await?;
+    assert!(body.contains("v1"), "{body}");
+    browser.wait_for("#releases tr[data-release='2'][data-state='superseded']").await?;
+    browser.screenshot("07-app-rolled-back").await?;
+
+    // The apps list shows the app live; the hosts page shows this server's host.
+    browser.goto(&format!("{base}/teams/main/apps")).await?;
+    browser.wait_text("#apps tr[data-app='web']", "2 / 2 ready").await?;
+    browser.screenshot("08-apps").await?;
+    browser.goto(&format!("{base}/hosts")).await?;
+    browser.wait_for(&format!("#hosts li[data-host='{}']", server.host_name())).await?;
+    browser.screenshot("09-hosts").await?;
+    browser.goto(&format!("{base}/teams/main/audit")).await?;
+    browser.wait_for("#audit tr[data-action='rollback']").await?;
+    browser.screenshot("10-audit").await?;
+
+    // Narrow (phone) width: the app page still renders without horizontal page overflow.
+    browser.client().set_window_size(390, 844).await?;
+    browser.goto(&format!("{base}/teams/main/apps/web")).await?;
+    browser.wait_for("#progress").await?;
+    let overflow = browser
+        .client()
+        .execute("return document.documentElement.scrollWidth > window.innerWidth + 1;", vec![])
+        .await?;
+    browser.screenshot("11-app-phone").await?;
+    assert_eq!(overflow, json!(false), "the page is wider than a phone screen");
+    browser.client().set_window_size(1280, 1000).await?;
+
+    // Sign out: the session is gone, pages lead to the sign-in form again.
+    browser.wait_hydrated().await?;
+    browser.click("#sign-out").await?;
+    browser.wait_text("[role=status]", "signed out").await?;
+    browser.goto(&format!("{base}/teams/main/apps/web")).await?;
+    browser.wait_for("#sign-in").await?;
+    browser.screenshot("12-signed-out").await?;
+    browser.close().await?;
+    Ok(())
+}
+
+/// Creates `email` with `role` in `team` through an invitation, as a user would.
+async fn invite(server: &Server, team: &str, role: &str, email: &str, password: &str) -> anyhow::Result<()> {
+    let api = server.api();
+    let (status, created) = api
+        .call(reqwest::Method::POST, &format!("/api/v1/teams/{team}/invites"), Some(json!({ "role": role, "email": email })))
+        .await?;
+    anyhow::ensure!(status == 201, "creating the invitation answered {status}: {created}");
+    let token = created["token"].as_str().unwrap_or_default();
+    let (status, body) = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/invites/{token}/accept", server.api))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))?;
+    anyhow::ensure!(status < 300, "accepting the invitation answered {status}: {}", body.text().await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_enforces_roles_like_the_api() -> anyhow::Result<()> {
+    ensure_dashboard_built()?;
+    let fixture = Fixture::new()?;
+    let server = fixture.start_server().await?;
+    let base = format!("http://{}", server.api);
+    let api = server.api();
+    let release = api
+        .create_app(json!({ "name": "shop", "image": fixture.image_v1, "port": 8080, "replicas": 1, "health_path": "/up" }))
+        .await?;
+    api.wait_serving("shop", release).await?;
+    let (status, _) = api.call(reqwest::Method::POST, "/api/v1/teams", Some(json!({ "name": "other" }))).await?;
+    assert_eq!(status, 201);
+    let password = "a long enough password";
+    invite(&server, "main", "viewer", "viewer@example.com", password).await?;
+    invite(&server, "main", "deployer", "deployer@example.com", password).await?;
+    invite(&server, "other", "owner", "owner@example.com", password).await?;
+
+    // A viewer sees the app but cannot deploy it: the API's refusal is shown, nothing changes.
+    let browser = Browser::start(&fixture.dir, "roles").await?;
+    sign_in(&browser, &server, "viewer@example.com", password).await?;
+    browser.goto(&format!("{base}/teams/main/apps/shop")).await?;
+    browser.wait_hydrated().await?;
+    browser.wait_text("#app-replicas", "1 / 1 ready").await?;
+    browser.fill("#deploy-image", &fixture.image_v2).await?;
+    browser.click("#deploy").await?;
+    let refused = browser.wait_text("#action-outcome", "Not allowed").await?;
+    println!("viewer deploying: {refused}");
+    browser.screenshot("viewer-cannot-deploy").await?;
+    assert_eq!(api.show("shop").await?.releases.len(), 1);
+    browser.click("#sign-out").await?;
+    browser.wait_for("#sign-in").await?;
+
+    // A deployer can deploy but cannot manage members.
+    sign_in(&browser, &server, "deployer@example.com", password).await?;
+    browser.goto(&format!("{base}/teams/main/members")).await?;
+    browser.wait_hydrated().await?;
+    browser.wait_for("#members tr[data-member='viewer@example.com']").await?;
+    browser.fill("#member-email", "owner@example.com").await?;
+    browser.click("#add-member button[type=submit]").await?;
+    let refused = browser.wait_text("#outcome", "Not allowed").await?;
+    println!("deployer adding a member: {refused}");
+    browser.screenshot("deployer-cannot-manage-members").await?;
+    let (_, members) = api.call(reqwest::Method::GET, "/api/v1/teams/main/members", None).await?;
+    assert!(!members.to_string().contains("owner@example.com"), "{members}");
+    browser.goto(&format!("{base}/teams/main/apps/shop")).await?;
+    browser.wait_hydrated().await?;
+    browser.fill("#deploy-image", &fixture.image_v2).await?;
+    browser.click("#deploy").await?;
+    browser.wait_for("#progress[data-release='2'][data-state='serving']").await?;
+    browser.click("#sign-out").await?;
+    browser.wait_for("#sign-in").await?;
+
+    // The owner of another team cannot even see that team main or its app exist.
+    sign_in(&browser, &server, "owner@example.com", password).await?;
+    browser.goto(&format!("{base}/teams/main/apps/shop")).await?;
+    let hidden = browser.wait_text("[role=alert]", "Not found").await?;
+    println!("owner of another team opening main/shop: {hidden}");
+    browser.goto(&format!("{base}/teams/main/apps")).await?;
+    browser.wait_text("[role=alert]", "Not found").await?;
+    browser.screenshot("foreign-owner-sees-nothing").await?;
+    browser.goto(&format!("{base}/teams/other/apps")).await?;
+    browser.wait_text("main", "No apps yet").await?;
+    browser.close().await?;
+    Ok(())
+}
