@@ -69,6 +69,9 @@ enum Command {
     },
     /// Run a host agent that joins a control plane (`berth agent --join URL --token JOIN_TOKEN`).
     Agent(AgentArgs),
+    /// Maintenance on this machine's data directory, without the API (`berth admin set-password`).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// List, inspect, drain and remove hosts (instance admins).
     #[command(subcommand)]
     Hosts(HostsCommand),
@@ -259,6 +262,19 @@ struct AgentArgs {
     labels: Vec<String>,
     #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "./berth-agent")]
     data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Set a user's password (read from standard input), e.g. the instance admin's after the
+    /// bootstrap password was lost. Revokes the user's sessions and sign-in tokens.
+    #[command(name = "set-password")]
+    SetPassword {
+        email: String,
+        /// The server's data directory.
+        #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -476,6 +492,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         agent_daemon::run(config).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Command::Admin(AdminCommand::SetPassword { email, data_dir }) = &cli.command {
+        let password = cli::read_password()?;
+        server::set_password(data_dir, email, &password).await?;
+        println!("berth: the password of {email} is set; its sessions and sign-in tokens are revoked");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     match &cli.command {
         Command::Login { email } => return cli::login(&cli.url, email, &cli::read_password()?).await,
         Command::Invites(InvitesCommand::Accept { token, email, name }) => {
@@ -487,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Server(_)
         | Command::Agent(_)
+        | Command::Admin(_)
         | Command::Login { .. }
         | Command::Invites(InvitesCommand::Accept { .. }) => {
             unreachable!("handled above")

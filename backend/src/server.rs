@@ -217,6 +217,32 @@ pub fn check(config: &ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `berth admin set-password`: sets a user's password directly in the data directory's store and
+/// revokes their sign-in tokens (dashboard sessions included). Audited like a reset through the API.
+pub async fn set_password(data_dir: &Path, email: &str, password: &str) -> anyhow::Result<()> {
+    if password.chars().count() < crate::auth::MIN_PASSWORD_LEN {
+        bail!("passwords need at least {} characters", crate::auth::MIN_PASSWORD_LEN);
+    }
+    if !data_dir.join("berth.db").exists() {
+        bail!("{} holds no Berth database (is --data-dir / BERTH_DATA_DIR right?)", data_dir.display());
+    }
+    let store = Store::open(data_dir).await?;
+    let email = email.trim().to_lowercase();
+    let user =
+        store.user_by_email(&email).await?.with_context(|| format!("no user {email} in {}", data_dir.display()))?;
+    let hash = crate::auth::hash_password(password).await?;
+    store.set_password(user.id, &hash, None).await?;
+    let record = crate::store::AuditRecord {
+        actor: "berth admin set-password".into(),
+        action: "reset_password".into(),
+        target: Some(email),
+        outcome: "ok".into(),
+        ..Default::default()
+    };
+    store.audit(record).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

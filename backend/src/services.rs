@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use berth_wire::AppSpec;
 use berth_wire::agent::{ContainerPhase, HostCapacity, JoinRequest, JoinResponse};
 use berth_wire::api::{
-    AppDetail, AppMetrics, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, ReplicaInfo, TrafficPoint,
+    AppDetail, AppMetrics, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState,
+    ReplicaInfo, TrafficPoint,
 };
 use berth_wire::api::{CreateJoinToken, HostInfo, HostReplica, JoinTokenCreated};
 use futures::StreamExt;
@@ -15,9 +16,9 @@ use futures::stream::BoxStream;
 use crate::auth::{self, Action, Principal};
 
 mod identity;
-pub use identity::SESSION_TTL;
 use crate::orchestrator::Orchestrator;
 use crate::store::{self, AppRow, ReleaseRow, Store};
+pub use identity::SESSION_TTL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

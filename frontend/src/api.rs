@@ -35,7 +35,12 @@ impl ApiError {
     }
 
     fn network(message: impl std::fmt::Display) -> ApiError {
-        ApiError { status: 0, code: "network".into(), message: format!("could not reach Berth: {message}"), field: None }
+        ApiError {
+            status: 0,
+            code: "network".into(),
+            message: format!("could not reach Berth: {message}"),
+            field: None,
+        }
     }
 
     /// The message for a form field, if this error is about it.

@@ -114,7 +114,13 @@ pub fn LineChart(title: &'static str, unit: &'static str, series: Vec<Series>) -
 }
 
 fn format_number(v: f64) -> String {
-    if v >= 100.0 || v == v.trunc() { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    if v >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// 1, 2 or 5 times a power of ten, at least `v` (and at least 1).

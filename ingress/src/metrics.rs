@@ -78,9 +78,7 @@ impl RouteMetrics {
     fn record_at(&self, second: u64, status: u16, latency: Duration) {
         let slot = &self.slots[(second % SECONDS as u64) as usize];
         let held = slot.second.load(Ordering::Acquire);
-        if held != second
-            && slot.second.compare_exchange(held, second, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
+        if held != second && slot.second.compare_exchange(held, second, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             // First request of a new second: forget the old one. (A request of the same second
             // recorded concurrently by another thread between the exchange and the reset may be
             // lost; these are figures for charts, not accounting.)
@@ -108,12 +106,7 @@ impl RouteMetrics {
                 }
                 let classes = std::array::from_fn(|i| slot.classes[i].load(Ordering::Relaxed));
                 let histogram: Vec<u64> = slot.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-                TrafficSecond {
-                    at: second,
-                    classes,
-                    p50: quantile(&histogram, 0.50),
-                    p99: quantile(&histogram, 0.99),
-                }
+                TrafficSecond { at: second, classes, p50: quantile(&histogram, 0.50), p99: quantile(&histogram, 0.99) }
             })
             .collect()
     }
@@ -143,7 +136,11 @@ mod tests {
     fn seconds_are_counted_by_status_class_with_quantiles() {
         let metrics = RouteMetrics::default();
         for i in 0..100u64 {
-            metrics.record_at(1000, if i < 90 { 200 } else { 503 }, Duration::from_millis(if i < 98 { 1 } else { 100 }));
+            metrics.record_at(
+                1000,
+                if i < 90 { 200 } else { 503 },
+                Duration::from_millis(if i < 98 { 1 } else { 100 }),
+            );
         }
         metrics.record_at(1002, 404, Duration::from_millis(5));
         let series = metrics.series_until(1003, 3);

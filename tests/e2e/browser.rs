@@ -90,6 +90,12 @@ async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Res
     }
     browser.wait_for("#replicas tr[data-phase='ready']").await?;
     browser.screenshot("05-app-v1").await?;
+    // The charts fill from the ingress's figures and the containers' samples (pushed every 2 s).
+    browser.wait_text(".charts", "CPU").await?;
+    browser.client().execute("document.querySelector('.charts').scrollIntoView();", vec![]).await?;
+    browser.wait_for(".chart path.line").await?;
+    browser.screenshot("05b-app-charts").await?;
+    browser.client().execute("window.scrollTo(0, 0);", vec![]).await?;
 
     // Deploy v2 from the page and watch the progress reach done.
     browser.fill("#deploy-image", &fixture.image_v2).await?;
@@ -154,7 +160,11 @@ async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Res
 async fn invite(server: &Server, team: &str, role: &str, email: &str, password: &str) -> anyhow::Result<()> {
     let api = server.api();
     let (status, created) = api
-        .call(reqwest::Method::POST, &format!("/api/v1/teams/{team}/invites"), Some(json!({ "role": role, "email": email })))
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/teams/{team}/invites"),
+            Some(json!({ "role": role, "email": email })),
+        )
         .await?;
     anyhow::ensure!(status == 201, "creating the invitation answered {status}: {created}");
     let token = created["token"].as_str().unwrap_or_default();
@@ -176,7 +186,9 @@ async fn the_dashboard_enforces_roles_like_the_api() -> anyhow::Result<()> {
     let base = format!("http://{}", server.api);
     let api = server.api();
     let release = api
-        .create_app(json!({ "name": "shop", "image": fixture.image_v1, "port": 8080, "replicas": 1, "health_path": "/up" }))
+        .create_app(
+            json!({ "name": "shop", "image": fixture.image_v1, "port": 8080, "replicas": 1, "health_path": "/up" }),
+        )
         .await?;
     api.wait_serving("shop", release).await?;
     let (status, _) = api.call(reqwest::Method::POST, "/api/v1/teams", Some(json!({ "name": "other" }))).await?;

@@ -194,8 +194,7 @@ impl Drop for Browser {
         let _ = self.chromedriver.wait();
         // A Chromium whose session was never closed (the test panicked): only the one using this
         // test's own profile directory.
-        let _ = Command::new("pkill")
-            .args(["-TERM", "-f", &format!("user-data-dir={}", self.profile.display())])
-            .status();
+        let _ =
+            Command::new("pkill").args(["-TERM", "-f", &format!("user-data-dir={}", self.profile.display())]).status();
     }
 }

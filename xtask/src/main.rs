@@ -61,9 +61,10 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    // The end-to-end tests run the real `berth` binary, so build it first. (The dashboard's wasm
-    // is not part of the test run yet: its browser test is not in place.)
+    // The end-to-end tests run the real `berth` binary and drive its dashboard in Chromium, so
+    // build both first (same profile: server and wasm must match for hydration).
     cargo(&["build", "-p", "berth-backend", "--bin", "berth"])?;
+    dashboard(false)?;
     cargo(&["test", "--workspace", "--", "--test-threads", "2"])
 }
 
@@ -81,6 +82,15 @@ fn dist() -> anyhow::Result<()> {
     let built = target_dir.join(target).join("release/berth");
     std::fs::create_dir_all(root.join("dist"))?;
     std::fs::copy(&built, root.join("dist/berth")).with_context(|| format!("copying {}", built.display()))?;
+    // The dashboard's wasm and JS, next to the binary where `berth server` looks by default.
+    dashboard(true)?;
+    let pkg = target_dir.join("release/site/pkg");
+    let dist_pkg = root.join("dist/site/pkg");
+    std::fs::create_dir_all(&dist_pkg)?;
+    for entry in std::fs::read_dir(&pkg).with_context(|| format!("reading {}", pkg.display()))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dist_pkg.join(entry.file_name()))?;
+    }
     eprintln!("xtask: dist/berth is ready; `docker-compose up --build` runs it");
     Ok(())
 }
@@ -95,6 +105,7 @@ fn target_dir() -> std::path::PathBuf {
 /// wasm-bindgen into `<target>/<profile>/site/pkg`, where `berth` (same profile) looks by default.
 /// Server and wasm must come from the same kind of build, or hydration breaks.
 fn dashboard(release: bool) -> anyhow::Result<()> {
+    ensure_dashboard_tools()?;
     let profile = if release { "release" } else { "debug" };
     let mut args =
         vec!["build", "-p", "berth-frontend", "--lib", "--target", "wasm32-unknown-unknown", "--features", "hydrate"];
@@ -114,6 +125,41 @@ fn dashboard(release: bool) -> anyhow::Result<()> {
         .context("running wasm-bindgen (cargo install wasm-bindgen-cli at the version in Cargo.lock; .ci/run does)")?;
     if !status.success() {
         bail!("wasm-bindgen failed");
+    }
+    Ok(())
+}
+
+/// Installs what the browser build needs when it is missing: the wasm32 target, and wasm-bindgen
+/// at exactly the version of the `wasm-bindgen` crate in `Cargo.lock` (it refuses other versions'
+/// output). GitHub is not reachable here, so the CLI is built from crates.io (~2 min, once).
+fn ensure_dashboard_tools() -> anyhow::Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let has_target = installed
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown"))
+        .unwrap_or(false);
+    if !has_target {
+        eprintln!("xtask: rustup target add wasm32-unknown-unknown");
+        let status = Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]).status()?;
+        if !status.success() {
+            bail!("rustup target add wasm32-unknown-unknown failed");
+        }
+    }
+    let lock = std::fs::read_to_string(berth_tests::workspace_root().join("Cargo.lock"))?;
+    let wanted = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasm-bindgen\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .context("no wasm-bindgen in Cargo.lock")?
+        .to_string();
+    let have = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1).unwrap_or_default().to_string())
+        .unwrap_or_default();
+    if have != wanted {
+        cargo(&["install", "wasm-bindgen-cli", "--version", &wanted])?;
     }
     Ok(())
 }

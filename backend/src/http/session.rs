@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::identity::ClientAddress;
 use super::{ApiResult, AppState};
 use crate::auth::{self, Principal};
-use crate::services::ServiceError;
 use crate::services::SESSION_TTL;
+use crate::services::ServiceError;
 
 pub const SESSION_COOKIE: &str = "berth_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -88,7 +88,11 @@ fn local_path(next: Option<&str>) -> &str {
 }
 
 /// `GET /api/v1/session`: who the caller is, and the CSRF token when they came with the cookie.
-pub(super) async fn session(State(s): State<AppState>, p: Principal, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+pub(super) async fn session(
+    State(s): State<AppState>,
+    p: Principal,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
     let me = s.services.me(&p).await?;
     let with_cookie = headers.get(header::AUTHORIZATION).is_none();
     let csrf = session_secret(&headers).filter(|_| with_cookie).map(csrf_token);
@@ -195,7 +199,8 @@ pub(super) async fn require_session(State(s): State<AppState>, mut request: Requ
         }
         _ => {
             let wanted = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let location = if wanted == "/" { "/signin".to_string() } else { format!("/signin?next={}", urlencode(wanted)) };
+            let location =
+                if wanted == "/" { "/signin".to_string() } else { format!("/signin?next={}", urlencode(wanted)) };
             let mut response = Redirect::to(&location).into_response();
             if session_secret(request.headers()).is_some() {
                 // A stale cookie (expired, revoked by a password change or sign-out elsewhere).

@@ -74,7 +74,11 @@ where
 }
 
 /// `GET /api/v1/teams/{team}/watch/apps`: `apps` events with the team's app list.
-pub(super) async fn apps(State(s): State<AppState>, p: Principal, Path(team): Path<String>) -> ApiResult<impl IntoResponse> {
+pub(super) async fn apps(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(team): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     // Fail fast (404/403) instead of opening a stream that only says so.
     s.services.list_apps(&p, &team).await?;
     Ok(sse(changes("apps", POLL, true, move || {

@@ -1,7 +1,9 @@
 //! One app: its state, releases with deploy and rollback, live progress, charts, replicas, logs,
 //! scale and environment.
 
-use berth_wire::api::{AppDetail, AppMetrics, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, Rollback, Scale};
+use berth_wire::api::{
+    AppDetail, AppMetrics, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, Rollback, Scale,
+};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -160,10 +162,8 @@ fn Actions(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
     let spec = serving(&untracked).or(untracked.releases.first()).map(|r| r.spec.clone());
     let image = RwSignal::new(spec.as_ref().map(|s| s.image.clone()).unwrap_or_default());
     let replicas = RwSignal::new(spec.as_ref().map_or(1, |s| s.replicas).to_string());
-    let env_text = spec
-        .as_ref()
-        .map(|s| s.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>())
-        .unwrap_or_default();
+    let env_text =
+        spec.as_ref().map(|s| s.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>()).unwrap_or_default();
     let env = RwSignal::new(env_text);
     let env_error: RwSignal<Option<String>> = RwSignal::new(None);
 
@@ -197,7 +197,8 @@ fn Actions(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
         ctx.act("Environment", "deploy", Deploy { env: wanted, unset_env, ..Deploy::default() });
     };
     let rollback = move |_| ctx.act("Rollback", "rollback", Rollback { to: None });
-    let can_roll_back = move || current.with(|d| d.releases.iter().filter(|r| r.state == ReleaseState::Superseded).count() > 0);
+    let can_roll_back =
+        move || current.with(|d| d.releases.iter().filter(|r| r.state == ReleaseState::Superseded).count() > 0);
 
     view! {
         <section class="panel stack" aria-labelledby="actions-title">

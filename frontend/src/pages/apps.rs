@@ -18,7 +18,8 @@ pub fn team_param() -> Memo<String> {
 #[component]
 pub fn AppsPage() -> impl IntoView {
     let team = team_param();
-    let apps = Resource::new(move || team.get(), |team| api::get::<Vec<AppSummary>>(format!("/api/v1/teams/{team}/apps")));
+    let apps =
+        Resource::new(move || team.get(), |team| api::get::<Vec<AppSummary>>(format!("/api/v1/teams/{team}/apps")));
     let live: RwSignal<Option<Vec<AppSummary>>> = RwSignal::new(None);
     Effect::new(move |_| {
         let team = team.get();
@@ -181,11 +182,17 @@ pub fn NewAppPage() -> impl IntoView {
 
     let field_error = move |field: &'static str| {
         move || {
-            error.get().and_then(|e| e.for_field(field)).map(|m| view! { <p class="field-error" id=format!("{field}-error")>{m}</p> })
+            error
+                .get()
+                .and_then(|e| e.for_field(field))
+                .map(|m| view! { <p class="field-error" id=format!("{field}-error")>{m}</p> })
         }
     };
     let other_error = move || {
-        error.get().filter(|e| e.field.is_none() || e.field.as_deref() == Some("body")).map(|error| view! { <ErrorNote error/> })
+        error
+            .get()
+            .filter(|e| e.field.is_none() || e.field.as_deref() == Some("body"))
+            .map(|error| view! { <ErrorNote error/> })
     };
     view! {
         <Title text="New app · Berth"/>
