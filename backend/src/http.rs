@@ -151,15 +151,13 @@ fn dashboard(dir: Option<&std::path::Path>, state: AppState, api: Router) -> Rou
     let routes = leptos_axum::generate_route_list(berth_frontend::app::App);
     let shell_options = options.clone();
     let page_context = move || {
-        let Some(session) =
-            use_context::<Parts>().and_then(|parts| parts.extensions.get::<session::PageSession>().cloned())
-        else {
-            return;
-        };
-        let csrf = session::csrf_token(&session.secret);
+        // Pages outside a session (sign-in, invitations) still read public endpoints.
+        let session = use_context::<Parts>().and_then(|parts| parts.extensions.get::<session::PageSession>().cloned());
+        let secret = session.map(|s| s.secret).unwrap_or_default();
+        let csrf = if secret.is_empty() { String::new() } else { session::csrf_token(&secret) };
         provide_context(Csrf(csrf.clone()));
         let api = api.clone();
-        let cookie = format!("{}={}", session::SESSION_COOKIE, session.secret);
+        let cookie = format!("{}={}", session::SESSION_COOKIE, secret);
         provide_context(ServerTransport(std::sync::Arc::new(move |request| {
             let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
             Box::pin(async move {

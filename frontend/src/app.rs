@@ -145,6 +145,14 @@ fn Home() -> impl IntoView {
     }
 }
 
+fn provider_label(provider: &str) -> String {
+    match provider {
+        "github" => "GitHub".into(),
+        "oidc" => "single sign-on".into(),
+        other => other.to_string(),
+    }
+}
+
 #[component]
 fn NotFound() -> impl IntoView {
     view! {
@@ -162,11 +170,13 @@ fn SignIn() -> impl IntoView {
         query.read().get("error").map(|code| match code.as_str() {
             "invalid" => "Wrong email or password, or the account is locked or disabled.",
             "rate" => "Too many sign-in attempts from here. Wait a minute and try again.",
+            "external" => "Signing in with that provider did not work (or no account matches its verified email).",
             _ => "Signing in failed on the server; its log has the details.",
         })
     };
     let signed_out = move || query.read().get("signed_out").is_some();
     let next = move || query.read().get("next").unwrap_or_else(|| "/".into());
+    let providers = Resource::new(|| (), |_| api::get::<Vec<String>>("/api/v1/auth/providers"));
     view! {
         <Title text="Sign in · Berth"/>
         <main id="content" class="narrow">
@@ -181,6 +191,17 @@ fn SignIn() -> impl IntoView {
                 <label for="password">"Password"</label>
                 <input id="password" name="password" type="password" autocomplete="current-password" required/>
                 <button type="submit" id="sign-in" class="primary">"Sign in"</button>
+                <Suspense fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        let providers = providers.await.unwrap_or_default();
+                        (!providers.is_empty()).then(|| view! {
+                            <p class="help">"Or sign in with"</p>
+                            {providers.into_iter().map(|p| view! {
+                                <a class="button" href=format!("/api/v1/auth/{p}/start")>{provider_label(&p)}</a>
+                            }).collect_view()}
+                        })
+                    })}
+                </Suspense>
             </form>
         </main>
     }

@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn times_are_formatted_in_utc() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_234_432_000), "2026-11-22 04:13:52");
+        assert_eq!(format_time(1_795_320_832_000), "2026-11-22 04:13:52");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 

@@ -215,3 +215,147 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// `cargo xtask bench dashboard`: what the browser downloads (raw and gzip), the time to first
+/// byte of the apps page against the JSON API call behind it, and Deploy clicked in Chromium until
+/// the release serves, against the same release made through the API. Release builds.
+pub async fn dashboard() -> anyhow::Result<()> {
+    crate::cargo(&["build", "--release", "-p", "berth-backend", "--bin", "berth"])?;
+    crate::dashboard(true)?;
+    let target = crate::target_dir();
+    berth_tests::use_berth_binary(target.join("release/berth"));
+
+    println!("dashboard benchmark (release builds)\n");
+    println!("what the browser downloads:");
+    let pkg = target.join("release/site/pkg");
+    let mut total = (0, 0);
+    for file in ["berth.js", "berth_bg.wasm"] {
+        let path = pkg.join(file);
+        let raw = std::fs::metadata(&path)?.len();
+        let gzip = Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -9 -c '{}' | wc -c", path.display()))
+            .output()
+            .context("running gzip")?;
+        let gzip: u64 = String::from_utf8_lossy(&gzip.stdout).trim().parse().context("gzip's size")?;
+        total = (total.0 + raw, total.1 + gzip);
+        println!("  {file:<16} {:>9.1} KiB raw  {:>8.1} KiB gzip -9", raw as f64 / 1024.0, gzip as f64 / 1024.0);
+    }
+    println!(
+        "  {:<16} {:>9.1} KiB raw  {:>8.1} KiB gzip -9",
+        "total",
+        total.0 as f64 / 1024.0,
+        total.1 as f64 / 1024.0
+    );
+    println!("  (plus the page itself, whose style sheet is inline)");
+
+    let fixture = Fixture::new()?;
+    let server = fixture.start_server().await?;
+    let api = server.api();
+    let first = api
+        .create_app(
+            json!({ "name": APP, "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
+        )
+        .await?;
+    api.wait_serving(APP, first).await?;
+    let base = format!("http://{}", server.api);
+    let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let signed_in = http
+        .post(format!("{base}/auth/signin"))
+        .form(&[("email", "admin@localhost"), ("password", password.as_str())])
+        .send()
+        .await?;
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no session cookie")?
+        .to_string();
+
+    const N: usize = 200;
+    let mut page_ttfb = Vec::new();
+    let mut page_full = Vec::new();
+    let mut api_ttfb = Vec::new();
+    let mut page_bytes = 0;
+    for _ in 0..N {
+        let started = Instant::now();
+        let response = http.get(format!("{base}/teams/main/apps")).header("cookie", &cookie).send().await?;
+        page_ttfb.push(started.elapsed().as_micros() as u64);
+        anyhow::ensure!(response.status() == 200, "the apps page answered {}", response.status());
+        page_bytes = response.bytes().await?.len();
+        page_full.push(started.elapsed().as_micros() as u64);
+        let started = Instant::now();
+        let response = http.get(format!("{base}/api/v1/teams/main/apps")).bearer_auth(&server.token).send().await?;
+        api_ttfb.push(started.elapsed().as_micros() as u64);
+        response.bytes().await?;
+    }
+    let p = |v: &mut Vec<u64>, q| ms(quantile(v, q));
+    println!("\napps page, {N} requests with a session cookie (loopback, one client):");
+    println!("  time to first byte   p50 {:.2} ms  p99 {:.2} ms", p(&mut page_ttfb, 0.5), p(&mut page_ttfb, 0.99));
+    println!(
+        "  whole page ({:.1} KiB)  p50 {:.2} ms  p99 {:.2} ms",
+        page_bytes as f64 / 1024.0,
+        p(&mut page_full, 0.5),
+        p(&mut page_full, 0.99)
+    );
+    println!(
+        "  reference: GET /api/v1/teams/main/apps  p50 {:.2} ms  p99 {:.2} ms",
+        p(&mut api_ttfb, 0.5),
+        p(&mut api_ttfb, 0.99)
+    );
+    println!(
+        "  page TTFB / API call  {:.2}x",
+        quantile(&mut page_ttfb, 0.5) as f64 / quantile(&mut api_ttfb, 0.5).max(1) as f64
+    );
+
+    // Deploy clicked in the browser until the page shows the release serving, against the API.
+    let browser = berth_tests::browser::Browser::start(&fixture.dir, "bench").await?;
+    browser.goto(&format!("{base}/signin")).await?;
+    browser.fill("#email", "admin@localhost").await?;
+    browser.fill("#password", &password).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_for("#sign-out").await?;
+    browser.goto(&format!("{base}/teams/main/apps/{APP}")).await?;
+    browser.wait_hydrated().await?;
+    let mut clicked_times = Vec::new();
+    let mut api_times = Vec::new();
+    let mut release = first;
+    for round in 0..6 {
+        let image = if round % 2 == 0 { &fixture.image_v2 } else { &fixture.image_v1 };
+        if round % 2 == 0 {
+            browser.fill("#deploy-image", image).await?;
+            let started = Instant::now();
+            browser.click("#deploy").await?;
+            release += 1;
+            browser.wait_for(&format!("#progress[data-release='{release}'][data-state='serving']")).await?;
+            clicked_times.push(started.elapsed().as_millis() as u64);
+            let (_, body) = berth_tests::get(server.ingress, HOST, "/").await?;
+            anyhow::ensure!(body.contains("v2"), "release {release} does not serve v2: {body}");
+        } else {
+            let started = Instant::now();
+            release = api.deploy(APP, json!({ "image": image })).await?;
+            api.wait_serving(APP, release).await?;
+            api_times.push(started.elapsed().as_millis() as u64);
+        }
+    }
+    browser.close().await?;
+    println!("\nDeploy clicked until the page shows the release serving (3 releases, 2 replicas each):");
+    println!(
+        "  browser  median {} ms  max {} ms",
+        quantile(&mut clicked_times.clone(), 0.5),
+        clicked_times.iter().max().copied().unwrap_or(0)
+    );
+    println!(
+        "  reference, API call until serving (3 releases): median {} ms  max {} ms",
+        quantile(&mut api_times.clone(), 0.5),
+        api_times.iter().max().copied().unwrap_or(0)
+    );
+    println!(
+        "  browser / API  {:.2}x",
+        quantile(&mut clicked_times, 0.5) as f64 / quantile(&mut api_times, 0.5).max(1) as f64
+    );
+    api.delete(APP).await?;
+    Ok(())
+}

@@ -18,7 +18,11 @@ fn main() -> anyhow::Result<()> {
         "test" => test(),
         "bench" => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(bench::run())
+            if std::env::args().nth(2).as_deref() == Some("dashboard") {
+                runtime.block_on(bench::dashboard())
+            } else {
+                runtime.block_on(bench::run())
+            }
         }
         "dist" => dist(),
         "dashboard" => dashboard(std::env::args().any(|a| a == "--release")),
@@ -33,13 +37,14 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: cargo xtask <test|bench|dashboard|run|dist>\n  test       fmt + clippy + all tests\n  \
              bench      release benchmark (needs Docker, nginx, optionally wrk)\n  \
+             bench dashboard  wasm/JS sizes, page TTFB, Deploy click to serving (needs Chromium)\n  \
              dashboard  the dashboard's wasm [--release]\n  run        berth server with its dashboard\n  \
              dist       static binary in dist/"
         ),
     }
 }
 
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     cargo_with(args, &[])
 }
 
@@ -95,7 +100,7 @@ fn dist() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn target_dir() -> std::path::PathBuf {
+pub(crate) fn target_dir() -> std::path::PathBuf {
     std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| berth_tests::workspace_root().join("target"))
@@ -104,7 +109,7 @@ fn target_dir() -> std::path::PathBuf {
 /// Builds the dashboard for the browser: the frontend crate with `hydrate` for wasm32, then
 /// wasm-bindgen into `<target>/<profile>/site/pkg`, where `berth` (same profile) looks by default.
 /// Server and wasm must come from the same kind of build, or hydration breaks.
-fn dashboard(release: bool) -> anyhow::Result<()> {
+pub(crate) fn dashboard(release: bool) -> anyhow::Result<()> {
     ensure_dashboard_tools()?;
     let profile = if release { "release" } else { "debug" };
     let mut args =

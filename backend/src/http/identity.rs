@@ -205,15 +205,33 @@ pub(super) struct CallbackQuery {
 }
 
 /// The provider sends the browser back here.
+/// A browser (one that accepts HTML) gets the dashboard's session cookie and the dashboard, or the
+/// sign-in page with the reason; other clients get the new login token as JSON.
 pub(super) async fn external_callback(
     State(s): State<AppState>,
     ClientAddress(address): ClientAddress,
     Path(provider): Path<String>,
     Query(q): Query<CallbackQuery>,
-) -> ApiResult<impl IntoResponse> {
-    let (Some(code), Some(state)) = (q.code, q.state) else {
-        let why = q.error.unwrap_or_else(|| "the provider sent no code".into());
-        return Err(crate::services::ServiceError::Unauthorized(format!("sign-in was not completed: {why}")).into());
+    headers: axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    let browser = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let result = match (q.code, q.state) {
+        (Some(code), Some(state)) => s.services.external_sign_in_finish(&provider, &code, &state, address).await,
+        _ => {
+            let why = q.error.unwrap_or_else(|| "the provider sent no code".into());
+            Err(crate::services::ServiceError::Unauthorized(format!("sign-in was not completed: {why}")))
+        }
     };
-    Ok(Json(s.services.external_sign_in_finish(&provider, &code, &state, address).await?))
+    match (result, browser) {
+        (Ok(login), true) => Ok(super::session::signed_in(&login.token, "/", &headers)),
+        (Err(error), true) => {
+            tracing::info!(%provider, %error, "external sign-in refused");
+            Ok(axum::response::Redirect::to("/signin?error=external").into_response())
+        }
+        (Ok(login), false) => Ok(Json(login).into_response()),
+        (Err(error), false) => Err(error.into()),
+    }
 }

@@ -138,12 +138,7 @@ pub(super) async fn sign_in(
     }
     let next = form.next.as_deref();
     match s.services.sign_in_session(&form.email, &form.password, address).await {
-        Ok(login) => {
-            let mut response = Redirect::to(local_path(next)).into_response();
-            let cookie = session_cookie(&login.token, SESSION_TTL.as_secs(), secure(&headers));
-            response.headers_mut().insert(header::SET_COOKIE, cookie);
-            response
-        }
+        Ok(login) => signed_in(&login.token, local_path(next), &headers),
         Err(ServiceError::TooManyRequests(_)) => back_to_sign_in("rate", next),
         Err(ServiceError::Unauthorized(_) | ServiceError::Validation { .. }) => back_to_sign_in("invalid", next),
         Err(error) => {
@@ -151,6 +146,13 @@ pub(super) async fn sign_in(
             back_to_sign_in("internal", next)
         }
     }
+}
+
+/// The answer to a successful sign-in: the session cookie and a redirect to `to`.
+pub(super) fn signed_in(secret: &str, to: &str, headers: &HeaderMap) -> Response {
+    let mut response = Redirect::to(to).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie(secret, SESSION_TTL.as_secs(), secure(headers)));
+    response
 }
 
 #[derive(Deserialize)]
