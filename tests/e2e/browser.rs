@@ -89,6 +89,8 @@ async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Res
         get(server.ingress, &host("web"), "/").await?;
     }
     browser.wait_for("#replicas tr[data-phase='ready']").await?;
+    // The replicas' output arrives in the logs panel.
+    browser.wait_text("#logs", "hello v1 listening").await?;
     browser.screenshot("05-app-v1").await?;
     // The charts fill from the ingress's figures and the containers' samples (pushed every 2 s).
     browser.wait_text(".charts", "CPU").await?;
@@ -112,6 +114,8 @@ async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Res
         assert!(phases.contains(phase), "no {phase:?} in the progress: {phases}");
     }
     println!("Deploy clicked -> release 2 serving (seen in the browser): {} ms", deploy.as_millis());
+    // The logs follow the new replicas.
+    browser.wait_text("#logs", "hello v2 listening").await?;
     browser.screenshot("06-app-v2-deployed").await?;
 
     // Roll back: release 3 serves v1 again.
