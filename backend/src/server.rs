@@ -127,6 +127,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let app = http::router_with_dashboard(AppState { services }, Some(&config.dashboard_dir))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
+    // Without TCP_NODELAY, a streamed page's later chunks wait for the client's delayed ACK
+    // (~40 ms each time).
+    use axum::serve::ListenerExt as _;
+    let api_listener = api_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(api_listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await

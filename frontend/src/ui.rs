@@ -45,17 +45,6 @@ pub fn format_bytes(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-/// A duration in seconds as `3d 4h`, `5m 2s`, ….
-pub fn format_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
-        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
-    }
-}
-
 /// One line of a chart.
 #[derive(Clone)]
 pub struct Series {
@@ -84,6 +73,11 @@ pub fn LineChart(title: &'static str, unit: &'static str, series: Vec<Series>) -
                 match point {
                     Some(v) => {
                         d.push_str(&format!("{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(i), y(*v)));
+                        // A point without a neighbour is drawn as a dot (a round cap on a tiny stroke).
+                        let alone = !pen_down && s.points.get(i + 1).is_none_or(Option::is_none);
+                        if alone {
+                            d.push_str("l0.01,0 ");
+                        }
                         pen_down = true;
                     }
                     None => pen_down = false,
@@ -144,11 +138,9 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations_read_naturally() {
+    fn sizes_read_naturally() {
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(3 * 1024 * 1024 + 512 * 1024), "3.5 MiB");
-        assert_eq!(format_duration(59), "59s");
-        assert_eq!(format_duration(3 * 3600 + 120), "3h 2m");
     }
 
     #[test]

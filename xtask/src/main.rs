@@ -114,12 +114,14 @@ pub(crate) fn dashboard(release: bool) -> anyhow::Result<()> {
     let profile = if release { "release" } else { "debug" };
     let mut args =
         vec!["build", "-p", "berth-frontend", "--lib", "--target", "wasm32-unknown-unknown", "--features", "hydrate"];
+    // Release wasm uses its own profile (no debug info, optimised for size, LTO).
+    let wasm_profile = if release { "wasm-release" } else { "debug" };
     if release {
-        args.push("--release");
+        args.extend(["--profile", "wasm-release"]);
     }
     cargo(&args)?;
     let target = target_dir();
-    let wasm = target.join("wasm32-unknown-unknown").join(profile).join("berth_frontend.wasm");
+    let wasm = target.join("wasm32-unknown-unknown").join(wasm_profile).join("berth_frontend.wasm");
     let out = target.join(profile).join("site").join("pkg");
     eprintln!("xtask: wasm-bindgen -> {}", out.display());
     let status = Command::new("wasm-bindgen")

@@ -10,7 +10,7 @@ use leptos_router::hooks::{use_navigate, use_params_map};
 
 use super::apps::{TeamTabs, parse_env, team_param};
 use crate::api::{self, ApiError};
-use crate::ui::{ErrorNote, LineChart, Series, format_bytes, format_duration, format_time};
+use crate::ui::{ErrorNote, LineChart, Series, format_bytes, format_time};
 
 /// Points kept for the CPU and memory charts (one per metrics event, every two seconds).
 const USAGE_POINTS: usize = 60;
@@ -304,7 +304,10 @@ fn Charts(metrics: Signal<Option<AppMetrics>>, usage: RwSignal<Vec<(u64, u64)>>)
                 let class = |i: usize| traffic.iter().map(|t| Some(t.classes[i] as f64)).collect::<Vec<_>>();
                 let points = usage.get();
                 let cpu = points.iter().map(|(c, _)| Some(*c as f64)).collect();
-                let memory = points.iter().map(|(_, m)| Some(*m as f64 / (1024.0 * 1024.0))).collect();
+                // MiB once any sample reaches 10 MiB, KiB below that.
+                let largest = points.iter().map(|(_, m)| *m).max().unwrap_or(0);
+                let (memory_unit, divisor) = if largest >= 10 << 20 { ("MiB", 1024.0 * 1024.0) } else { ("KiB", 1024.0) };
+                let memory = points.iter().map(|(_, m)| Some(*m as f64 / divisor)).collect();
                 let now_memory = metrics.get().map_or(0, |m| m.memory_bytes);
                 view! {
                     <LineChart title="Requests per second" unit="req/s"
@@ -320,7 +323,7 @@ fn Charts(metrics: Signal<Option<AppMetrics>>, usage: RwSignal<Vec<(u64, u64)>>)
                         Series { label: "5xx", class: "s4", points: class(4) },
                     ]/>
                     <LineChart title="CPU" unit="millicores" series=vec![Series { label: "all replicas", class: "s1", points: cpu }]/>
-                    <LineChart title="Memory" unit="MiB" series=vec![Series { label: "all replicas", class: "s3", points: memory }]/>
+                    <LineChart title="Memory" unit=memory_unit series=vec![Series { label: "all replicas", class: "s3", points: memory }]/>
                     <p class="muted small">{format!("Memory now: {}", format_bytes(now_memory))}</p>
                 }
             }}
@@ -338,16 +341,15 @@ fn Replicas(current: Signal<AppDetail>) -> impl IntoView {
                 if d.replicas.is_empty() {
                     return view! { <p class="empty">"No replicas (scaled to zero, or not placed yet)."</p> }.into_any();
                 }
-                let newest = d.replicas.iter().filter_map(|r| r.started_at).max().unwrap_or(0);
                 view! {
                     <div class="table-wrap">
                         <table id="replicas">
-                            <thead><tr><th>"Replica"</th><th>"Release"</th><th>"Host"</th><th>"State"</th><th>"Health"</th><th>"Restarts"</th><th>"Up since"</th><th>"CPU / memory"</th></tr></thead>
+                            <thead><tr><th>"Replica"</th><th>"Release"</th><th>"Host"</th><th>"State"</th><th>"Health"</th><th>"Restarts"</th><th>"Up since (UTC)"</th><th>"CPU / memory"</th></tr></thead>
                             <tbody>
                                 {d.replicas.into_iter().map(|r| {
                                     let phase = format!("{:?}", r.phase).to_lowercase();
                                     let phase_attr = phase.clone();
-                                    let uptime = r.started_at.map(|s| format!("{} ({} before the newest)", format_time(s), format_duration((newest - s) / 1000)));
+                                    let uptime = r.started_at.map(format_time);
                                     view! {
                                         <tr data-phase=phase_attr>
                                             <td><code>{r.id.clone()}</code></td>
