@@ -125,6 +125,16 @@ async fn a_user_deploys_watches_and_rolls_back_from_the_browser() -> anyhow::Res
     assert!(body.contains("v1"), "{body}");
     browser.wait_for("#releases tr[data-release='2'][data-state='superseded']").await?;
     browser.screenshot("07-app-rolled-back").await?;
+    // The fields follow the serving release; editing the environment makes a release too.
+    let image = browser.client().execute("return document.querySelector('#deploy-image').value;", vec![]).await?;
+    assert_eq!(image, json!(fixture.image_v1));
+    browser.fill("#env-edit", "GREETING=ahoy\n").await?;
+    browser.click("#save-env").await?;
+    browser.wait_for("#progress[data-release='4'][data-state='serving']").await?;
+    let detail = server.api().show("web").await?;
+    let serving = detail.releases.iter().find(|r| r.number == 4).expect("release 4");
+    assert_eq!(serving.spec.env.get("GREETING").map(String::as_str), Some("ahoy"));
+    assert_eq!(serving.spec.image, fixture.image_v1);
 
     // The apps list shows the app live; the hosts page shows this server's host.
     browser.goto(&format!("{base}/teams/main/apps")).await?;

@@ -21,15 +21,8 @@ pub async fn run() -> anyhow::Result<()> {
         .unwrap_or_else(|_| berth_tests::workspace_root().join("target"));
     berth_tests::use_berth_binary(target.join("release/berth"));
 
-    let fixture = Fixture::new()?;
-    let server = fixture.start_server().await?;
+    let (fixture, server, _) = serving_app().await?;
     let api = server.api();
-    let first = api
-        .create_app(
-            json!({ "name": APP, "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
-        )
-        .await?;
-    api.wait_serving(APP, first).await?;
     println!("berth benchmark: app with 2 replicas of a static test server, {CLIENTS} keep-alive clients\n");
 
     // Steady state, as the reference for latency during releases.
@@ -120,6 +113,20 @@ pub async fn run() -> anyhow::Result<()> {
     drop(nginx);
     api.delete(APP).await?;
     Ok(())
+}
+
+/// A fresh server with the benchmark app (2 replicas of the test app) serving its first release.
+async fn serving_app() -> anyhow::Result<(Fixture, berth_tests::Server, u32)> {
+    let fixture = Fixture::new()?;
+    let server = fixture.start_server().await?;
+    let api = server.api();
+    let first = api
+        .create_app(
+            json!({ "name": APP, "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
+        )
+        .await?;
+    api.wait_serving(APP, first).await?;
+    Ok((fixture, server, first))
 }
 
 fn ms(micros: u64) -> f64 {
@@ -249,15 +256,8 @@ pub async fn dashboard() -> anyhow::Result<()> {
     );
     println!("  (plus the page itself, whose style sheet is inline)");
 
-    let fixture = Fixture::new()?;
-    let server = fixture.start_server().await?;
+    let (fixture, server, first) = serving_app().await?;
     let api = server.api();
-    let first = api
-        .create_app(
-            json!({ "name": APP, "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
-        )
-        .await?;
-    api.wait_serving(APP, first).await?;
     let base = format!("http://{}", server.api);
     let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;

@@ -115,9 +115,20 @@ impl Services {
     pub async fn login(&self, input: Login, address: Option<String>) -> Result<LoginResponse> {
         let email = input.email.trim().to_lowercase();
         let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref(), None).await;
+        self.audit_sign_in("login", email, address, result).await
+    }
+
+    /// Records a sign-in attempt (who tried, from where, whether it worked) and passes its result on.
+    async fn audit_sign_in(
+        &self,
+        action: &str,
+        email: String,
+        address: Option<String>,
+        result: Result<LoginResponse>,
+    ) -> Result<LoginResponse> {
         let record = AuditRecord {
-            actor: email.clone(),
-            action: "login".into(),
+            actor: email,
+            action: action.into(),
             address,
             outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
             user_id: result.as_ref().ok().map(|r| r.user.id),
@@ -134,16 +145,7 @@ impl Services {
         let expires_at = now_ms() + SESSION_TTL.as_millis() as i64;
         let result =
             self.login_inner(&email, password, Some("dashboard".into()), address.as_deref(), Some(expires_at)).await;
-        let record = AuditRecord {
-            actor: email.clone(),
-            action: "sign_in".into(),
-            address,
-            outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
-            user_id: result.as_ref().ok().map(|r| r.user.id),
-            ..AuditRecord::default()
-        };
-        self.store.audit(record).await?;
-        result
+        self.audit_sign_in("sign_in", email, address, result).await
     }
 
     /// Ends the caller's session: revokes the token it was made with.

@@ -128,6 +128,11 @@ pub fn AppPage() -> impl IntoView {
     }
 }
 
+/// A spec's environment as the editor shows it, `KEY=VALUE` per line.
+fn env_lines(spec: &berth_wire::AppSpec) -> String {
+    spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
 fn serving(detail: &AppDetail) -> Option<&ReleaseInfo> {
     let number = detail.summary.serving_release?;
     detail.releases.iter().find(|r| r.number == number)
@@ -162,10 +167,20 @@ fn Actions(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
     let spec = serving(&untracked).or(untracked.releases.first()).map(|r| r.spec.clone());
     let image = RwSignal::new(spec.as_ref().map(|s| s.image.clone()).unwrap_or_default());
     let replicas = RwSignal::new(spec.as_ref().map_or(1, |s| s.replicas).to_string());
-    let env_text =
-        spec.as_ref().map(|s| s.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>()).unwrap_or_default();
-    let env = RwSignal::new(env_text);
+    let env = RwSignal::new(spec.as_ref().map(env_lines).unwrap_or_default());
     let env_error: RwSignal<Option<String>> = RwSignal::new(None);
+    // When another release starts serving (from this page or elsewhere), the fields show its spec.
+    Effect::new(move |previous: Option<Option<u32>>| {
+        let now = current.with(|d| d.summary.serving_release);
+        if previous.is_some_and(|p| p != now)
+            && let Some(spec) = current.with(|d| serving(d).map(|r| r.spec.clone()))
+        {
+            image.set(spec.image.clone());
+            replicas.set(spec.replicas.to_string());
+            env.set(env_lines(&spec));
+        }
+        now
+    });
 
     let deploy = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
