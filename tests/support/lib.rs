@@ -134,8 +134,10 @@ impl Fixture {
     /// Builds `<repo>:<version>` of the test app whose replies name `version`.
     pub fn build_image(&self, version: &str) -> anyhow::Result<String> {
         let tag = format!("{}:{version}", self.image_repo);
+        // `--no-cache`: fixtures build the same layers, and one fixture's clean-up (`rmi`) must
+        // not delete cached layers another fixture's build is using at that moment.
         run(Command::new("docker")
-            .args(["build", "-q", "--label"])
+            .args(["build", "-q", "--no-cache", "--label"])
             .arg(format!("berth.test={}", self.id))
             .args(["--build-arg", &format!("VERSION={version}"), "-t", &tag])
             .arg(self.dir.join("image")))?;
