@@ -25,6 +25,8 @@ pub struct Browser {
     profile: PathBuf,
     shots: PathBuf,
     prefix: String,
+    /// See [`crate::network_changes`].
+    _network: tokio::sync::MutexGuard<'static, ()>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -35,6 +37,7 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile under `scratch`;
     /// screenshots are named `<prefix>-<name>.png`.
     pub async fn start(scratch: &Path, prefix: &str) -> anyhow::Result<Browser> {
+        let network = crate::network_changes().await;
         let port = free_port()?;
         let log = std::fs::File::create(scratch.join(format!("chromedriver-{prefix}.log")))?;
         let chromedriver = Command::new("chromedriver")
@@ -47,7 +50,8 @@ impl Browser {
         std::fs::create_dir_all(&profile)?;
         let shots = screenshot_dir();
         std::fs::create_dir_all(&shots)?;
-        let mut browser = Browser { client: None, chromedriver, profile, shots, prefix: prefix.to_string() };
+        let mut browser =
+            Browser { client: None, chromedriver, profile, shots, prefix: prefix.to_string(), _network: network };
 
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(

@@ -670,6 +670,17 @@ pub struct Cluster {
     pub engines: Vec<Engine>,
     pub server: Server,
     pub fixture: Fixture,
+    /// Held until everything above is gone: see [`network_changes`].
+    _network: tokio::sync::MutexGuard<'static, ()>,
+}
+
+static NETWORK_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Tests that add host network interfaces with addresses (simulated hosts, second engines) and
+/// browser tests hold this for their whole run, so they never overlap: Chromium aborts page loads
+/// when the host's addresses change (`ERR_NETWORK_CHANGED`).
+pub async fn network_changes() -> tokio::sync::MutexGuard<'static, ()> {
+    NETWORK_CHANGES.lock().await
 }
 
 /// A second Docker engine on this machine, with its own storage (so none of the fixture's images)
@@ -764,6 +775,7 @@ impl Cluster {
     /// Like [`Cluster::start`]; the hosts numbered (from 1) in `own_engine` get a second Docker
     /// engine of their own instead of this machine's.
     pub async fn start_with(count: usize, server_args: &[&str], own_engine: &[usize]) -> anyhow::Result<Cluster> {
+        let network = network_changes().await;
         let fixture = Fixture::new()?;
         let mut args = vec!["--no-local-agent", "--listen", "0.0.0.0:0"];
         args.extend_from_slice(server_args);
@@ -782,7 +794,7 @@ impl Cluster {
         if !own_engine.is_empty() {
             engines.push(Engine::start(&fixture, octet).await?);
         }
-        let mut cluster = Cluster { fixture, server, hosts: Vec::new(), engines };
+        let mut cluster = Cluster { fixture, server, hosts: Vec::new(), engines, _network: network };
         for n in 1..=count {
             let name = format!("test-{}-h{n}", cluster.fixture.id);
             cluster.fixture.track_host(&name);
