@@ -96,7 +96,6 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start),
         endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback),
         endpoint(Method::GET, "/api/v1/me", User, identity::me),
-        endpoint(Method::GET, "/api/v1/session", User, session::session),
         endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password),
         endpoint(Method::GET, "/api/v1/users", InstanceAdmin, identity::list_users),
         endpoint(Method::POST, "/api/v1/users/{email}/disable", InstanceAdmin, identity::disable_user),

@@ -151,8 +151,12 @@ impl Orchestrator {
     /// The latest report of every replica the agents know.
     /// The last `seconds` of an app's traffic through the ingress (empty when it is not routed).
     pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
-        let host = format!("{app}.{}", self.inner.config.base_domain);
-        self.inner.ingress.traffic(&host, seconds).unwrap_or_default()
+        self.inner.ingress.traffic(&self.app_host(app), seconds).unwrap_or_default()
+    }
+
+    /// The host name an app is served at (`web.localhost`).
+    fn app_host(&self, app: &str) -> String {
+        format!("{app}.{}", self.inner.config.base_domain)
     }
 
     pub fn observed(&self) -> HashMap<String, ObservedContainer> {
@@ -264,7 +268,7 @@ impl Orchestrator {
         }
 
         // 4. Shift traffic.
-        let host = format!("{}.{}", app.name, self.inner.config.base_domain);
+        let host = self.app_host(&app.name);
         self.event(release, "shifting_traffic", &format!("routing {host} to release {}", release.number)).await?;
         store.switch_serving(app.id, release).await?;
         self.publish_routes().await?;
@@ -447,7 +451,7 @@ impl Orchestrator {
                     .filter_map(|r| observed.get(&r.id).filter(|o| o.ready()))
                     .filter_map(|o| o.endpoint.as_deref()?.parse().ok())
                     .collect();
-                RouteSpec { host: format!("{}.{}", app.name, self.inner.config.base_domain), endpoints }
+                RouteSpec { host: self.app_host(&app.name), endpoints }
             })
             .collect();
         self.inner.ingress.apply(routes).await;

@@ -226,9 +226,7 @@ pub fn check(config: &ServerConfig) -> anyhow::Result<()> {
 /// `berth admin set-password`: sets a user's password directly in the data directory's store and
 /// revokes their sign-in tokens (dashboard sessions included). Audited like a reset through the API.
 pub async fn set_password(data_dir: &Path, email: &str, password: &str) -> anyhow::Result<()> {
-    if password.chars().count() < crate::auth::MIN_PASSWORD_LEN {
-        bail!("passwords need at least {} characters", crate::auth::MIN_PASSWORD_LEN);
-    }
+    crate::services::validate_password("password", password)?;
     if !data_dir.join("berth.db").exists() {
         bail!("{} holds no Berth database (is --data-dir / BERTH_DATA_DIR right?)", data_dir.display());
     }

@@ -19,6 +19,7 @@ mod identity;
 use crate::orchestrator::Orchestrator;
 use crate::store::{self, AppRow, ReleaseRow, Store};
 pub use identity::SESSION_TTL;
+pub(crate) use identity::validate_password;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

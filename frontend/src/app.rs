@@ -1,6 +1,6 @@
 //! The dashboard's shell, routes and frame (header, navigation, sign-in).
 
-use berth_wire::identity::Session;
+use berth_wire::identity::Me;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
@@ -40,7 +40,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 
 /// Who is signed in, fetched once per page load and shared by every page.
 #[derive(Clone, Copy)]
-pub struct SessionResource(pub Resource<Result<Session, ApiError>>);
+pub struct SessionResource(pub Resource<Result<Me, ApiError>>);
 
 /// The session's CSRF token, for forms that post without a script (sign-out).
 pub fn csrf() -> String {
@@ -86,7 +86,7 @@ pub fn App() -> impl IntoView {
 /// The frame of every signed-in page: header with the teams and sections, then the page.
 #[component]
 fn Frame(children: Children) -> impl IntoView {
-    let session = Resource::new(|| (), |_| api::get::<Session>("/api/v1/session"));
+    let session = Resource::new(|| (), |_| api::get::<Me>("/api/v1/me"));
     provide_context(SessionResource(session));
     view! {
         <a class="skip" href="#content">"Skip to content"</a>
@@ -95,14 +95,14 @@ fn Frame(children: Children) -> impl IntoView {
             <nav aria-label="Sections">
                 <Suspense fallback=|| ()>
                     {move || Suspend::new(async move {
-                        session.await.ok().map(|s| view! {
-                            {s.me.teams.into_iter().map(|t| {
+                        session.await.ok().map(|me| view! {
+                            {me.teams.into_iter().map(|t| {
                                 let apps = format!("/teams/{}/apps", t.team);
                                 view! { <A href=apps>{t.team}</A> }
                             }).collect_view()}
-                            {s.me.instance_admin.then(|| view! { <A href="/hosts">"Hosts"</A> })}
+                            {me.instance_admin.then(|| view! { <A href="/hosts">"Hosts"</A> })}
                             <A href="/tokens">"Tokens"</A>
-                            <span class="who" title="Signed in as">{s.me.email}</span>
+                            <span class="who" title="Signed in as">{me.email}</span>
                         })
                     })}
                 </Suspense>
@@ -126,12 +126,12 @@ fn Home() -> impl IntoView {
             {move || Suspend::new(async move {
                 match session.await {
                     Err(error) => view! { <ErrorNote error/> }.into_any(),
-                    Ok(s) if s.me.teams.is_empty() => view! {
+                    Ok(me) if me.teams.is_empty() => view! {
                         <p class="empty">"You are not a member of any team yet. Ask a team owner for an invitation."</p>
                     }.into_any(),
-                    Ok(s) => view! {
+                    Ok(me) => view! {
                         <ul class="cards">
-                            {s.me.teams.into_iter().map(|t| view! {
+                            {me.teams.into_iter().map(|t| view! {
                                 <li class="card">
                                     <a href=format!("/teams/{}/apps", t.team)><strong>{t.team.clone()}</strong></a>
                                     <span class="badge">{t.role}</span>

@@ -139,29 +139,33 @@ impl Ingress {
             return ProxyError::MissingHost.into_response();
         };
         let key = host_key(&host);
-        let Some(metrics) = self.table.load().routes.get(&key).map(|route| route.metrics.clone()) else {
-            return ProxyError::UnknownHost(key).into_response();
+        // One look at the table: the host's figures and the first endpoint, picked (and counted
+        // in flight) before the table is let go.
+        let (metrics, first) = {
+            let table = self.table.load();
+            let Some(route) = table.routes.get(&key) else {
+                return ProxyError::UnknownHost(key).into_response();
+            };
+            (route.metrics.clone(), route.pick(&[]))
         };
         let started = std::time::Instant::now();
-        let response = self.forward(req, peer, host, key).await;
+        let response = match first {
+            Some(first) => self.forward(req, peer, host, key, first).await,
+            None => ProxyError::NoReadyEndpoint(key).into_response(),
+        };
         metrics.record(response.status().as_u16(), started.elapsed());
         response
     }
 
-    /// Sends a request for a routed host to one of its endpoints, retrying where that is safe.
+    /// Sends a request for a routed host to `first`, or to other endpoints where retrying is safe.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         host: String,
         key: String,
+        first: InFlight,
     ) -> Response<ResponseBody> {
-        let first = match self.pick(&key, &[]) {
-            Ok(Some(candidate)) => candidate,
-            Ok(None) => return ProxyError::NoReadyEndpoint(key).into_response(),
-            Err(unknown) => return unknown.into_response(),
-        };
-
         // Prepare.
         let upgrade = wants_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -23,25 +23,6 @@ async fn the_dashboard_is_rendered_on_the_server() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Signs in through the form as a browser would; returns the session cookie (`name=value`).
-async fn sign_in(http: &reqwest::Client, base: &str, email: &str, password: &str) -> anyhow::Result<Option<String>> {
-    let response = http
-        .post(format!("{base}/auth/signin"))
-        .header("origin", base)
-        .form(&[("email", email), ("password", password), ("next", "/teams/main/apps")])
-        .send()
-        .await?;
-    assert_eq!(response.status(), 303);
-    let cookie = response
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
-        .filter(|c| c.len() > "berth_session=".len());
-    Ok(cookie)
-}
-
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("BUG: a plain client builds")
 }
@@ -75,7 +56,7 @@ async fn cookie_sessions_need_the_csrf_token_for_mutations() -> anyhow::Result<(
         .await?;
     assert_eq!(wrong.headers()["location"], "/signin?error=invalid");
 
-    let cookie = sign_in(&http, &base, "admin@localhost", &password).await?.expect("a session cookie");
+    let cookie = server.sign_in("admin@localhost", &password).await?.expect("a session cookie");
     let page = http.get(format!("{base}/teams/main/apps")).header("cookie", &cookie).send().await?;
     assert_eq!(page.status(), 200);
     let html = page.text().await?;
@@ -83,10 +64,9 @@ async fn cookie_sessions_need_the_csrf_token_for_mutations() -> anyhow::Result<(
     assert_eq!(csrf.len(), 64, "{html}");
 
     // Reads work with the cookie alone; a mutation without the token is refused and changes nothing.
-    let session: serde_json::Value =
-        http.get(format!("{base}/api/v1/session")).header("cookie", &cookie).send().await?.json().await?;
-    assert_eq!(session["csrf"], csrf);
-    assert_eq!(session["me"]["email"], "admin@localhost");
+    let me: serde_json::Value =
+        http.get(format!("{base}/api/v1/me")).header("cookie", &cookie).send().await?.json().await?;
+    assert_eq!(me["email"], "admin@localhost");
     let body = json!({ "name": "other" });
     let refused = http.post(format!("{base}/api/v1/teams")).header("cookie", &cookie).json(&body).send().await?;
     assert_eq!(refused.status(), 403);
@@ -112,7 +92,7 @@ async fn cookie_sessions_need_the_csrf_token_for_mutations() -> anyhow::Result<(
         http.post(format!("{base}/auth/signout")).header("cookie", &cookie).form(&[("csrf", csrf)]).send().await?;
     assert_eq!(out.status(), 303);
     assert!(out.headers()["set-cookie"].to_str()?.contains("Max-Age=0"));
-    let stale = http.get(format!("{base}/api/v1/session")).header("cookie", &cookie).send().await?;
+    let stale = http.get(format!("{base}/api/v1/me")).header("cookie", &cookie).send().await?;
     assert_eq!(stale.status(), 401);
     Ok(())
 }
@@ -124,7 +104,7 @@ async fn admin_set_password_replaces_the_password_and_ends_sessions() -> anyhow:
     let base = format!("http://{}", server.api);
     let http = no_redirects();
     let old = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
-    let cookie = sign_in(&http, &base, "admin@localhost", &old).await?.expect("a session cookie");
+    let cookie = server.sign_in("admin@localhost", &old).await?.expect("a session cookie");
 
     let run = |stdin: &str| -> anyhow::Result<std::process::Output> {
         use std::io::Write as _;
@@ -142,14 +122,14 @@ async fn admin_set_password_replaces_the_password_and_ends_sessions() -> anyhow:
     let short = run("short\n")?;
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least"), "{short:?}");
-    assert!(sign_in(&http, &base, "admin@localhost", &old).await?.is_some());
+    assert!(server.sign_in("admin@localhost", &old).await?.is_some());
 
     let set = run("a brand new admin password\n")?;
     assert!(set.status.success(), "{set:?}");
-    assert!(sign_in(&http, &base, "admin@localhost", &old).await?.is_none());
-    assert!(sign_in(&http, &base, "admin@localhost", "a brand new admin password").await?.is_some());
+    assert!(server.sign_in("admin@localhost", &old).await?.is_none());
+    assert!(server.sign_in("admin@localhost", "a brand new admin password").await?.is_some());
     // The session from before is over.
-    let stale = http.get(format!("{base}/api/v1/session")).header("cookie", &cookie).send().await?;
+    let stale = http.get(format!("{base}/api/v1/me")).header("cookie", &cookie).send().await?;
     assert_eq!(stale.status(), 401);
     Ok(())
 }

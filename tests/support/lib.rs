@@ -390,6 +390,29 @@ impl Server {
         Ok(child.wait_with_output()?)
     }
 
+    /// Signs in through the dashboard's form as a browser would; returns the session cookie
+    /// (`name=value`), or `None` when the sign-in was refused.
+    pub async fn sign_in(&self, email: &str, password: &str) -> anyhow::Result<Option<String>> {
+        let base = format!("http://{}", self.api);
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+        let response = http
+            .post(format!("{base}/auth/signin"))
+            .header("origin", &base)
+            .form(&[("email", email), ("password", password), ("next", "/teams/main/apps")])
+            .send()
+            .await?;
+        if response.status() != 303 {
+            bail!("the sign-in form answered {} (wanted a 303 redirect)", response.status());
+        }
+        Ok(response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+            .filter(|c| c.len() > "berth_session=".len()))
+    }
+
     /// Runs the `berth` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Ok(Command::new(berth_binary()?)

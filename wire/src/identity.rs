@@ -34,14 +34,6 @@ pub struct Me {
     pub teams: Vec<TeamRole>,
 }
 
-/// The caller as the dashboard sees them: who, and the CSRF token every mutation made with the
-/// session cookie must carry in `x-csrf-token` (none when the caller used a bearer token).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub me: Me,
-    pub csrf: Option<String>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangePassword {
     pub current: String,

@@ -16,10 +16,7 @@ const CLIENTS: usize = 8;
 
 pub async fn run() -> anyhow::Result<()> {
     crate::cargo(&["build", "--release", "-p", "berth-backend", "--bin", "berth"])?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| berth_tests::workspace_root().join("target"));
-    berth_tests::use_berth_binary(target.join("release/berth"));
+    berth_tests::use_berth_binary(crate::target_dir().join("release/berth"));
 
     let (fixture, server, _) = serving_app().await?;
     let api = server.api();
@@ -260,19 +257,9 @@ pub async fn dashboard() -> anyhow::Result<()> {
     let api = server.api();
     let base = format!("http://{}", server.api);
     let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
+    // No redirects: a page answered with the sign-in redirect must not count as served.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-    let signed_in = http
-        .post(format!("{base}/auth/signin"))
-        .form(&[("email", "admin@localhost"), ("password", password.as_str())])
-        .send()
-        .await?;
-    let cookie = signed_in
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("no session cookie")?
-        .to_string();
+    let cookie = server.sign_in("admin@localhost", &password).await?.context("no session cookie")?;
 
     const N: usize = 200;
     let mut page_ttfb = Vec::new();

@@ -82,8 +82,7 @@ fn dist() -> anyhow::Result<()> {
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
     let root = berth_tests::workspace_root();
-    let target_dir =
-        std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target_dir = target_dir();
     let built = target_dir.join(target).join("release/berth");
     std::fs::create_dir_all(root.join("dist"))?;
     std::fs::copy(&built, root.join("dist/berth")).with_context(|| format!("copying {}", built.display()))?;

@@ -12,13 +12,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use berth_wire::identity::Session;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::AppState;
 use super::identity::ClientAddress;
-use super::{ApiResult, AppState};
-use crate::auth::{self, Principal};
+use crate::auth;
 use crate::services::SESSION_TTL;
 use crate::services::ServiceError;
 
@@ -85,18 +84,6 @@ fn local_path(next: Option<&str>) -> &str {
         Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
         _ => "/",
     }
-}
-
-/// `GET /api/v1/session`: who the caller is, and the CSRF token when they came with the cookie.
-pub(super) async fn session(
-    State(s): State<AppState>,
-    p: Principal,
-    headers: HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    let me = s.services.me(&p).await?;
-    let with_cookie = headers.get(header::AUTHORIZATION).is_none();
-    let csrf = session_secret(&headers).filter(|_| with_cookie).map(csrf_token);
-    Ok(axum::Json(Session { me, csrf }))
 }
 
 #[derive(Deserialize)]

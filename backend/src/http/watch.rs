@@ -35,31 +35,30 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, ServiceError>> + Send,
 {
-    let state = (read, None::<String>, true, false);
-    futures::stream::unfold(state, move |(mut read, last, first, done)| async move {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (read, tick, None::<String>, false);
+    futures::stream::unfold(state, move |(mut read, mut tick, mut last, done)| async move {
         if done {
             return None;
         }
-        let last = last;
-        let mut first = first;
         loop {
-            if !first {
-                tokio::time::sleep(every).await;
-            }
-            first = false;
+            // The first tick is immediate.
+            tick.tick().await;
             match read().await {
                 Ok(value) => {
                     let json = serde_json::to_string(&value).expect("BUG: API types always serialise");
                     if only_changes && last.as_deref() == Some(json.as_str()) {
                         continue;
                     }
-                    let item = Event::default().event(event).data(json.clone());
-                    return Some((Ok(item), (read, Some(json), false, false)));
+                    let item = Event::default().event(event).data(json.as_str());
+                    last = Some(json);
+                    return Some((Ok(item), (read, tick, last, false)));
                 }
                 Err(error) => {
                     let body = super::ApiError::from(error).body();
                     let item = Event::default().event("error").json_data(&body).expect("BUG: ErrorBody serialises");
-                    return Some((Ok(item), (read, last, false, true)));
+                    return Some((Ok(item), (read, tick, last, true)));
                 }
             }
         }

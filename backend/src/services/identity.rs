@@ -56,7 +56,7 @@ fn validate_email(email: &str) -> Result<String> {
     if valid { Ok(email) } else { Err(invalid("email", format!("{email:?} is not an email address"))) }
 }
 
-fn validate_password(field: &str, password: &str) -> Result<()> {
+pub(crate) fn validate_password(field: &str, password: &str) -> Result<()> {
     if password.chars().count() < auth::MIN_PASSWORD_LEN {
         return Err(invalid(field, format!("passwords need at least {} characters", auth::MIN_PASSWORD_LEN)));
     }
