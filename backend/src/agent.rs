@@ -868,6 +868,15 @@ async fn create_container(docker: &Docker, config: &AgentConfig, d: &DesiredCont
     let options = CreateContainerOptions { name: Some(container_name(d)), ..Default::default() };
     match docker.create_container(Some(options), body).await {
         Ok(created) => Ok(created.id),
+        // The name is this replica's own: a container holding it with this replica's and this
+        // host's labels was created by an earlier run whose request Docker finished after that
+        // run last listed containers (a crash mid-create). It is ours: take it up.
+        Err(error)
+            if is_conflict(&error)
+                && let Some(id) = own_container(docker, config, d).await =>
+        {
+            Ok(id)
+        }
         Err(error) => Err(StartFailure {
             container_id: None,
             message: format!("creating the container failed: {}", docker_message(&error)),
@@ -875,6 +884,14 @@ async fn create_container(docker: &Docker, config: &AgentConfig, d: &DesiredCont
             permanent: !is_conflict(&error),
         }),
     }
+}
+
+/// The id of the container named for `d`, if it carries `d`'s replica and this host's labels.
+async fn own_container(docker: &Docker, config: &AgentConfig, d: &DesiredContainer) -> Option<String> {
+    let inspect = docker.inspect_container(&container_name(d), None).await.ok()?;
+    let found = inspect.config.as_ref()?.labels.as_ref()?;
+    let ours = found.get(labels::REPLICA) == Some(&d.replica_id) && found.get(labels::HOST) == Some(&config.host);
+    if ours { inspect.id } else { None }
 }
 
 fn endpoint_of(
