@@ -136,6 +136,12 @@ impl Ingress {
         Some(metrics.get(&route_table::host_key(host))?.series(seconds))
     }
 
+    /// The endpoints `host` is routed to in the table in use; `None` when it is not routed.
+    pub fn endpoints(&self, host: &str) -> Option<Vec<SocketAddr>> {
+        let table = self.table.load();
+        Some(table.routes.get(&route_table::host_key(host))?.endpoints.iter().map(|e| e.addr).collect())
+    }
+
     /// The version of the table in use.
     pub fn version(&self) -> u64 {
         self.table.load().version

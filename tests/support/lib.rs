@@ -59,19 +59,9 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("BUG: tests/ is inside the workspace").to_path_buf()
 }
 
-static BERTH_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-/// Makes every server and CLI call of this process use `path` (the benchmark's release build).
-pub fn use_berth_binary(path: PathBuf) {
-    let _ = BERTH_BINARY.set(path);
-}
-
-/// The `berth` binary under test: the one chosen with [`use_berth_binary`], else `BERTH_BIN`,
-/// else the one next to the running test executable.
+/// The `berth` binary under test: `BERTH_BIN` (the benchmark's release build), else the one next
+/// to the running test executable.
 pub fn berth_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = BERTH_BINARY.get() {
-        return Ok(path.clone());
-    }
     if let Ok(path) = std::env::var("BERTH_BIN") {
         return Ok(PathBuf::from(path));
     }
@@ -83,7 +73,7 @@ pub fn berth_binary() -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "the berth binary was not found next to {}; run `cargo build -p berth-backend` first (cargo xtask test does)",
+        "the berth binary was not found next to {}; run `cargo build -p berth` first (cargo xtask test does)",
         exe.display()
     )
 }
@@ -261,7 +251,7 @@ impl Server {
             .args(["--ingress-listen", &ingress.to_string()])
             .args(["--host-name", &fixture.host_name(), "--deploy-timeout", "15", "--stop-grace", "5"])
             .args(extra)
-            .env("BERTH_LOG", "info,berth_backend=debug")
+            .env("BERTH_LOG", "info,berth_api=debug,berth_control=debug,berth_agent=debug")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -1,7 +1,7 @@
 //! What the control plane tells a host agent, and what the agent reports back.
 //!
 //! The in-process agent of `berth server` exchanges exactly these values; a remote `berth agent`
-//! will carry them over its authenticated connection.
+//! carries them over its authenticated connection.
 
 use std::collections::BTreeMap;
 
@@ -28,8 +28,9 @@ pub struct DesiredContainer {
 }
 
 /// Where a container stands, as the agent sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ContainerPhase {
     /// Known to the control plane, not yet taken up by its agent.
     Pending,
@@ -48,16 +49,7 @@ pub enum ContainerPhase {
 
 impl ContainerPhase {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerPhase::Pending => "pending",
-            ContainerPhase::Pulling => "pulling",
-            ContainerPhase::Starting => "starting",
-            ContainerPhase::Running => "running",
-            ContainerPhase::Ready => "ready",
-            ContainerPhase::Crashed => "crashed",
-            ContainerPhase::Failed => "failed",
-            ContainerPhase::Stopping => "stopping",
-        }
+        self.into()
     }
 }
 

@@ -69,8 +69,9 @@ pub struct Rollback {
     pub to: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ReleaseState {
     /// Waiting for an earlier operation on the same app to finish.
     Queued,
@@ -83,26 +84,18 @@ pub enum ReleaseState {
     Failed,
 }
 
+/// From the stored name (`in_progress`), for typed database columns.
+impl TryFrom<String> for ReleaseState {
+    type Error = strum::ParseError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
 impl ReleaseState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ReleaseState::Queued => "queued",
-            ReleaseState::InProgress => "in_progress",
-            ReleaseState::Serving => "serving",
-            ReleaseState::Superseded => "superseded",
-            ReleaseState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ReleaseState> {
-        Some(match s {
-            "queued" => ReleaseState::Queued,
-            "in_progress" => ReleaseState::InProgress,
-            "serving" => ReleaseState::Serving,
-            "superseded" => ReleaseState::Superseded,
-            "failed" => ReleaseState::Failed,
-            _ => return None,
-        })
+        self.into()
     }
 
     /// True once the release will not change state again by itself.
@@ -209,8 +202,9 @@ pub struct JoinTokenCreated {
     pub uses: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum HostState {
     /// Heartbeats arrive; the host takes new replicas.
     Up,
@@ -220,22 +214,18 @@ pub enum HostState {
     Draining,
 }
 
+/// From the stored name (`draining`), for typed database columns.
+impl TryFrom<String> for HostState {
+    type Error = strum::ParseError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
 impl HostState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            HostState::Up => "up",
-            HostState::Down => "down",
-            HostState::Draining => "draining",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<HostState> {
-        Some(match s {
-            "up" => HostState::Up,
-            "down" => HostState::Down,
-            "draining" => HostState::Draining,
-            _ => return None,
-        })
+        self.into()
     }
 }
 

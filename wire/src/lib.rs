@@ -11,6 +11,9 @@ pub mod agent;
 pub mod api;
 pub mod identity;
 
+/// The admin API token's file in the server's data directory, where the CLI also looks for it.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 /// Labels every Berth container carries. Berth never touches a container without them.
 pub mod labels {
     pub const TEAM: &str = "berth.team";

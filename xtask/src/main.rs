@@ -1,35 +1,29 @@
 //! `cargo xtask <task>`: the project's multi-step chores as one command each.
 //!
-//! - `test`: formatting and lint checks, then every test (the end-to-end ones need Docker).
-//! - `bench`: the release benchmark (not a test: it prints figures, it asserts nothing).
+//! - `test`: formatting, lint and unused-dependency checks, then every test (the end-to-end ones
+//!   need Docker).
+//! - `bench [dashboard]`: builds the release server (and dashboard), then runs the benchmark in
+//!   `tests/bench` (not a test: it prints figures, it asserts nothing).
 //! - `dashboard [--release]`: the dashboard's wasm and JS, next to the `berth` binary (`site/pkg`).
 //! - `run`: the dashboard and `berth server`, release builds (the README's run command).
 //! - `dist`: a statically linked release `berth` in `dist/`, for the `Dockerfile`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-
-mod bench;
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => test(),
-        "bench" => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            if std::env::args().nth(2).as_deref() == Some("dashboard") {
-                runtime.block_on(bench::dashboard())
-            } else {
-                runtime.block_on(bench::run())
-            }
-        }
+        "bench" => bench(std::env::args().nth(2).as_deref() == Some("dashboard")),
         "dist" => dist(),
         "dashboard" => dashboard(std::env::args().any(|a| a == "--release")),
         "run" => {
             dashboard(true)?;
             let extra: Vec<String> = std::env::args().skip(2).collect();
-            let mut args = vec!["run", "--release", "-p", "berth-backend", "--bin", "berth", "--", "server"];
+            let mut args = vec!["run", "--release", "-p", "berth", "--bin", "berth", "--", "server"];
             args.extend(extra.iter().map(String::as_str));
             cargo(&args)
         }
@@ -44,7 +38,26 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("BUG: xtask/ is inside the workspace").to_path_buf()
+}
+
+/// The release server (and with `dashboard`, its wasm), then the benchmark binary against it.
+fn bench(dashboard_too: bool) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "berth", "--bin", "berth"])?;
+    if dashboard_too {
+        dashboard(true)?;
+    }
+    let berth = target_dir().join("release/berth");
+    let berth = berth.to_str().context("the target directory is not UTF-8")?;
+    let mut args = vec!["run", "--release", "-p", "berth-tests", "--bin", "berth-bench"];
+    if dashboard_too {
+        args.extend(["--", "dashboard"]);
+    }
+    cargo_with(&args, &[("BERTH_BIN", berth)])
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
     cargo_with(args, &[])
 }
 
@@ -54,7 +67,7 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let status = Command::new(&cargo)
         .args(args)
         .envs(env.iter().copied())
-        .current_dir(berth_tests::workspace_root())
+        .current_dir(workspace_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
@@ -66,9 +79,12 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    // Dependencies nothing uses: each one costs every build.
+    ensure_cargo_tool("cargo-machete", "cargo-machete")?;
+    cargo(&["machete"])?;
     // The end-to-end tests run the real `berth` binary and drive its dashboard in Chromium, so
     // build both first (same profile: server and wasm must match for hydration).
-    cargo(&["build", "-p", "berth-backend", "--bin", "berth"])?;
+    cargo(&["build", "-p", "berth", "--bin", "berth"])?;
     dashboard(false)?;
     cargo(&["test", "--workspace", "--", "--test-threads", "2"])
 }
@@ -78,10 +94,10 @@ fn test() -> anyhow::Result<()> {
 fn dist() -> anyhow::Result<()> {
     let target = "x86_64-unknown-linux-gnu";
     cargo_with(
-        &["build", "--release", "-p", "berth-backend", "--bin", "berth", "--target", target],
+        &["build", "--release", "-p", "berth", "--bin", "berth", "--target", target],
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
-    let root = berth_tests::workspace_root();
+    let root = workspace_root();
     let target_dir = target_dir();
     let built = target_dir.join(target).join("release/berth");
     std::fs::create_dir_all(root.join("dist"))?;
@@ -99,16 +115,14 @@ fn dist() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn target_dir() -> std::path::PathBuf {
-    std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| berth_tests::workspace_root().join("target"))
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"))
 }
 
 /// Builds the dashboard for the browser: the frontend crate with `hydrate` for wasm32, then
 /// wasm-bindgen into `<target>/<profile>/site/pkg`, where `berth` (same profile) looks by default.
 /// Server and wasm must come from the same kind of build, or hydration breaks.
-pub(crate) fn dashboard(release: bool) -> anyhow::Result<()> {
+fn dashboard(release: bool) -> anyhow::Result<()> {
     ensure_dashboard_tools()?;
     let profile = if release { "release" } else { "debug" };
     let mut args =
@@ -135,6 +149,14 @@ pub(crate) fn dashboard(release: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs a cargo subcommand from crates.io when `binary` is not on the PATH.
+fn ensure_cargo_tool(binary: &str, krate: &str) -> anyhow::Result<()> {
+    if Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    cargo(&["install", "--locked", krate])
+}
+
 /// Installs what the browser build needs when it is missing: the wasm32 target, and wasm-bindgen
 /// at exactly the version of the `wasm-bindgen` crate in `Cargo.lock` (it refuses other versions'
 /// output). GitHub is not reachable here, so the CLI is built from crates.io (~2 min, once).
@@ -151,7 +173,7 @@ fn ensure_dashboard_tools() -> anyhow::Result<()> {
             bail!("rustup target add wasm32-unknown-unknown failed");
         }
     }
-    let lock = std::fs::read_to_string(berth_tests::workspace_root().join("Cargo.lock"))?;
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock"))?;
     let wanted = lock
         .split("[[package]]")
         .find(|p| p.contains("\nname = \"wasm-bindgen\"\n"))

@@ -1,0 +1,294 @@
+//! `berth agent`: joins a control plane once, then runs the host agent (the same actor the server
+//! runs in-process) and keeps one WebSocket to the control plane, reconnecting when it breaks.
+//! While the control plane is unreachable the agent keeps running what it was last told to.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use berth_wire::agent::{AgentMessage, ControlMessage, HostCapacity, JoinRequest, JoinResponse, LogChunk};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::actor::{self, AgentConfig, AgentHandle, EndpointMode};
+use crate::docker::DockerRuntime;
+use crate::images::HttpImageSource;
+use crate::runtime::ContainerRuntime as _;
+use backon::BackoffBuilder as _;
+
+#[derive(Debug, Clone)]
+pub struct AgentDaemonConfig {
+    /// The control plane's API URL (`http://10.0.0.1:7878`).
+    pub control_plane: String,
+    /// Needed only for the first start; afterwards the stored credential is used.
+    pub join_token: Option<String>,
+    pub name: String,
+    pub advertise_addr: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+}
+
+/// What the agent keeps after joining (`<data dir>/host.json`, mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Membership {
+    host: String,
+    credential: String,
+    advertise_addr: IpAddr,
+}
+
+/// How often the agent reports even when nothing changed: its heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Silence from the control plane after which the connection is presumed dead (it pings each second).
+const READ_IDLE: Duration = Duration::from_secs(4);
+
+pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
+    let runtime = Arc::new(DockerRuntime::connect().await?);
+    let capacity = runtime.capacity().await;
+    let base = config.control_plane.trim_end_matches('/').to_string();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the agent's data directory {}", config.data_dir.display()))?;
+    let membership = match load_membership(&config.data_dir)? {
+        Some(membership) => membership,
+        None => join(&config, &base, &capacity).await?,
+    };
+    println!("berth agent: host {} ({}) connected to {base}", membership.host, membership.advertise_addr);
+
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let mut agent_config =
+        AgentConfig::new(membership.host.clone(), EndpointMode::Published(membership.advertise_addr));
+    agent_config.image_source =
+        Some(Arc::new(HttpImageSource { base: base.clone(), credential: membership.credential.clone() }));
+    let handle = actor::spawn(runtime, agent_config, desired_rx);
+    // Capped low: a control plane that comes back should hear from every agent within its
+    // start-up grace. Jittered, so a fleet of agents does not reconnect in lockstep.
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match session(&base, &membership, &desired_tx, &handle, &capacity).await {
+            Ok(()) => tracing::warn!("the control plane closed the connection; reconnecting"),
+            Err(error) if refused_credential(&error) => {
+                bail!(
+                    "the control plane no longer accepts this host's credential (the host was removed); \
+                     its containers keep running. Delete {} and join again with a new join token",
+                    membership_path(&config.data_dir).display()
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "connection to the control plane failed; retrying")
+            }
+        }
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
+    }
+}
+
+/// True when the control plane answered the connection with 401.
+fn refused_credential(error: &anyhow::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<Error>(), Some(Error::Http(response)) if response.status() == 401))
+}
+
+async fn join(config: &AgentDaemonConfig, base: &str, capacity: &HostCapacity) -> anyhow::Result<Membership> {
+    let Some(join_token) = config.join_token.clone() else {
+        bail!(
+            "this host has not joined yet ({} has no host.json): pass --token with a join token",
+            config.data_dir.display()
+        );
+    };
+    let advertise_addr = match config.advertise_addr {
+        Some(ip) => ip,
+        None => detect_address(base).await?,
+    };
+    let request = JoinRequest {
+        join_token,
+        name: config.name.clone(),
+        advertise_addr: advertise_addr.to_string(),
+        labels: config.labels.clone(),
+        capacity: capacity.clone(),
+    };
+    let joined = post_join(base, &request).await.context("joining the control plane")?;
+    let membership = Membership { host: joined.host, credential: joined.credential, advertise_addr };
+    store_membership(&config.data_dir, &membership)?;
+    Ok(membership)
+}
+
+/// The local address this host uses to reach the control plane.
+async fn detect_address(base: &str) -> anyhow::Result<IpAddr> {
+    let authority = base.split("://").nth(1).unwrap_or(base).split('/').next().unwrap_or_default();
+    let target = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    let socket = tokio::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await?;
+    socket.connect(target).await?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// `POST /api/v1/agents/join`: the one API call an agent makes without a credential.
+async fn post_join(base: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/agents/join"))
+        .json(request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    if response.status().is_success() {
+        return response.json().await.context("reading the control plane's answer");
+    }
+    let status = response.status();
+    match response.json::<berth_wire::ErrorBody>().await {
+        Ok(body) => bail!("{} ({status})", body.message),
+        Err(_) => bail!("the control plane answered {status}"),
+    }
+}
+
+/// Writes the credential file readable by its owner only (created 0600, never wider).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+fn membership_path(dir: &Path) -> PathBuf {
+    dir.join("host.json")
+}
+
+fn load_membership(dir: &Path) -> anyhow::Result<Option<Membership>> {
+    let path = membership_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn store_membership(dir: &Path, membership: &Membership) -> anyhow::Result<()> {
+    let path = membership_path(dir);
+    write_private(&path, &serde_json::to_string_pretty(membership)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One connection: desired lists in, reports out (on every change and every heartbeat).
+async fn session(
+    base: &str,
+    membership: &Membership,
+    desired_tx: &watch::Sender<Option<Vec<berth_wire::agent::DesiredContainer>>>,
+    handle: &AgentHandle,
+    capacity: &HostCapacity,
+) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/agents/connect", base.replacen("http", "ws", 1));
+    let mut request = url.as_str().into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {}", membership.credential).parse()?);
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request))
+        .await
+        .context("connecting timed out")??;
+    tracing::info!(host = membership.host, "connected to the control plane");
+    let (mut sink, mut stream) = socket.split();
+    let (outgoing, mut to_send) = tokio::sync::mpsc::unbounded_channel::<AgentMessage>();
+    let mut observed = handle.observed();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            message = tokio::time::timeout(READ_IDLE, stream.next()) => {
+                let Some(message) = message.context("the control plane went silent")? else { return Ok(()) };
+                match message? {
+                    Message::Text(text) => match serde_json::from_str::<ControlMessage>(&text)? {
+                        ControlMessage::Desired { containers } => {
+                            desired_tx.send_replace(Some(containers));
+                        }
+                        ControlMessage::Logs { transfer, container_id, tail, follow } => {
+                            let (base, credential) = (base.to_string(), membership.credential.clone());
+                            tokio::spawn(export_logs(base, credential, handle.clone(), transfer, container_id, tail, follow));
+                        }
+                        ControlMessage::ExportImage { transfer, image } => {
+                            tokio::spawn(export_image(base.to_string(), membership.credential.clone(), handle.clone(), transfer, image, outgoing.clone()));
+                        }
+                    },
+                    Message::Close(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+            changed = observed.changed() => {
+                changed?;
+                send_report(&mut sink, handle, capacity).await?;
+            }
+            _ = heartbeat.tick() => send_report(&mut sink, handle, capacity).await?,
+            Some(message) = to_send.recv() => {
+                sink.send(Message::Text(serde_json::to_string(&message)?.into())).await?;
+            }
+        }
+    }
+}
+
+async fn send_report<S>(sink: &mut S, handle: &AgentHandle, capacity: &HostCapacity) -> anyhow::Result<()>
+where
+    S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let observed = handle.observed().borrow().values().cloned().collect();
+    let report = AgentMessage::Report { observed, capacity: capacity.clone() };
+    sink.send(Message::Text(serde_json::to_string(&report)?.into())).await?;
+    Ok(())
+}
+
+/// Uploads `image` for another host, or says this host does not have it.
+async fn export_image(
+    base: String,
+    credential: String,
+    handle: AgentHandle,
+    transfer: String,
+    image: String,
+    outgoing: tokio::sync::mpsc::UnboundedSender<AgentMessage>,
+) {
+    if !handle.has_image(&image).await {
+        let _ = outgoing.send(AgentMessage::Unavailable { transfer });
+        return;
+    }
+    tracing::info!(image, "uploading an image another host needs");
+    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(handle.export_image(&image))).await;
+}
+
+/// Uploads a container's log lines as JSON lines for as long as the control plane reads them.
+async fn export_logs(
+    base: String,
+    credential: String,
+    handle: AgentHandle,
+    transfer: String,
+    container: String,
+    tail: u32,
+    follow: bool,
+) {
+    let lines = handle.logs(&container, tail, follow).map(|(stream, line)| {
+        let mut json = serde_json::to_vec(&LogChunk { stream, line }).expect("BUG: a LogChunk always serialises");
+        json.push(b'\n');
+        Ok::<_, std::io::Error>(json)
+    });
+    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
+}
+
+async fn upload(base: &str, credential: &str, transfer: &str, body: reqwest::Body) {
+    let sent = reqwest::Client::new()
+        .put(format!("{base}/api/v1/agents/transfers/{transfer}"))
+        .bearer_auth(credential)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(response) if response.status().is_success() => {}
+        Ok(response) => tracing::debug!(transfer, status = %response.status(), "the control plane ended the upload"),
+        Err(error) => tracing::debug!(transfer, %error, "upload ended"),
+    }
+}

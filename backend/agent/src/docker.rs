@@ -1,0 +1,323 @@
+//! The real `ContainerRuntime`: a Docker engine through bollard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_wire::agent::HostCapacity;
+use berth_wire::labels;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions,
+};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+
+use crate::runtime::{
+    ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec, ContainerSummary, LogStream, Result,
+    RuntimeError, UsageSample,
+};
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects through `DOCKER_HOST` or the local socket, and says which was tried when the
+    /// engine is unreachable.
+    pub async fn connect() -> anyhow::Result<DockerRuntime> {
+        let target = match std::env::var("DOCKER_HOST") {
+            Ok(host) => format!("{host} (from DOCKER_HOST)"),
+            Err(_) => "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)".to_string(),
+        };
+        let unreachable = |error: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot reach the Docker engine at {target}: {error}. Start Docker, or set DOCKER_HOST to where it listens"
+            )
+        };
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(&"no answer within 10 s"))?
+            .map_err(|e| unreachable(&e))?;
+        docker.ping().await.map_err(|e| unreachable(&e))?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+fn error(error: bollard::errors::Error) -> RuntimeError {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, message } => {
+            RuntimeError::NotFound(message)
+        }
+        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
+            RuntimeError::Conflict(message)
+        }
+        bollard::errors::Error::DockerResponseServerError { message, .. } => RuntimeError::Other(message),
+        other => RuntimeError::Other(other.to_string()),
+    }
+}
+
+fn details(inspect: ContainerInspectResponse) -> ContainerDetails {
+    let state = inspect.state.as_ref();
+    let settings = inspect.network_settings.as_ref();
+    let addresses = settings
+        .and_then(|s| s.networks.as_ref())
+        .map(|networks| networks.values().filter_map(|n| n.ip_address.clone()).filter(|ip| !ip.is_empty()).collect())
+        .unwrap_or_default();
+    let published = settings
+        .and_then(|s| s.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|(key, bindings)| {
+                    let container_port: u16 = key.strip_suffix("/tcp")?.parse().ok()?;
+                    let host_port = bindings.as_ref()?.iter().find_map(|b| b.host_port.as_ref()?.parse().ok())?;
+                    Some((container_port, host_port))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ContainerDetails {
+        id: inspect.id.unwrap_or_default(),
+        labels: inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+        running: state.and_then(|s| s.running).unwrap_or(false),
+        exit_code: state.and_then(|s| s.exit_code),
+        addresses,
+        published,
+    }
+}
+
+/// Splits `name[:tag]` (a registry port's colon is not a tag separator); `@digest` stays in the name.
+fn split_image(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_string(), String::new());
+    }
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
+        _ => (image.to_string(), "latest".to_string()),
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let d = &spec.desired;
+    let port_key = format!("{}/tcp", d.port);
+    let p = &d.privileges;
+    let port_bindings = spec.publish_on.filter(|_| !p.host_network).map(|ip| {
+        HashMap::from([(
+            port_key.clone(),
+            Some(vec![PortBinding { host_ip: Some(ip.to_string()), host_port: Some(String::new()) }]),
+        )])
+    });
+    let host_config = HostConfig {
+        memory: d.memory_mb.map(|mb| (mb * 1024 * 1024) as i64),
+        nano_cpus: d.cpu_millis.map(|m| m as i64 * 1_000_000),
+        port_bindings,
+        privileged: p.privileged.then_some(true),
+        network_mode: p.host_network.then(|| "host".to_string()),
+        binds: (!p.mounts.is_empty()).then(|| {
+            p.mounts
+                .iter()
+                .map(|m| format!("{}:{}{}", m.source, m.target, if m.read_only { ":ro" } else { "" }))
+                .collect()
+        }),
+        cap_add: (!p.cap_add.is_empty()).then(|| p.cap_add.clone()),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(d.image.clone()),
+        env: Some(d.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(spec.labels.clone()),
+        exposed_ports: Some(vec![port_key]),
+        stop_timeout: Some(d.stop_grace_secs as i64),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    fn list<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<ContainerSummary>>> {
+        async move {
+            let filters = HashMap::from([("label".to_string(), vec![format!("{}={host}", labels::HOST)])]);
+            let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+            let containers = self.docker.list_containers(Some(options)).await.map_err(error)?;
+            Ok(containers
+                .into_iter()
+                .filter_map(|summary| {
+                    Some(ContainerSummary {
+                        id: summary.id?,
+                        running: summary.state.map(|s| s.to_string()).as_deref() == Some("running"),
+                        labels: summary.labels.unwrap_or_default(),
+                    })
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn inspect<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<ContainerDetails>> {
+        async move { self.docker.inspect_container(container, None).await.map(details).map_err(error) }.boxed()
+    }
+
+    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String>> {
+        async move {
+            let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
+            Ok(self.docker.create_container(Some(options), create_body(spec)).await.map_err(error)?.id)
+        }
+        .boxed()
+    }
+
+    fn start<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move { self.docker.start_container(container, None).await.map_err(error) }.boxed()
+    }
+
+    fn stop<'a>(&'a self, container: &'a str, grace_secs: u32) -> BoxFuture<'a, Result<()>> {
+        let options = StopContainerOptions { t: Some(grace_secs as i32), ..Default::default() };
+        async move { self.docker.stop_container(container, Some(options)).await.map_err(error) }.boxed()
+    }
+
+    fn remove<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<()>> {
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        async move { self.docker.remove_container(container, Some(options)).await.map_err(error) }.boxed()
+    }
+
+    fn events(&self, host: &str) -> BoxStream<'static, Result<ContainerEvent>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![format!("{}={host}", labels::HOST)]),
+            ("event".to_string(), vec!["die".to_string(), "destroy".to_string()]),
+        ]);
+        let options = EventsOptions { filters: Some(filters), ..Default::default() };
+        self.docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => return Some(Err(error(e))),
+                };
+                let actor = event.actor?;
+                let container_id = actor.id?;
+                match event.action.as_deref() {
+                    Some("die") => {
+                        let exit_code = actor.attributes.and_then(|mut a| a.remove("exitCode"));
+                        Some(Ok(ContainerEvent::Died { container_id, exit_code }))
+                    }
+                    Some("destroy") => Some(Ok(ContainerEvent::Destroyed { container_id })),
+                    _ => None,
+                }
+            })
+            .boxed()
+    }
+
+    fn has_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool>> {
+        async move {
+            match self.docker.inspect_image(image).await {
+                Ok(_) => Ok(true),
+                Err(e) => match error(e) {
+                    RuntimeError::NotFound(_) => Ok(false),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn pull<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let (name, tag) = split_image(image);
+            let options = CreateImageOptions { from_image: Some(name), tag: Some(tag), ..Default::default() };
+            let mut pull = self.docker.create_image(Some(options), None, None);
+            while let Some(progress) = pull.next().await {
+                progress.map_err(error)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn load(&self, archive: ByteStream) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let mut load = self.docker.import_image_stream(ImportImageOptions::default(), archive, None);
+            while let Some(progress) = load.next().await {
+                progress.map_err(error)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn export(&self, image: &str) -> ByteStream {
+        self.docker.export_image(image).map(|chunk| chunk.map_err(std::io::Error::other)).boxed()
+    }
+
+    fn usage<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Option<UsageSample>> {
+        async move {
+            let options = StatsOptions { stream: false, one_shot: true };
+            let stats = self.docker.stats(container, Some(options)).next().await?.ok()?;
+            let cpu_ns = stats.cpu_stats?.cpu_usage?.total_usage?;
+            // Reclaimable page cache is left out, as `docker stats` does: `inactive_file` on
+            // cgroup v2; on v1, `total_inactive_file` (not `cache`, which counts active pages too).
+            let memory_bytes = stats.memory_stats.map_or(0, |m| {
+                let stats = m.stats.as_ref();
+                let cache = stats.and_then(|s| s.get("inactive_file").or(s.get("total_inactive_file")).copied());
+                m.usage.unwrap_or(0).saturating_sub(cache.unwrap_or(0))
+            });
+            Some(UsageSample { cpu_ns, memory_bytes })
+        }
+        .boxed()
+    }
+
+    fn logs(&self, container: &str, tail: u32, follow: bool) -> LogStream {
+        let options = LogsOptions { follow, stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() };
+        self.docker
+            .logs(container, Some(options))
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .filter_map(|item| async move {
+                use bollard::container::LogOutput;
+                let (stream, message) = match item.ok()? {
+                    LogOutput::StdOut { message } => ("stdout", message),
+                    LogOutput::StdErr { message } => ("stderr", message),
+                    LogOutput::Console { message } => ("console", message),
+                    LogOutput::StdIn { .. } => return None,
+                };
+                let text = String::from_utf8_lossy(&message).trim_end_matches(['\n', '\r']).to_string();
+                Some(futures::stream::iter(
+                    text.split('\n').map(|l| (stream.to_string(), l.to_string())).collect::<Vec<_>>(),
+                ))
+            })
+            .flatten()
+            .boxed()
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, HostCapacity> {
+        async move {
+            match self.docker.info().await {
+                Ok(info) => HostCapacity {
+                    cpu_millis: info.ncpu.unwrap_or(0).max(0) as u64 * 1000,
+                    memory_mb: info.mem_total.unwrap_or(0).max(0) as u64 / (1024 * 1024),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "reading the host's capacity from Docker failed");
+                    HostCapacity::default()
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(split_image("hello:v1"), ("hello".into(), "v1".into()));
+        assert_eq!(split_image("hello"), ("hello".into(), "latest".into()));
+        assert_eq!(split_image("reg:5000/team/app"), ("reg:5000/team/app".into(), "latest".into()));
+        assert_eq!(split_image("reg:5000/app:2"), ("reg:5000/app".into(), "2".into()));
+    }
+}

@@ -1,0 +1,418 @@
+//! An in-memory `ContainerRuntime` for tests of the agent and of the control plane above it,
+//! without a container engine. A "container" is an HTTP listener on `127.0.0.1` (on a port of
+//! its own, reported as published, so use `EndpointMode::Published(127.0.0.1)`): the agent's real
+//! probes reach it, and the test decides what it answers, when it crashes and what the runtime
+//! refuses.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use berth_wire::agent::HostCapacity;
+use berth_wire::labels;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+
+use crate::runtime::{
+    ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec, ContainerSummary, LogStream, Result,
+    RuntimeError, UsageSample,
+};
+
+/// How containers of one image behave.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Serves every request with this status (200: healthy).
+    Serve(u16),
+    /// Exits with this code right after starting, every time.
+    ExitOnStart(i64),
+}
+
+/// One container as the test sees it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub running: bool,
+    pub starts: u32,
+}
+
+impl ContainerInfo {
+    pub fn replica(&self) -> &str {
+        self.labels.get(labels::REPLICA).map_or("", String::as_str)
+    }
+
+    pub fn release(&self) -> &str {
+        self.labels.get(labels::RELEASE).map_or("", String::as_str)
+    }
+}
+
+struct Container {
+    info: ContainerInfo,
+    publish: bool,
+    /// The port the app listens on (`DesiredContainer::port`).
+    container_port: u16,
+    /// Where its listener is, while it runs.
+    port: Option<u16>,
+    server: Option<AbortHandle>,
+}
+
+impl Container {
+    fn halt(&mut self) {
+        self.info.running = false;
+        self.port = None;
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    images: HashSet<String>,
+    pullable: HashSet<String>,
+    behaviours: HashMap<String, Behaviour>,
+    /// The status the listeners of each image answer with, shared by all of them.
+    statuses: HashMap<String, Arc<AtomicU16>>,
+    containers: BTreeMap<String, Container>,
+    /// Containers the next listing leaves out (created "behind the agent's back").
+    unlisted: HashSet<String>,
+    next_id: u64,
+    creates: u32,
+}
+
+pub struct MemoryRuntime {
+    state: Mutex<State>,
+    events: broadcast::Sender<(String, ContainerEvent)>,
+    capacity: HostCapacity,
+}
+
+impl Default for MemoryRuntime {
+    fn default() -> MemoryRuntime {
+        MemoryRuntime {
+            state: Mutex::default(),
+            events: broadcast::channel(1024).0,
+            capacity: HostCapacity { cpu_millis: 4000, memory_mb: 8192 },
+        }
+    }
+}
+
+impl MemoryRuntime {
+    pub fn new() -> Arc<MemoryRuntime> {
+        Arc::new(MemoryRuntime::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("BUG: memory runtime lock poisoned")
+    }
+
+    /// Makes `image` present on this host.
+    pub fn add_image(&self, image: &str) {
+        self.state().images.insert(image.to_string());
+    }
+
+    /// Lets `image` be pulled (it is not present until then).
+    pub fn allow_pull(&self, image: &str) {
+        self.state().pullable.insert(image.to_string());
+    }
+
+    /// Sets how containers of `image` behave from now on; running ones answer with the new status
+    /// at once.
+    pub fn set_behaviour(&self, image: &str, behaviour: Behaviour) {
+        let mut state = self.state();
+        if let Behaviour::Serve(status) = behaviour {
+            state.statuses.entry(image.to_string()).or_default().store(status, Ordering::Relaxed);
+        }
+        state.behaviours.insert(image.to_string(), behaviour);
+    }
+
+    /// Every container, running or not.
+    pub fn containers(&self) -> Vec<ContainerInfo> {
+        self.state().containers.values().map(|c| c.info.clone()).collect()
+    }
+
+    /// Running containers only.
+    pub fn running(&self) -> Vec<ContainerInfo> {
+        self.containers().into_iter().filter(|c| c.running).collect()
+    }
+
+    /// How many containers were created so far.
+    pub fn creates(&self) -> u32 {
+        self.state().creates
+    }
+
+    /// The container exits with `exit_code`, as a crashing process would.
+    pub fn crash(&self, container_id: &str, exit_code: i64) {
+        let host = {
+            let mut state = self.state();
+            let Some(container) = state.containers.get_mut(container_id) else { return };
+            container.halt();
+            container.info.labels.get(labels::HOST).cloned().unwrap_or_default()
+        };
+        let event = ContainerEvent::Died { container_id: container_id.into(), exit_code: Some(exit_code.to_string()) };
+        let _ = self.events.send((host, event));
+    }
+
+    /// Creates a container as an earlier agent would have (running), hidden from the next
+    /// listing when `unlisted`: the trace of an agent that crashed while its create was in flight.
+    pub async fn create_behind(&self, spec: &ContainerSpec, unlisted: bool) -> String {
+        let id = self.create(spec).await.expect("BUG: the test's container name is free");
+        self.start(&id).await.expect("BUG: the test's container starts");
+        if unlisted {
+            self.state().unlisted.insert(id.clone());
+        }
+        id
+    }
+
+    fn emit(&self, host: String, event: ContainerEvent) {
+        let _ = self.events.send((host, event));
+    }
+
+    fn find(state: &State, container: &str) -> Option<String> {
+        if state.containers.contains_key(container) {
+            return Some(container.to_string());
+        }
+        state.containers.values().find(|c| c.info.name == container).map(|c| c.info.id.clone())
+    }
+}
+
+/// Answers every request on `listener` with the current `status`.
+async fn serve(listener: tokio::net::TcpListener, status: Arc<AtomicU16>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { return };
+        let status = status.load(Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let response = format!("HTTP/1.1 {status} Test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+impl ContainerRuntime for MemoryRuntime {
+    fn list<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<ContainerSummary>>> {
+        let mut state = self.state();
+        let unlisted = std::mem::take(&mut state.unlisted);
+        let list = state
+            .containers
+            .values()
+            .filter(|c| c.info.labels.get(labels::HOST).map(String::as_str) == Some(host))
+            .filter(|c| !unlisted.contains(&c.info.id))
+            .map(|c| ContainerSummary { id: c.info.id.clone(), labels: c.info.labels.clone(), running: c.info.running })
+            .collect();
+        futures::future::ready(Ok(list)).boxed()
+    }
+
+    fn inspect<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<ContainerDetails>> {
+        let state = self.state();
+        let details = Self::find(&state, container)
+            .and_then(|id| state.containers.get(&id))
+            .map(|c| ContainerDetails {
+                id: c.info.id.clone(),
+                labels: c.info.labels.clone(),
+                running: c.info.running,
+                exit_code: (!c.info.running).then_some(match state.behaviours.get(&c.info.image) {
+                    Some(Behaviour::ExitOnStart(code)) => *code,
+                    _ => 0,
+                }),
+                addresses: vec!["127.0.0.1".into()],
+                published: c
+                    .port
+                    .filter(|_| c.publish)
+                    .map(|port| HashMap::from([(c.container_port, port)]))
+                    .unwrap_or_default(),
+            })
+            .ok_or_else(|| RuntimeError::NotFound(format!("No such container: {container}")));
+        futures::future::ready(details).boxed()
+    }
+
+    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String>> {
+        let mut state = self.state();
+        let result = if state.containers.values().any(|c| c.info.name == spec.name) {
+            Err(RuntimeError::Conflict(format!("the container name \"/{}\" is already in use", spec.name)))
+        } else if !state.images.contains(&spec.desired.image) {
+            Err(RuntimeError::NotFound(format!("No such image: {}", spec.desired.image)))
+        } else {
+            state.next_id += 1;
+            state.creates += 1;
+            let id = format!("{:012x}", state.next_id);
+            let info = ContainerInfo {
+                id: id.clone(),
+                name: spec.name.clone(),
+                image: spec.desired.image.clone(),
+                labels: spec.labels.clone(),
+                running: false,
+                starts: 0,
+            };
+            let container = Container {
+                info,
+                publish: spec.publish_on.is_some(),
+                container_port: spec.desired.port,
+                port: None,
+                server: None,
+            };
+            state.containers.insert(id.clone(), container);
+            Ok(id)
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    fn start<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| RuntimeError::Other(format!("binding a port: {e}")))?;
+            let port = listener.local_addr().map_err(|e| RuntimeError::Other(e.to_string()))?.port();
+            let (died, host) = {
+                let mut state = self.state();
+                let id = Self::find(&state, container)
+                    .ok_or_else(|| RuntimeError::NotFound(format!("No such container: {container}")))?;
+                let image = state.containers[&id].info.image.clone();
+                let behaviour = state.behaviours.get(&image).copied().unwrap_or(Behaviour::Serve(200));
+                let status = state.statuses.entry(image).or_insert_with(|| Arc::new(AtomicU16::new(200))).clone();
+                let c = state.containers.get_mut(&id).expect("BUG: found above");
+                if c.info.running {
+                    return Ok(());
+                }
+                c.info.starts += 1;
+                let host = c.info.labels.get(labels::HOST).cloned().unwrap_or_default();
+                match behaviour {
+                    Behaviour::ExitOnStart(code) => (Some((id, code)), host),
+                    Behaviour::Serve(_) => {
+                        c.info.running = true;
+                        c.port = Some(port);
+                        c.server = Some(tokio::spawn(serve(listener, status)).abort_handle());
+                        (None, host)
+                    }
+                }
+            };
+            if let Some((container_id, code)) = died {
+                self.emit(host, ContainerEvent::Died { container_id, exit_code: Some(code.to_string()) });
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn stop<'a>(&'a self, container: &'a str, _grace_secs: u32) -> BoxFuture<'a, Result<()>> {
+        let stopped = {
+            let mut state = self.state();
+            match Self::find(&state, container) {
+                None => Err(RuntimeError::NotFound(format!("No such container: {container}"))),
+                Some(id) => {
+                    let c = state.containers.get_mut(&id).expect("BUG: found above");
+                    let was_running = c.info.running;
+                    c.halt();
+                    Ok(was_running.then(|| (id, c.info.labels.get(labels::HOST).cloned().unwrap_or_default())))
+                }
+            }
+        };
+        if let Ok(Some((container_id, host))) = &stopped {
+            self.emit(
+                host.clone(),
+                ContainerEvent::Died { container_id: container_id.clone(), exit_code: Some("0".into()) },
+            );
+        }
+        futures::future::ready(stopped.map(|_| ())).boxed()
+    }
+
+    fn remove<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<()>> {
+        let removed = {
+            let mut state = self.state();
+            Self::find(&state, container).and_then(|id| state.containers.remove(&id))
+        };
+        let result = match removed {
+            None => Err(RuntimeError::NotFound(format!("No such container: {container}"))),
+            Some(mut c) => {
+                c.halt();
+                let host = c.info.labels.get(labels::HOST).cloned().unwrap_or_default();
+                self.emit(host, ContainerEvent::Destroyed { container_id: c.info.id });
+                Ok(())
+            }
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    fn events(&self, host: &str) -> BoxStream<'static, Result<ContainerEvent>> {
+        let host = host.to_string();
+        futures::stream::unfold(self.events.subscribe(), move |mut rx| {
+            let host = host.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok((for_host, event)) if for_host == host => return Some((Ok(event), rx)),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn has_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool>> {
+        futures::future::ready(Ok(self.state().images.contains(image))).boxed()
+    }
+
+    fn pull<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>> {
+        let mut state = self.state();
+        let result = if state.pullable.contains(image) {
+            state.images.insert(image.to_string());
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound(format!("pull access denied for {image}, repository does not exist")))
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    fn load(&self, archive: ByteStream) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let chunks: Vec<_> = archive.collect().await;
+            let mut bytes = Vec::new();
+            for chunk in chunks {
+                bytes.extend_from_slice(&chunk.map_err(|e| RuntimeError::Other(e.to_string()))?);
+            }
+            let image = String::from_utf8(bytes).map_err(|_| RuntimeError::Other("not an image archive".into()))?;
+            self.add_image(&image);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// The "archive" of an image is its name.
+    fn export(&self, image: &str) -> ByteStream {
+        let chunk = if self.state().images.contains(image) {
+            Ok(Bytes::from(image.to_string()))
+        } else {
+            Err(std::io::Error::other(format!("No such image: {image}")))
+        };
+        futures::stream::iter([chunk]).boxed()
+    }
+
+    fn usage<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Option<UsageSample>> {
+        let running = self.state().containers.get(container).is_some_and(|c| c.info.running);
+        futures::future::ready(running.then_some(UsageSample { cpu_ns: 0, memory_bytes: 1 << 20 })).boxed()
+    }
+
+    fn logs(&self, container: &str, _tail: u32, _follow: bool) -> LogStream {
+        let name = self.state().containers.get(container).map(|c| c.info.name.clone());
+        futures::stream::iter(name.map(|name| ("stdout".to_string(), format!("{name} started")))).boxed()
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, HostCapacity> {
+        futures::future::ready(self.capacity.clone()).boxed()
+    }
+}

@@ -1,0 +1,342 @@
+//! The HTTP edge: the REST API under `/api/v1` and the dashboard's pages, on one axum router.
+//! Handlers are thin: authenticate, call the service layer, map the result.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::{Json, Router};
+use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, Rollback, Scale};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::auth::{Action, Principal};
+use crate::services::{ServiceError, Services};
+
+mod agents;
+mod error;
+mod extract;
+mod identity;
+pub mod session;
+mod watch;
+
+pub use error::ApiError;
+use extract::ApiJson;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+}
+
+/// Who may call an endpoint; the permission matrix as the router declares it. The authorization
+/// matrix test checks every endpoint against its declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials (sign-in, accepting an invitation, health).
+    Public,
+    /// Any valid user token.
+    User,
+    /// A user token whose role in the `{team}` of the path allows the action.
+    Team(Action),
+    /// Instance admins only.
+    InstanceAdmin,
+    /// Host agents, with their host credential.
+    Agent,
+}
+
+/// One API endpoint.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    router: MethodRouter<AppState>,
+}
+
+fn endpoint<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Endpoint
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("BUG: endpoints use standard methods");
+    Endpoint { method, path, access, router: on(filter, handler) }
+}
+
+/// Every API endpoint. The router is built from this list, so none can be missing from it.
+pub fn endpoints() -> Vec<Endpoint> {
+    use Access::*;
+    use Action::*;
+    const APPS: &str = "/api/v1/teams/{team}/apps";
+    vec![
+        endpoint(Method::GET, "/api/v1/health", Public, || async { Json(serde_json::json!({ "status": "ok" })) }),
+        endpoint(Method::GET, APPS, Team(ViewApps), list_apps),
+        endpoint(Method::POST, APPS, Team(DeployApps), create_app),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}", Team(ViewApps), show_app),
+        endpoint(Method::DELETE, "/api/v1/teams/{team}/apps/{app}", Team(DeleteApps), delete_app),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/deploy", Team(DeployApps), deploy),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/scale", Team(DeployApps), scale),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/rollback", Team(DeployApps), rollback),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/releases/{number}", Team(ViewApps), show_release),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/logs", Team(ViewApps), logs),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app),
+        endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps),
+        endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
+        endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),
+        endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host),
+        endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host),
+        endpoint(Method::POST, "/api/v1/hosts/{host}/drain", InstanceAdmin, drain_host),
+        endpoint(Method::POST, "/api/v1/join-tokens", InstanceAdmin, create_join_token),
+        endpoint(Method::POST, "/api/v1/agents/join", Public, agents::join),
+        endpoint(Method::GET, "/api/v1/agents/connect", Agent, agents::connect),
+        endpoint(Method::GET, "/api/v1/agents/images", Agent, agents::fetch_image),
+        endpoint(Method::PUT, "/api/v1/agents/transfers/{transfer}", Agent, agents::upload),
+        endpoint(Method::POST, "/api/v1/login", Public, identity::login),
+        endpoint(Method::GET, "/api/v1/auth/providers", Public, identity::sign_in_providers),
+        endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start),
+        endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback),
+        endpoint(Method::GET, "/api/v1/me", User, identity::me),
+        endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password),
+        endpoint(Method::GET, "/api/v1/users", InstanceAdmin, identity::list_users),
+        endpoint(Method::POST, "/api/v1/users/{email}/disable", InstanceAdmin, identity::disable_user),
+        endpoint(Method::POST, "/api/v1/users/{email}/enable", InstanceAdmin, identity::enable_user),
+        endpoint(Method::POST, "/api/v1/users/{email}/password", InstanceAdmin, identity::reset_password),
+        endpoint(Method::GET, "/api/v1/teams", User, identity::list_teams),
+        endpoint(Method::POST, "/api/v1/teams", User, identity::create_team),
+        endpoint(Method::GET, "/api/v1/teams/{team}/members", Team(ViewMembers), identity::members),
+        endpoint(Method::PUT, "/api/v1/teams/{team}/members", Team(ManageMembers), identity::set_member),
+        endpoint(Method::DELETE, "/api/v1/teams/{team}/members/{email}", Team(ManageMembers), identity::remove_member),
+        endpoint(Method::POST, "/api/v1/teams/{team}/invites", Team(ManageMembers), identity::create_invite),
+        endpoint(Method::POST, "/api/v1/invites/{token}/accept", Public, identity::accept_invite),
+        endpoint(Method::GET, "/api/v1/tokens", User, identity::list_tokens),
+        endpoint(Method::POST, "/api/v1/tokens", User, identity::create_token),
+        endpoint(Method::DELETE, "/api/v1/tokens/{id}", User, identity::revoke_token),
+        endpoint(Method::GET, "/api/v1/teams/{team}/audit", Team(ViewAudit), identity::team_audit),
+        endpoint(Method::GET, "/api/v1/audit", InstanceAdmin, identity::all_audit),
+    ]
+}
+
+/// The whole HTTP surface, without a socket, so tests can drive it directly.
+pub fn router(state: AppState) -> Router {
+    router_with_dashboard(state, None)
+}
+
+/// The API and the dashboard; the dashboard's compiled wasm and JS are served from
+/// `dashboard_dir/pkg` (default `./site/pkg`).
+pub fn router_with_dashboard(state: AppState, dashboard_dir: Option<&std::path::Path>) -> Router {
+    let mut api = Router::new();
+    for endpoint in endpoints() {
+        api = api.route(endpoint.path, endpoint.router);
+    }
+    let not_found = || async { ApiError::from(ServiceError::NotFound("no such endpoint".into())) };
+    let api = api.route("/api/{*rest}", axum::routing::any(not_found)).with_state(state.clone());
+    api.clone().merge(dashboard(dashboard_dir, state, api))
+}
+
+/// The Leptos dashboard, rendered on the server and hydrated by `/pkg/berth.js`, and the sign-in
+/// and sign-out forms. Pages read their data through `api`, in-process, with the page request's
+/// session cookie: the dashboard has no access path of its own.
+fn dashboard(dir: Option<&std::path::Path>, state: AppState, api: Router) -> Router {
+    use berth_frontend::api::{ApiResponse, Csrf, ServerTransport};
+    use leptos::prelude::{provide_context, use_context};
+    use leptos_axum::LeptosRoutes;
+
+    let site_root = dir.map_or_else(|| "site".to_string(), |d| d.display().to_string());
+    let options = leptos::prelude::LeptosOptions::builder()
+        .output_name(berth_frontend::app::OUTPUT_NAME)
+        .site_root(site_root.clone())
+        .site_pkg_dir("pkg")
+        .build();
+    let routes = leptos_axum::generate_route_list(berth_frontend::app::App);
+    let shell_options = options.clone();
+    let page_context = move || {
+        // Pages outside a session (sign-in, invitations) still read public endpoints.
+        let session = use_context::<Parts>().and_then(|parts| parts.extensions.get::<session::PageSession>().cloned());
+        let secret = session.map(|s| s.secret).unwrap_or_default();
+        let csrf = if secret.is_empty() { String::new() } else { session::csrf_token(&secret) };
+        provide_context(Csrf(csrf.clone()));
+        let api = api.clone();
+        let cookie = format!("{}={}", session::SESSION_COOKIE, secret);
+        provide_context(ServerTransport(std::sync::Arc::new(move |request| {
+            let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
+            Box::pin(async move {
+                use tower::ServiceExt;
+                let mut builder = axum::http::Request::builder()
+                    .method(request.method)
+                    .uri(&request.path)
+                    .header(header::COOKIE, cookie)
+                    .header(session::CSRF_HEADER, csrf);
+                if request.body.is_some() {
+                    builder = builder.header(header::CONTENT_TYPE, "application/json");
+                }
+                let request = builder.body(Body::from(request.body.unwrap_or_default()));
+                let response = match request {
+                    Ok(request) => api.oneshot(request).await.expect("BUG: the router is infallible"),
+                    Err(error) => return ApiResponse { status: 400, body: format!("bad API request: {error}") },
+                };
+                let status = response.status().as_u16();
+                match axum::body::to_bytes(response.into_body(), 64 << 20).await {
+                    Ok(body) => ApiResponse { status, body: String::from_utf8_lossy(&body).into_owned() },
+                    Err(error) => ApiResponse { status: 500, body: format!("reading the API's answer: {error}") },
+                }
+            })
+        })));
+    };
+    let forms = Router::new()
+        .route("/auth/signin", axum::routing::post(session::sign_in))
+        .route("/auth/signout", axum::routing::post(session::sign_out))
+        .with_state(state.clone());
+    let pages = Router::new()
+        .leptos_routes_with_context(&options, routes, page_context, move || {
+            berth_frontend::app::shell(shell_options.clone())
+        })
+        .with_state(options)
+        .layer(axum::middleware::from_fn_with_state(state, session::require_session));
+    pages
+        .nest_service("/pkg", tower_http::services::ServeDir::new(std::path::Path::new(&site_root).join("pkg")))
+        .merge(forms)
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn list_apps(State(s): State<AppState>, p: Principal, Path(team): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.list_apps(&p, &team).await?))
+}
+
+async fn create_app(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(team): Path<String>,
+    ApiJson(input): ApiJson<CreateApp>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.services.create_app(&p, &team, input).await?)))
+}
+
+async fn show_app(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.show_app(&p, &team, &app).await?))
+}
+
+async fn delete_app(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    s.services.delete_app(&p, &team, &app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+    ApiJson(change): ApiJson<Deploy>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(s.services.deploy(&p, &team, &app, change).await?)))
+}
+
+async fn scale(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+    ApiJson(input): ApiJson<Scale>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(s.services.scale(&p, &team, &app, input.replicas).await?)))
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+    ApiJson(input): ApiJson<Rollback>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(s.services.rollback(&p, &team, &app, input.to).await?)))
+}
+
+async fn show_release(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app, number)): Path<(String, String, u32)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.release(&p, &team, &app, number).await?))
+}
+
+async fn app_metrics(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.app_metrics(&p, &team, &app).await?))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default = "default_tail")]
+    tail: u32,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn default_tail() -> u32 {
+    100
+}
+
+/// Newline-delimited JSON `LogLine`s, or server-sent `log` events when the client accepts
+/// `text/event-stream`; with `follow=true` the response stays open.
+async fn logs(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let lines = s.services.logs(&p, &team, &app, q.tail.min(10_000), q.follow).await?;
+    let wants_events = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if wants_events {
+        return Ok(watch::log_events(lines).into_response());
+    }
+    let body = lines.map(|line| {
+        let mut json = serde_json::to_vec(&line).expect("BUG: a LogLine always serialises");
+        json.push(b'\n');
+        Ok::<_, std::convert::Infallible>(json)
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
+}
+
+async fn list_hosts(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.list_hosts(&p).await?))
+}
+
+async fn show_host(State(s): State<AppState>, p: Principal, Path(host): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.show_host(&p, &host).await?))
+}
+
+async fn drain_host(State(s): State<AppState>, p: Principal, Path(host): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.drain_host(&p, &host).await?))
+}
+
+async fn remove_host(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(host): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    s.services.remove_host(&p, &host).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_join_token(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(input): ApiJson<CreateJoinToken>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.services.create_join_token(&p, input).await?)))
+}

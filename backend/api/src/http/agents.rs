@@ -1,0 +1,117 @@
+//! The control plane's end of the agent protocol: joining with a join token, then one WebSocket per
+//! agent carrying `ControlMessage`s down and `AgentMessage`s up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_control::HostLink;
+use berth_wire::agent::{AgentMessage, ControlMessage, HostCapacity, JoinRequest};
+use futures::{SinkExt, StreamExt};
+
+use super::extract::{AgentHost, ApiJson};
+use super::{ApiResult, AppState};
+use crate::services::Services;
+
+pub(super) async fn join(
+    State(s): State<AppState>,
+    ApiJson(request): ApiJson<JoinRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.services.join_host(request).await?)))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ImageQuery {
+    image: String,
+}
+
+/// An agent asks for an image its engine lacks: the `docker save` stream of another host's copy.
+pub(super) async fn fetch_image(
+    AgentHost(host): AgentHost,
+    State(s): State<AppState>,
+    Query(query): Query<ImageQuery>,
+) -> ApiResult<Response> {
+    let stream = s.services.image_for_host(&host, &query.image).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
+}
+
+/// An agent uploads what the control plane asked for (an image, a log stream).
+pub(super) async fn upload(
+    AgentHost(_): AgentHost,
+    State(s): State<AppState>,
+    Path(transfer): Path<String>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
+    s.services.agent_upload(&transfer, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn connect(
+    AgentHost(host): AgentHost,
+    State(s): State<AppState>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let link = s.services.agent_connected(&host).await?;
+    tracing::info!(host, "agent connected");
+    let services = s.services.clone();
+    Ok(ws.on_upgrade(move |socket| async move {
+        if let Err(error) = session(socket, link.clone(), services).await {
+            tracing::info!(host = link.name, %error, "agent connection ended");
+        }
+    }))
+}
+
+/// Pushes every desired-list change down and takes every report up, pinging each second so the
+/// agent notices a dead connection.
+async fn session(socket: WebSocket, link: Arc<HostLink>, services: Services) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = socket.split();
+    let mut commands = link.open_commands();
+    let closed = until_closed(link.closed());
+    tokio::pin!(closed);
+    let mut desired = link.desired_receiver();
+    desired.mark_changed();
+    let mut ping = tokio::time::interval(Duration::from_secs(1));
+    let mut capacity = HostCapacity::default();
+    loop {
+        tokio::select! {
+            changed = desired.changed() => {
+                changed?;
+                let containers = desired.borrow_and_update().clone();
+                if let Some(containers) = containers {
+                    let text = serde_json::to_string(&ControlMessage::Desired { containers })?;
+                    sink.send(Message::Text(text.into())).await?;
+                }
+            }
+            () = &mut closed => {
+                let _ = sink.send(Message::Close(None)).await;
+                return Ok(());
+            }
+            Some(command) = commands.recv() => {
+                sink.send(Message::Text(serde_json::to_string(&command)?.into())).await?;
+            }
+            message = stream.next() => {
+                let Some(message) = message else { return Ok(()) };
+                match message? {
+                    Message::Text(text) => {
+                        let message = serde_json::from_str::<AgentMessage>(&text)?;
+                        services.agent_message(&link, message, &mut capacity).await?;
+                    }
+                    Message::Close(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => sink.send(Message::Ping(Vec::new().into())).await?,
+        }
+    }
+}
+
+/// Resolves once the link is closed (its host removed).
+async fn until_closed(mut closed: tokio::sync::watch::Receiver<bool>) {
+    let _ = closed.wait_for(|closed| *closed).await;
+}

@@ -1,0 +1,401 @@
+//! Sign-in through OAuth2 providers: any OpenID Connect provider (found by its discovery
+//! document) and GitHub. Authorization code flow with PKCE (S256), a one-time `state` and, for
+//! OIDC, a `nonce`; ID tokens are checked against the provider's published keys, issuer, audience,
+//! expiry and nonce. What comes out is a verified email address; linking it to an account is the
+//! service layer's business.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, ExtraTokenFields,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    /// Any OpenID Connect provider; endpoints come from `{issuer}/.well-known/openid-configuration`.
+    Oidc { issuer: String },
+    /// GitHub (OAuth2, emails from its API). The URLs are configurable for GitHub Enterprise.
+    GitHub { auth_url: String, token_url: String, api_url: String },
+}
+
+/// New users whose verified email is in `domain` join `team` as `role` on first sign-in.
+#[derive(Debug, Clone)]
+pub struct AutoJoin {
+    pub domain: String,
+    pub team: String,
+    pub role: String,
+}
+
+impl AutoJoin {
+    /// Parses `DOMAIN:TEAM:ROLE`.
+    pub fn parse(rule: &str) -> anyhow::Result<AutoJoin> {
+        match rule.split(':').collect::<Vec<_>>()[..] {
+            [domain, team, role] => {
+                Ok(AutoJoin { domain: domain.to_lowercase(), team: team.into(), role: role.into() })
+            }
+            _ => Err(anyhow::anyhow!("auto-join={rule:?} is not DOMAIN:TEAM:ROLE")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Appears in the URLs: `/api/v1/auth/{name}/start`.
+    pub name: String,
+    pub kind: ProviderKind,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auto_join: Vec<AutoJoin>,
+}
+
+impl Provider {
+    /// Parses `name=corp,issuer=URL,client-id=ID,client-secret=SECRET[,auto-join=DOMAIN:TEAM:ROLE]`
+    /// (for GitHub: `name=github,github=true,...`).
+    pub fn parse(spec: &str) -> anyhow::Result<Provider> {
+        let mut fields: HashMap<&str, Vec<&str>> = HashMap::new();
+        for part in spec.split(',') {
+            let (key, value) =
+                part.split_once('=').ok_or_else(|| anyhow::anyhow!("{part:?} in {spec:?} is not key=value"))?;
+            fields.entry(key.trim()).or_default().push(value.trim());
+        }
+        let one = |key: &str| -> anyhow::Result<String> {
+            fields
+                .get(key)
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .ok_or_else(|| anyhow::anyhow!("the sign-in provider {spec:?} needs {key}=..."))
+        };
+        let kind = if fields.contains_key("github") {
+            let github = |key: &str, default: &str| one(key).unwrap_or_else(|_| default.to_string());
+            ProviderKind::GitHub {
+                auth_url: github("auth-url", "https://github.com/login/oauth/authorize"),
+                token_url: github("token-url", "https://github.com/login/oauth/access_token"),
+                api_url: github("api-url", "https://api.github.com"),
+            }
+        } else {
+            ProviderKind::Oidc { issuer: one("issuer")?.trim_end_matches('/').to_string() }
+        };
+        let auto_join = fields
+            .get("auto-join")
+            .into_iter()
+            .flatten()
+            .map(|rule| AutoJoin::parse(rule))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Provider {
+            name: one("name")?,
+            kind,
+            client_id: one("client-id")?,
+            client_secret: one("client-secret")?,
+            auto_join,
+        })
+    }
+}
+
+/// Why a sign-in through a provider failed. Callers show the message; none carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("no sign-in provider named {0}")]
+    UnknownProvider(String),
+    #[error("the sign-in attempt is unknown, used or expired (state mismatch)")]
+    InvalidState,
+    #[error("the provider did not answer as expected: {0}")]
+    Provider(String),
+    #[error("the identity token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the provider has no verified email address for this account")]
+    UnverifiedEmail,
+}
+
+/// The ID token's extra field in the token response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdTokenFields {
+    #[serde(default)]
+    pub id_token: Option<String>,
+}
+
+impl ExtraTokenFields for IdTokenFields {}
+
+type TokenResponseWithIdToken = StandardTokenResponse<IdTokenFields, BasicTokenType>;
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenResponseWithIdToken,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+#[derive(Debug, Clone, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdClaims {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<bool>,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+struct Pending {
+    provider: String,
+    verifier: String,
+    nonce: String,
+    started: Instant,
+}
+
+/// A verified identity from a provider.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// How long a user has between starting a sign-in and coming back.
+const PENDING_FOR: Duration = Duration::from_secs(600);
+
+pub struct SignIn {
+    public_url: String,
+    providers: Vec<Provider>,
+    pending: Mutex<HashMap<String, Pending>>,
+    http: reqwest::Client,
+}
+
+impl SignIn {
+    /// `public_url` is where browsers reach this server; callbacks are under it.
+    pub fn new(public_url: &str, providers: Vec<Provider>) -> SignIn {
+        SignIn {
+            public_url: public_url.trim_end_matches('/').to_string(),
+            providers,
+            pending: Mutex::new(HashMap::new()),
+            // Following redirects from a provider's endpoints would open the server to SSRF.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("BUG: a plain HTTP client always builds"),
+        }
+    }
+
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.iter().map(|p| p.name.clone()).collect()
+    }
+
+    pub fn provider(&self, name: &str) -> Result<&Provider, SignInError> {
+        self.providers.iter().find(|p| p.name == name).ok_or_else(|| SignInError::UnknownProvider(name.into()))
+    }
+
+    fn redirect_url(&self, provider: &str) -> String {
+        format!("{}/api/v1/auth/{provider}/callback", self.public_url)
+    }
+
+    async fn discover(&self, issuer: &str) -> Result<Discovery, SignInError> {
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let discovery: Discovery = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| SignInError::Provider(format!("discovery at {url}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| SignInError::Provider(format!("discovery document: {e}")))?;
+        if discovery.issuer.trim_end_matches('/') != issuer {
+            return Err(SignInError::Provider(format!("the discovery document names issuer {}", discovery.issuer)));
+        }
+        Ok(discovery)
+    }
+
+    async fn client(&self, provider: &Provider) -> Result<(OAuthClient, Option<Discovery>), SignInError> {
+        let (auth, token, discovery) = match &provider.kind {
+            ProviderKind::Oidc { issuer } => {
+                let d = self.discover(issuer).await?;
+                (d.authorization_endpoint.clone(), d.token_endpoint.clone(), Some(d))
+            }
+            ProviderKind::GitHub { auth_url, token_url, .. } => (auth_url.clone(), token_url.clone(), None),
+        };
+        let bad = |e: oauth2::url::ParseError| SignInError::Provider(format!("bad endpoint URL: {e}"));
+        let client = oauth2::Client::new(ClientId::new(provider.client_id.clone()))
+            .set_client_secret(ClientSecret::new(provider.client_secret.clone()))
+            .set_auth_uri(AuthUrl::new(auth).map_err(bad)?)
+            .set_token_uri(TokenUrl::new(token).map_err(bad)?)
+            .set_redirect_uri(RedirectUrl::new(self.redirect_url(&provider.name)).map_err(bad)?);
+        Ok((client, discovery))
+    }
+
+    /// Starts a sign-in: the URL to send the browser to.
+    pub async fn start(&self, provider: &str) -> Result<String, SignInError> {
+        let provider = self.provider(provider)?;
+        let (client, _) = self.client(provider).await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let nonce = CsrfToken::new_random().secret().clone();
+        let scopes: &[&str] = match provider.kind {
+            ProviderKind::Oidc { .. } => &["openid", "email", "profile"],
+            ProviderKind::GitHub { .. } => &["read:user", "user:email"],
+        };
+        let mut request = client.authorize_url(CsrfToken::new_random).set_pkce_challenge(challenge);
+        for scope in scopes {
+            request = request.add_scope(Scope::new(scope.to_string()));
+        }
+        if matches!(provider.kind, ProviderKind::Oidc { .. }) {
+            request = request.add_extra_param("nonce", nonce.clone());
+        }
+        let (url, state) = request.url();
+        let mut pending = self.pending.lock().expect("BUG: pending sign-ins poisoned");
+        pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
+        pending.insert(
+            state.secret().clone(),
+            Pending {
+                provider: provider.name.clone(),
+                verifier: verifier.secret().clone(),
+                nonce,
+                started: Instant::now(),
+            },
+        );
+        Ok(url.to_string())
+    }
+
+    /// Finishes a sign-in from the provider's redirect: a verified email, or why not.
+    pub async fn finish(&self, provider: &str, code: &str, state: &str) -> Result<Identity, SignInError> {
+        let provider = self.provider(provider)?;
+        // One use only, whatever happens next.
+        let pending = self.pending.lock().expect("BUG: pending sign-ins poisoned").remove(state);
+        let Some(pending) = pending.filter(|p| p.provider == provider.name && p.started.elapsed() < PENDING_FOR) else {
+            return Err(SignInError::InvalidState);
+        };
+        let (client, discovery) = self.client(provider).await?;
+        let token = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| SignInError::Provider(format!("exchanging the code: {e}")))?;
+        match (&provider.kind, discovery) {
+            (ProviderKind::Oidc { .. }, Some(discovery)) => {
+                let id_token = token
+                    .extra_fields()
+                    .id_token
+                    .as_deref()
+                    .ok_or_else(|| SignInError::InvalidToken("the token response has no id_token".into()))?;
+                self.verify_id_token(provider, &discovery, id_token, &pending.nonce).await
+            }
+            (ProviderKind::GitHub { api_url, .. }, _) => {
+                self.github_email(api_url, token.access_token().secret()).await
+            }
+            (ProviderKind::Oidc { .. }, None) => unreachable!("BUG: OIDC clients come with their discovery document"),
+        }
+    }
+
+    async fn verify_id_token(
+        &self,
+        provider: &Provider,
+        discovery: &Discovery,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<Identity, SignInError> {
+        let invalid = |e: &dyn std::fmt::Display| SignInError::InvalidToken(e.to_string());
+        let header = jsonwebtoken::decode_header(id_token).map_err(|e| invalid(&e))?;
+        // Only asymmetric signatures: a symmetric or unsigned token proves nothing here.
+        let allowed = [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::ES256, Algorithm::ES384];
+        if !allowed.contains(&header.alg) {
+            return Err(SignInError::InvalidToken(format!("unaccepted signature algorithm {:?}", header.alg)));
+        }
+        let keys: JwkSet = self
+            .http
+            .get(&discovery.jwks_uri)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| SignInError::Provider(format!("fetching the signing keys: {e}")))?
+            .json()
+            .await
+            .map_err(|e| SignInError::Provider(format!("the signing keys: {e}")))?;
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None => keys.keys.first(),
+        }
+        .ok_or_else(|| SignInError::InvalidToken("signed with a key the provider does not publish".into()))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(&e))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[provider.client_id.as_str()]);
+        validation.set_issuer(&[discovery.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation).map_err(|e| invalid(&e))?.claims;
+        if claims.nonce.as_deref() != Some(nonce) {
+            return Err(SignInError::InvalidToken("the nonce does not match this sign-in".into()));
+        }
+        match (claims.email, claims.email_verified) {
+            (Some(email), Some(true)) => Ok(Identity { email: email.to_lowercase(), name: claims.name }),
+            _ => Err(SignInError::UnverifiedEmail),
+        }
+    }
+
+    async fn github_email(&self, api_url: &str, access_token: &str) -> Result<Identity, SignInError> {
+        #[derive(Deserialize)]
+        struct Email {
+            email: String,
+            primary: bool,
+            verified: bool,
+        }
+        let emails: Vec<Email> = self
+            .http
+            .get(format!("{}/user/emails", api_url.trim_end_matches('/')))
+            .bearer_auth(access_token)
+            .header("user-agent", "berth")
+            .header("accept", "application/vnd.github+json")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| SignInError::Provider(format!("reading the account's emails: {e}")))?
+            .json()
+            .await
+            .map_err(|e| SignInError::Provider(format!("the account's emails: {e}")))?;
+        emails
+            .into_iter()
+            .find(|e| e.primary && e.verified)
+            .map(|e| Identity { email: e.email.to_lowercase(), name: None })
+            .ok_or(SignInError::UnverifiedEmail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_specs_parse_and_name_what_is_missing() {
+        let p = Provider::parse(
+            "name=corp,issuer=https://id.example.com/,client-id=a,client-secret=b,auto-join=example.com:main:viewer",
+        )
+        .unwrap();
+        assert!(matches!(&p.kind, ProviderKind::Oidc { issuer } if issuer == "https://id.example.com"));
+        assert_eq!(p.auto_join[0].team, "main");
+        let g = Provider::parse("name=github,github=true,client-id=a,client-secret=b").unwrap();
+        assert!(matches!(g.kind, ProviderKind::GitHub { .. }));
+        let missing = Provider::parse("name=corp,client-id=a,client-secret=b").unwrap_err().to_string();
+        assert!(missing.contains("issuer"), "{missing}");
+    }
+}

@@ -1,0 +1,247 @@
+//! `berth server`: the all-in-one process. Opens the store, bootstraps the instance on first start,
+//! connects to Docker, and runs the local agent, the orchestrator, the ingress and the API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use berth_agent::docker::DockerRuntime;
+use berth_agent::{AgentConfig, ContainerRuntime as _, EndpointMode};
+use berth_control::images::LocalImageSource;
+use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
+use berth_ingress::{Ingress, IngressConfig};
+use berth_store::Store;
+pub use berth_wire::ADMIN_TOKEN_FILE;
+
+use crate::auth;
+use crate::http::{self, AppState};
+
+mod settings;
+
+use crate::oidc::SignIn;
+use crate::services::Services;
+pub use settings::{ServerSettings, parse_duration};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub ingress_listen: SocketAddr,
+    pub base_domain: String,
+    /// Name of the local host as agents and labels know it.
+    pub host_name: String,
+    /// When set, containers publish their port on this address instead of being reached on
+    /// Docker's bridge network.
+    pub advertise_addr: Option<IpAddr>,
+    pub deploy_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub stop_grace_secs: u32,
+    /// Remote hosts silent this long are declared down.
+    pub heartbeat_timeout: Duration,
+    /// Run the in-process agent (false: a pure control plane; all hosts join with `berth agent`).
+    pub local_agent: bool,
+    /// Where browsers reach this server (for sign-in callbacks).
+    pub public_url: Option<String>,
+    /// OAuth2 / OIDC sign-in providers.
+    pub sign_in: Vec<crate::oidc::Provider>,
+    /// Where the dashboard's compiled wasm and JS are (`<dir>/pkg`).
+    pub dashboard_dir: PathBuf,
+}
+
+/// `site` next to the `berth` executable, where `cargo xtask` puts the dashboard's build.
+pub fn default_dashboard_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("site")))
+        .unwrap_or_else(|| PathBuf::from("site"))
+}
+
+/// The instance admin's first password (sign in as `admin@localhost`, then change it).
+pub const ADMIN_PASSWORD_FILE: &str = "admin.password";
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir).await?;
+    bootstrap(&store, &config.data_dir).await?;
+
+    let ingress_listener = tokio::net::TcpListener::bind(config.ingress_listen)
+        .await
+        .with_context(|| format!("listening for ingress traffic on {}", config.ingress_listen))?;
+    let api_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening for the API on {}", config.listen))?;
+
+    let links = HostLinks::default();
+    if config.local_agent {
+        let runtime = Arc::new(DockerRuntime::connect().await?);
+        let endpoint_mode = match config.advertise_addr {
+            Some(ip) => EndpointMode::Published(ip),
+            None => EndpointMode::ContainerIp,
+        };
+        let advertised = config.advertise_addr.map_or_else(|| "docker bridge".to_string(), |ip| ip.to_string());
+        store.register_local_host(&config.host_name, &advertised, &runtime.capacity().await).await?;
+        let link = HostLink::new(config.host_name.clone());
+        let desired = link.desired_receiver();
+        let mut agent_config = AgentConfig::new(config.host_name.clone(), endpoint_mode);
+        agent_config.image_source =
+            Some(Arc::new(LocalImageSource { host: config.host_name.clone(), links: links.clone() }));
+        let agent = berth_agent::spawn(runtime, agent_config, desired);
+        links.add(link.attach_local(agent));
+    }
+
+    let ingress = Ingress::new(IngressConfig::default());
+    let orchestrator = Orchestrator::start(
+        store.clone(),
+        ingress.clone(),
+        links,
+        OrchestratorConfig {
+            deploy_timeout: config.deploy_timeout,
+            drain_timeout: config.drain_timeout,
+            stop_grace_secs: config.stop_grace_secs,
+            heartbeat_timeout: config.heartbeat_timeout,
+            ..OrchestratorConfig::new(config.base_domain.clone(), ingress_listener.local_addr()?.port())
+        },
+    )
+    .await?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let services = Services::new(store, orchestrator).with_sign_in(SignIn::new(&public_url, config.sign_in.clone()));
+
+    println!(
+        "berth server: API on http://{}, apps on http://<app>.{}:{}",
+        api_listener.local_addr()?,
+        config.base_domain,
+        ingress_listener.local_addr()?.port()
+    );
+    let ingress_task = tokio::spawn(ingress.serve(ingress_listener));
+    if !config.dashboard_dir.join("pkg").join(format!("{}.js", berth_frontend::app::OUTPUT_NAME)).exists() {
+        tracing::warn!(
+            dir = %config.dashboard_dir.display(),
+            "the dashboard's wasm is not built there (cargo xtask dashboard): pages render but stay static"
+        );
+    }
+    let app = http::router_with_dashboard(AppState { services }, Some(&config.dashboard_dir))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
+    // Without TCP_NODELAY, a streamed page's later chunks wait for the client's delayed ACK
+    // (~40 ms each time).
+    use axum::serve::ListenerExt as _;
+    let api_listener = api_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(api_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+    ingress_task.abort();
+    println!("berth server: stopped; containers keep running and are adopted at the next start");
+    Ok(())
+}
+
+/// The log span of a request: its method and [`loggable_path`].
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = loggable_path(request.uri()))
+}
+
+/// The request's path without the query (sign-in codes and states) and with invitation secrets
+/// blanked, so no secret reaches the logs.
+fn loggable_path(uri: &axum::http::Uri) -> String {
+    let path = uri.path();
+    match path.strip_prefix("/api/v1/invites/") {
+        Some(rest) => format!("/api/v1/invites/(secret)/{}", rest.split_once('/').map_or("", |(_, tail)| tail)),
+        None => path.to_string(),
+    }
+}
+
+/// First start: create the admin, team `main` and an admin token, written to `admin.token` (0600).
+async fn bootstrap(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    let token_path = data_dir.join(ADMIN_TOKEN_FILE);
+    let password_path = data_dir.join(ADMIN_PASSWORD_FILE);
+    if store.is_bootstrapped().await? {
+        // Hashing a first password is deliberately slow; later starts skip it.
+        if token_path.exists() {
+            println!("berth server: admin API token in {}", token_path.display());
+        }
+        return Ok(());
+    }
+    let secret = auth::new_token();
+    let password = auth::new_token().trim_start_matches("berth_")[..24].to_string();
+    let password_hash = auth::hash_password(&password).await?;
+    if store.bootstrap(&auth::hash_token(&secret), &password_hash).await? {
+        write_private(&token_path, &format!("{secret}\n"))
+            .with_context(|| format!("writing the admin token to {}", token_path.display()))?;
+        write_private(&password_path, &format!("{password}\n"))
+            .with_context(|| format!("writing the admin password to {}", password_path.display()))?;
+        println!(
+            "berth server: first start; created team 'main', the admin admin@localhost (password in {}) and an admin API token in {}",
+            password_path.display(),
+            token_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only (created 0600, never wider).
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Rejects configurations that cannot work, before anything starts.
+fn check(config: &ServerConfig) -> anyhow::Result<()> {
+    if config.base_domain.is_empty()
+        || config.base_domain.starts_with('.')
+        || config.base_domain.contains(['/', ':', ' '])
+    {
+        bail!("--base-domain {:?} is not a domain name", config.base_domain);
+    }
+    if config.listen == config.ingress_listen && config.listen.port() != 0 {
+        bail!("--listen and --ingress-listen are both {}; they need different ports", config.listen);
+    }
+    Ok(())
+}
+
+/// `berth admin set-password`: sets a user's password in the data directory's store, with no
+/// server running.
+pub async fn set_password(data_dir: &Path, email: &str, password: &str) -> anyhow::Result<()> {
+    if !data_dir.join("berth.db").exists() {
+        bail!("{} holds no Berth database (is --data-dir / BERTH_DATA_DIR right?)", data_dir.display());
+    }
+    let store = Store::open(data_dir).await?;
+    crate::services::set_password_offline(&store, email, password)
+        .await
+        .with_context(|| format!("in {}", data_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_carry_no_secrets() {
+        let path = |uri: &str| loggable_path(&uri.parse().unwrap());
+        assert_eq!(path("/api/v1/invites/berth_invite_abc/accept"), "/api/v1/invites/(secret)/accept");
+        assert_eq!(path("/api/v1/auth/corp/callback?code=x&state=y"), "/api/v1/auth/corp/callback");
+        assert_eq!(path("/api/v1/teams/main/apps"), "/api/v1/teams/main/apps");
+    }
+}

@@ -1,0 +1,252 @@
+//! `berth server`'s settings: flags and environment variables over a TOML file (`--config`) over
+//! the defaults. Secrets belong in the file (mode 0600) or in files it names, not on the command
+//! line, where `ps` shows them to every user of the machine.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7878"
+//! base_domain = "apps.example.com"
+//! deploy_timeout = "2m"          # durations: humantime ("90s", "1m 30s") or plain seconds
+//!
+//! [[sign_in]]
+//! name = "corp"
+//! issuer = "https://login.example.com"
+//! client_id = "berth"
+//! client_secret_file = "/run/secrets/berth-oidc"
+//! auto_join = ["example.com:main:viewer"]
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use super::ServerConfig;
+use crate::oidc::{AutoJoin, Provider, ProviderKind};
+
+/// Every setting of `berth server`, each optional: what a source leaves out, a later one (or the
+/// default) provides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub ingress_listen: Option<SocketAddr>,
+    pub base_domain: Option<String>,
+    pub host_name: Option<String>,
+    pub advertise_addr: Option<IpAddr>,
+    #[serde(default, deserialize_with = "duration")]
+    pub deploy_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub stop_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat_timeout: Option<Duration>,
+    pub local_agent: Option<bool>,
+    pub public_url: Option<String>,
+    pub dashboard_dir: Option<PathBuf>,
+    /// Sign-in providers, from flags or from the file's `[[sign_in]]` tables (a table's
+    /// `client_secret_file` is read as the file is).
+    #[serde(default, deserialize_with = "sign_in_tables")]
+    pub sign_in: Vec<Provider>,
+}
+
+/// One `[[sign_in]]` table of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignInTable {
+    name: String,
+    /// An OpenID Connect provider's issuer URL.
+    issuer: Option<String>,
+    /// GitHub (or GitHub Enterprise with the URLs below) instead of OpenID Connect.
+    #[serde(default)]
+    github: bool,
+    auth_url: Option<String>,
+    token_url: Option<String>,
+    api_url: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    /// `DOMAIN:TEAM:ROLE` rules.
+    #[serde(default)]
+    auto_join: Vec<String>,
+}
+
+impl SignInTable {
+    fn into_provider(self) -> anyhow::Result<Provider> {
+        let name = self.name;
+        let client_secret = match (self.client_secret, self.client_secret_file) {
+            (Some(secret), None) => secret,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the client secret of {name} from {}", path.display()))?
+                .trim()
+                .to_string(),
+            _ => bail!("sign-in provider {name}: set exactly one of client_secret and client_secret_file"),
+        };
+        let kind = match (self.github, self.issuer) {
+            (true, None) => ProviderKind::GitHub {
+                auth_url: self.auth_url.unwrap_or_else(|| "https://github.com/login/oauth/authorize".into()),
+                token_url: self.token_url.unwrap_or_else(|| "https://github.com/login/oauth/access_token".into()),
+                api_url: self.api_url.unwrap_or_else(|| "https://api.github.com".into()),
+            },
+            (false, Some(issuer)) => ProviderKind::Oidc { issuer: issuer.trim_end_matches('/').to_string() },
+            _ => bail!("sign-in provider {name}: set either issuer (OpenID Connect) or github = true"),
+        };
+        let auto_join = self.auto_join.iter().map(|rule| AutoJoin::parse(rule)).collect::<anyhow::Result<_>>()?;
+        Ok(Provider { name, kind, client_id: self.client_id, client_secret, auto_join })
+    }
+}
+
+impl ServerSettings {
+    /// Reads a TOML settings file; unknown keys are errors (a typo must not pass silently).
+    pub fn from_file(path: &Path) -> anyhow::Result<ServerSettings> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// These settings, with `under`'s where these have none. Sign-in providers add up.
+    pub fn over(self, under: ServerSettings) -> ServerSettings {
+        let mut sign_in = under.sign_in;
+        sign_in.extend(self.sign_in);
+        ServerSettings {
+            data_dir: self.data_dir.or(under.data_dir),
+            listen: self.listen.or(under.listen),
+            ingress_listen: self.ingress_listen.or(under.ingress_listen),
+            base_domain: self.base_domain.or(under.base_domain),
+            host_name: self.host_name.or(under.host_name),
+            advertise_addr: self.advertise_addr.or(under.advertise_addr),
+            deploy_timeout: self.deploy_timeout.or(under.deploy_timeout),
+            drain_timeout: self.drain_timeout.or(under.drain_timeout),
+            stop_grace: self.stop_grace.or(under.stop_grace),
+            heartbeat_timeout: self.heartbeat_timeout.or(under.heartbeat_timeout),
+            local_agent: self.local_agent.or(under.local_agent),
+            public_url: self.public_url.or(under.public_url),
+            dashboard_dir: self.dashboard_dir.or(under.dashboard_dir),
+            sign_in,
+        }
+    }
+
+    /// The configuration to run with: defaults for what is unset, and checks that it can work.
+    pub fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let mut names: Vec<&str> = self.sign_in.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            bail!("two sign-in providers are named {}", pair[0]);
+        }
+        let config = ServerConfig {
+            data_dir: self.data_dir.unwrap_or_else(|| "./berth-data".into()),
+            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7878))),
+            ingress_listen: self.ingress_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            base_domain: self.base_domain.unwrap_or_else(|| "localhost".into()),
+            host_name: self.host_name.unwrap_or_else(|| "local".into()),
+            advertise_addr: self.advertise_addr,
+            deploy_timeout: self.deploy_timeout.unwrap_or(Duration::from_secs(120)),
+            drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(30)),
+            stop_grace_secs: self
+                .stop_grace
+                .unwrap_or(Duration::from_secs(10))
+                .as_secs()
+                .try_into()
+                .unwrap_or(u32::MAX),
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(Duration::from_secs(3)).max(Duration::from_millis(500)),
+            local_agent: self.local_agent.unwrap_or(true),
+            public_url: self.public_url,
+            dashboard_dir: self.dashboard_dir.unwrap_or_else(super::default_dashboard_dir),
+            sign_in: self.sign_in,
+        };
+        super::check(&config)?;
+        Ok(config)
+    }
+}
+
+/// Longest duration any setting takes: a typo like `1000h` is an error, not a hang.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration as users write it: plain seconds (`90`, `0.5`) or humantime (`90s`, `1m 30s`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds.min(1e9)),
+        Ok(_) => return Err(format!("{text:?} is not a duration (a non-negative number of seconds)")),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?,
+    };
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than the longest allowed duration (7 days)"));
+    }
+    Ok(duration)
+}
+
+fn sign_in_tables<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Provider>, D::Error> {
+    let tables = Vec::<SignInTable>::deserialize(deserializer)?;
+    tables.into_iter().map(|t| t.into_provider().map_err(|e| serde::de::Error::custom(format!("{e:#}")))).collect()
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(f64),
+        Text(String),
+    }
+    let parsed = match Written::deserialize(deserializer)? {
+        Written::Seconds(seconds) => parse_duration(&seconds.to_string()),
+        Written::Text(text) => parse_duration(&text),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_seconds_or_humantime_and_bounded() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["inf", "NaN", "-1", "soon", "30d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_file_sets_what_flags_leave_out_and_secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        let file = dir.path().join("berth.toml");
+        let toml = format!(
+            "base_domain = \"apps.example.com\"\ndeploy_timeout = \"2m\"\ndrain_timeout = 5\n\
+             [[sign_in]]\nname = \"corp\"\nissuer = \"https://login.example.com/\"\nclient_id = \"berth\"\n\
+             client_secret_file = \"{}\"\nauto_join = [\"example.com:main:viewer\"]\n",
+            dir.path().join("secret").display()
+        );
+        std::fs::write(&file, toml).unwrap();
+        let flags = ServerSettings { base_domain: Some("flag.example.com".into()), ..Default::default() };
+        let config = flags.over(ServerSettings::from_file(&file).unwrap()).resolve().unwrap();
+        assert_eq!(config.base_domain, "flag.example.com", "flags win over the file");
+        assert_eq!(config.deploy_timeout, Duration::from_secs(120));
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.sign_in.len(), 1);
+        assert_eq!(config.sign_in[0].client_secret, "s3cret");
+        assert!(
+            matches!(&config.sign_in[0].kind, ProviderKind::Oidc { issuer } if issuer == "https://login.example.com")
+        );
+    }
+
+    #[test]
+    fn typos_and_half_configured_providers_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "base_domian = \"x\"\n").unwrap();
+        let error = format!("{:#}", ServerSettings::from_file(&file).unwrap_err());
+        assert!(error.contains("base_domian"), "{error}");
+        std::fs::write(&file, "[[sign_in]]\nname = \"corp\"\nissuer = \"https://x\"\nclient_id = \"c\"\n").unwrap();
+        let error = format!("{:#}", ServerSettings::from_file(&file).unwrap_err());
+        assert!(error.contains("client_secret"), "{error}");
+        std::fs::write(&file, "deploy_timeout = \"forever\"\n").unwrap();
+        assert!(ServerSettings::from_file(&file).is_err());
+    }
+}

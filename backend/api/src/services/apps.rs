@@ -1,0 +1,345 @@
+//! Apps: create, deploy, scale, roll back, delete; their detail, releases, metrics and logs.
+
+use berth_store::{AppRow, ReleaseRow};
+use berth_wire::AppSpec;
+use berth_wire::agent::ContainerPhase;
+use berth_wire::api::{
+    AppDetail, AppMetrics, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState,
+    ReplicaInfo, TrafficPoint,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::validate::{require_privilege_grant, validate_app_name, validate_spec};
+use super::{Result, ServiceError, Services, invalid};
+use crate::auth::{Action, Principal};
+use crate::clock::now_ms;
+
+impl Services {
+    async fn find_app(&self, principal: &Principal, team: &str, name: &str, action: Action) -> Result<AppRow> {
+        let team_id = principal.require(team, action)?;
+        match self.store.app(team_id, name).await? {
+            Some(app) if !app.deleting => Ok(app),
+            _ => Err(ServiceError::NotFound(format!("app {name} not found in team {team}"))),
+        }
+    }
+
+    pub async fn list_apps(&self, principal: &Principal, team: &str) -> Result<Vec<AppSummary>> {
+        let team_id = principal.require(team, Action::ViewApps)?;
+        let mut summaries = Vec::new();
+        for app in self.store.apps_of_team(team_id).await?.into_iter().filter(|a| !a.deleting) {
+            summaries.push(self.summary(&app).await?);
+        }
+        Ok(summaries)
+    }
+
+    async fn summary(&self, app: &AppRow) -> Result<AppSummary> {
+        let latest = self.store.latest_release(app.id).await?;
+        let serving = match app.serving_release {
+            Some(n) => self.store.release(app.id, n).await?,
+            None => None,
+        };
+        let shown = serving.as_ref().or(latest.as_ref()).map(ReleaseRow::spec);
+        let observed = self.orchestrator.observed();
+        let replicas_ready = self
+            .store
+            .replicas_of_app(app.id)
+            .await?
+            .iter()
+            .filter(|r| Some(r.release_number) == app.serving_release)
+            .filter(|r| observed.get(&r.id).is_some_and(|o| o.ready()))
+            .count() as u32;
+        Ok(AppSummary {
+            team: app.team.clone(),
+            name: app.name.clone(),
+            url: self.orchestrator.app_url(&app.name),
+            serving_release: app.serving_release.map(|n| n as u32),
+            replicas_desired: shown.as_ref().map_or(0, |s| s.replicas),
+            replicas_ready,
+            image: shown.map(|s| s.image).unwrap_or_default(),
+            created_at: app.created_at,
+        })
+    }
+
+    pub async fn show_app(&self, principal: &Principal, team: &str, name: &str) -> Result<AppDetail> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let summary = self.summary(&app).await?;
+        let mut releases = Vec::new();
+        for release in self.store.releases(app.id).await? {
+            releases.push(self.release_info(&release).await?);
+        }
+        let observed = self.orchestrator.observed();
+        let replicas = self
+            .store
+            .replicas_of_app(app.id)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let seen = observed.get(&r.id);
+                ReplicaInfo {
+                    id: r.id.clone(),
+                    release: r.release_number as u32,
+                    host: r.host.clone(),
+                    container_id: seen.and_then(|o| o.container_id.clone()),
+                    phase: seen.map_or(ContainerPhase::Pending, |o| o.phase),
+                    ready: seen.is_some_and(|o| o.ready()),
+                    endpoint: seen.and_then(|o| o.endpoint.clone()),
+                    restarts: seen.map_or(0, |o| o.restarts),
+                    message: seen.and_then(|o| o.message.clone()),
+                    started_at: seen.and_then(|o| o.started_at),
+                    usage: seen.and_then(|o| o.usage),
+                }
+            })
+            .collect();
+        Ok(AppDetail { summary, releases, replicas })
+    }
+
+    async fn release_info(&self, release: &ReleaseRow) -> Result<ReleaseInfo> {
+        Ok(ReleaseInfo {
+            number: release.number as u32,
+            spec: release.spec(),
+            state: release.state(),
+            message: release.message.clone(),
+            rollback_of: release.rollback_of.map(|n| n as u32),
+            created_at: release.created_at,
+            finished_at: release.finished_at,
+            events: self.store.release_events(release.id).await?,
+        })
+    }
+
+    pub async fn release(&self, principal: &Principal, team: &str, name: &str, number: u32) -> Result<ReleaseInfo> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let release = self
+            .store
+            .release(app.id, number as i64)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("release {number} of {name} not found")))?;
+        self.release_info(&release).await
+    }
+
+    async fn create_app_inner(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {
+        let team_id = principal.require(team, Action::DeployApps)?;
+        validate_app_name(&input.name)?;
+        let spec = AppSpec {
+            image: input.image.trim().to_string(),
+            port: input.port,
+            replicas: input.replicas.unwrap_or(1),
+            env: input.env,
+            health_path: input.health_path,
+            cpu_millis: input.cpu_millis,
+            memory_mb: input.memory_mb,
+            constraints: input.constraints,
+            privileges: input.privileges,
+        };
+        validate_spec(&spec)?;
+        require_privilege_grant(principal, None, &spec)?;
+        let app_id = match self.store.create_app(team_id, &input.name, &spec).await {
+            Ok(id) => id,
+            Err(error) if berth_store::is_unique_violation(&error) => {
+                return Err(ServiceError::Conflict(format!("an app named {} already exists", input.name)));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.orchestrator.enqueue(app_id);
+        Ok(ReleaseAccepted { app: input.name.clone(), release: 1, url: self.orchestrator.app_url(&input.name) })
+    }
+
+    /// A new release from the latest one with `change` applied.
+    async fn deploy_inner(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        change: Deploy,
+    ) -> Result<ReleaseAccepted> {
+        let app = self.find_app(principal, team, name, Action::DeployApps).await?;
+        let latest = self.store.latest_release(app.id).await?.expect("BUG: every app is created with a release");
+        let mut spec = latest.spec();
+        if let Some(image) = change.image {
+            spec.image = image.trim().to_string();
+        }
+        if let Some(port) = change.port {
+            spec.port = port;
+        }
+        if let Some(replicas) = change.replicas {
+            spec.replicas = replicas;
+        }
+        for key in &change.unset_env {
+            spec.env.remove(key);
+        }
+        spec.env.extend(change.env);
+        if let Some(path) = change.health_path {
+            spec.health_path = (!path.is_empty()).then_some(path);
+        }
+        if change.cpu_millis.is_some() {
+            spec.cpu_millis = change.cpu_millis;
+        }
+        if change.memory_mb.is_some() {
+            spec.memory_mb = change.memory_mb;
+        }
+        if let Some(constraints) = change.constraints {
+            spec.constraints = constraints;
+        }
+        if let Some(privileges) = change.privileges {
+            spec.privileges = privileges;
+        }
+        validate_spec(&spec)?;
+        require_privilege_grant(principal, Some(&latest.spec()), &spec)?;
+        self.new_release(&app, &spec, None).await
+    }
+
+    pub async fn scale(&self, principal: &Principal, team: &str, name: &str, replicas: u32) -> Result<ReleaseAccepted> {
+        let change = Deploy { replicas: Some(replicas), ..Deploy::default() };
+        let result = self.deploy_inner(principal, team, name, change).await;
+        self.audit(Some(principal), "scale", Some(team), Some(name), Some(&replicas.to_string()), &result).await?;
+        result
+    }
+
+    /// A new release carrying the spec of release `to` (default: the one that served before the
+    /// serving release).
+    async fn rollback_inner(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<ReleaseAccepted> {
+        let app = self.find_app(principal, team, name, Action::DeployApps).await?;
+        let releases = self.store.releases(app.id).await?;
+        let target = match to {
+            Some(number) => releases
+                .iter()
+                .find(|r| r.number == number as i64)
+                .ok_or_else(|| invalid("to", format!("release {number} of {name} does not exist")))?,
+            None => {
+                let serving = app
+                    .serving_release
+                    .ok_or_else(|| invalid("to", format!("{name} has no serving release to roll back from")))?;
+                releases
+                    .iter()
+                    .find(|r| r.number < serving && r.state() == ReleaseState::Superseded)
+                    .ok_or_else(|| invalid("to", format!("{name} has no earlier release that served")))?
+            }
+        };
+        if app.serving_release == Some(target.number) {
+            return Err(invalid("to", format!("release {} is already serving", target.number)));
+        }
+        if target.state() == ReleaseState::Failed {
+            return Err(invalid("to", format!("release {} failed; roll back to one that served", target.number)));
+        }
+        let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
+        require_privilege_grant(principal, latest.as_ref(), &target.spec())?;
+        self.new_release(&app, &target.spec(), Some(target.number)).await
+    }
+
+    async fn new_release(&self, app: &AppRow, spec: &AppSpec, rollback_of: Option<i64>) -> Result<ReleaseAccepted> {
+        let number = self.store.create_release(app.id, spec, rollback_of).await?;
+        self.orchestrator.enqueue(app.id);
+        Ok(ReleaseAccepted { app: app.name.clone(), release: number as u32, url: self.orchestrator.app_url(&app.name) })
+    }
+
+    /// Deletes the app; returns once its routes, containers and records are gone.
+    async fn delete_app_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<()> {
+        let app = self.find_app(principal, team, name, Action::DeleteApps).await?;
+        self.orchestrator.delete(app.id).await?;
+        Ok(())
+    }
+
+    /// Log lines of the app's current replicas: the last `tail` of each, then new ones if `follow`.
+    /// The app's traffic over the last minute and its containers' current CPU and memory.
+    pub async fn app_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<AppMetrics> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let observed = self.orchestrator.observed();
+        let mut metrics = AppMetrics { at: now_ms(), ..AppMetrics::default() };
+        for replica in self.store.replicas_of_app(app.id).await? {
+            if let Some(usage) = observed.get(&replica.id).and_then(|o| o.usage) {
+                metrics.cpu_millis += usage.cpu_millis;
+                metrics.memory_bytes += usage.memory_bytes;
+                metrics.sampled_replicas += 1;
+            }
+        }
+        metrics.traffic = self
+            .orchestrator
+            .traffic(&app.name, 60)
+            .into_iter()
+            .map(|second| TrafficPoint {
+                at: second.at,
+                requests: second.requests(),
+                classes: second.classes,
+                p50_ms: second.p50.map(|d| d.as_secs_f64() * 1000.0),
+                p99_ms: second.p99.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        Ok(metrics)
+    }
+
+    pub async fn logs(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        tail: u32,
+        follow: bool,
+    ) -> Result<BoxStream<'static, LogLine>> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let observed = self.orchestrator.observed();
+        let mut streams = Vec::new();
+        for replica in self.store.replicas_of_app(app.id).await? {
+            let Some(container_id) = observed.get(&replica.id).and_then(|o| o.container_id.clone()) else { continue };
+            let links = self.orchestrator.links();
+            let Some(lines) =
+                berth_control::logs::of_container(links, &replica.host, &container_id, tail, follow).await
+            else {
+                continue;
+            };
+            let release = replica.release_number as u32;
+            let replica_id = replica.id.clone();
+            streams.push(
+                lines.map(move |(stream, line)| LogLine { replica: replica_id.clone(), release, stream, line }).boxed(),
+            );
+        }
+        Ok(futures::stream::select_all(streams).boxed())
+    }
+}
+
+/// The audited entry points: each runs its `_inner` and records the outcome.
+impl Services {
+    pub async fn create_app(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {
+        let name = input.name.clone();
+        let result = self.create_app_inner(principal, team, input).await;
+        self.audit(Some(principal), "create_app", Some(team), Some(&name), None, &result).await?;
+        result
+    }
+
+    pub async fn deploy(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        change: Deploy,
+    ) -> Result<ReleaseAccepted> {
+        let target = change.image.clone();
+        let result = self.deploy_inner(principal, team, name, change).await;
+        self.audit(Some(principal), "deploy", Some(team), Some(name), target.as_deref(), &result).await?;
+        result
+    }
+
+    pub async fn rollback(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<ReleaseAccepted> {
+        let result = self.rollback_inner(principal, team, name, to).await;
+        let target = to.map(|n| n.to_string());
+        self.audit(Some(principal), "rollback", Some(team), Some(name), target.as_deref(), &result).await?;
+        result
+    }
+
+    pub async fn delete_app(&self, principal: &Principal, team: &str, name: &str) -> Result<()> {
+        let result = self.delete_app_inner(principal, team, name).await;
+        self.audit(Some(principal), "delete_app", Some(team), Some(name), None, &result).await?;
+        result
+    }
+}

@@ -1,0 +1,669 @@
+//! Identity services: sign-in, passwords, users, teams, members, invitations, tokens, audit.
+//! Every mutation is written to the audit log with its outcome, including refusals.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_wire::identity::{
+    AcceptInvite, AddMember, AuditEntry, ChangePassword, CreateInvite, CreateToken, InviteCreated, Login,
+    LoginResponse, Me, Member, TeamRole, TokenCreated, TokenInfo, UserInfo,
+};
+
+use berth_store::{AuditRecord, Store, UserRow};
+
+use super::validate::validate_app_name;
+use super::{Result, ServiceError, Services, invalid};
+use crate::auth::{self, Action, Principal, Role};
+use crate::clock::now_ms;
+use crate::oidc::SignInError;
+
+/// Failed sign-ins before an account is locked, and for how long.
+const MAX_FAILED_LOGINS: i64 = 5;
+const LOCKOUT: Duration = Duration::from_secs(300);
+/// Sign-in attempts allowed per client address per minute.
+const ATTEMPTS_PER_MINUTE: usize = 20;
+/// How long a dashboard session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Sign-in attempts per client address in the last minute.
+#[derive(Default)]
+pub struct LoginLimiter {
+    attempts: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl LoginLimiter {
+    fn allow(&self, address: &str) -> bool {
+        let mut attempts = self.attempts.lock().expect("BUG: limiter lock poisoned");
+        let recent = attempts.entry(address.to_string()).or_default();
+        recent.retain(|at| at.elapsed() < Duration::from_secs(60));
+        if recent.len() >= ATTEMPTS_PER_MINUTE {
+            return false;
+        }
+        recent.push(Instant::now());
+        true
+    }
+}
+
+fn parse_role(field: &str, role: &str) -> Result<Role> {
+    Role::parse(role).ok_or_else(|| invalid(field, format!("{role:?} is not a role: owner, admin, deployer or viewer")))
+}
+
+fn validate_email(email: &str) -> Result<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') || domain == "localhost")
+        && !email.chars().any(char::is_whitespace);
+    if valid { Ok(email) } else { Err(invalid("email", format!("{email:?} is not an email address"))) }
+}
+
+fn validate_password(field: &str, password: &str) -> Result<()> {
+    if password.chars().count() < auth::MIN_PASSWORD_LEN {
+        return Err(invalid(field, format!("passwords need at least {} characters", auth::MIN_PASSWORD_LEN)));
+    }
+    Ok(())
+}
+
+fn generic_login_failure() -> ServiceError {
+    ServiceError::Unauthorized("wrong email or password, or the account is locked or disabled".into())
+}
+
+impl Services {
+    /// Writes one audit record. Failing to audit fails the request: an unaudited mutation must not
+    /// look successful.
+    pub(crate) async fn audit<T>(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        team: Option<&str>,
+        app: Option<&str>,
+        target: Option<&str>,
+        result: &Result<T>,
+    ) -> Result<()> {
+        let (outcome, detail) = match result {
+            Ok(_) => ("ok", None),
+            Err(ServiceError::Forbidden(m) | ServiceError::Unauthorized(m) | ServiceError::NotFound(m)) => {
+                ("denied", Some(m.clone()))
+            }
+            Err(ServiceError::TooManyRequests(m)) => ("denied", Some(m.clone())),
+            Err(e @ (ServiceError::Validation { .. } | ServiceError::Conflict(_))) => ("failed", Some(e.to_string())),
+            Err(ServiceError::Internal(_)) => ("failed", Some("internal error".to_string())),
+        };
+        let team_id = match team {
+            Some(team) => self.store.team_id(team).await?,
+            None => None,
+        };
+        let record = AuditRecord {
+            user_id: principal.map(|p| p.user_id),
+            token_id: principal.map(|p| p.token_id),
+            actor: principal.map_or_else(|| "anonymous".to_string(), |p| format!("{} (token {})", p.email, p.token_id)),
+            action: action.to_string(),
+            // Recorded under the team only when the caller belongs to it (or just created it):
+            // outsiders' probing never shows in a team's log, members' refused attempts do.
+            team_id: team_id
+                .filter(|_| team.is_some_and(|t| principal.is_some_and(|p| p.role_in(t).is_some())) || result.is_ok()),
+            team: team.map(str::to_string),
+            app: app.map(str::to_string),
+            target: target.map(str::to_string),
+            address: principal.and_then(|p| p.address.clone()),
+            outcome: outcome.to_string(),
+            detail,
+        };
+        self.store.audit(record).await?;
+        Ok(())
+    }
+
+    pub async fn login(&self, input: Login, address: Option<String>) -> Result<LoginResponse> {
+        let email = input.email.trim().to_lowercase();
+        let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref(), None).await;
+        self.audit_sign_in("login", email, address, result).await
+    }
+
+    /// Records a sign-in attempt (who tried, from where, whether it worked) and passes its result on.
+    async fn audit_sign_in(
+        &self,
+        action: &str,
+        email: String,
+        address: Option<String>,
+        result: Result<LoginResponse>,
+    ) -> Result<LoginResponse> {
+        let record = AuditRecord {
+            actor: email,
+            action: action.into(),
+            address,
+            outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
+            user_id: result.as_ref().ok().map(|r| r.user.id),
+            ..AuditRecord::default()
+        };
+        self.store.audit(record).await?;
+        result
+    }
+
+    /// Signs in to the dashboard: like [`Services::login`], but the login token expires after
+    /// [`SESSION_TTL`] and becomes the session cookie.
+    pub async fn sign_in_session(&self, email: &str, password: &str, address: Option<String>) -> Result<LoginResponse> {
+        let email = email.trim().to_lowercase();
+        let expires_at = now_ms() + SESSION_TTL.as_millis() as i64;
+        let result =
+            self.login_inner(&email, password, Some("dashboard".into()), address.as_deref(), Some(expires_at)).await;
+        self.audit_sign_in("sign_in", email, address, result).await
+    }
+
+    /// Ends the caller's session: revokes the token it was made with.
+    pub async fn sign_out(&self, principal: &Principal) -> Result<()> {
+        self.store.revoke_token(principal.user_id, principal.token_id).await?;
+        let done: Result<()> = Ok(());
+        self.audit(Some(principal), "sign_out", None, None, None, &done).await
+    }
+
+    async fn login_inner(
+        &self,
+        email: &str,
+        password: &str,
+        token_name: Option<String>,
+        address: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<LoginResponse> {
+        if !self.login_limiter.allow(address.unwrap_or("unknown")) {
+            return Err(ServiceError::TooManyRequests(
+                "too many sign-in attempts from this address; wait a minute".into(),
+            ));
+        }
+        let user = self.store.user_by_email(email).await?;
+        // Always verify (against a dummy hash for unknown accounts), so timing tells nothing.
+        let verified = auth::verify_password(user.as_ref().and_then(|u| u.password_hash.as_deref()), password).await;
+        let Some(user) = user else { return Err(generic_login_failure()) };
+        if user.disabled || user.locked_until.is_some_and(|until| until > now_ms()) {
+            return Err(generic_login_failure());
+        }
+        if !verified {
+            let until = now_ms() + LOCKOUT.as_millis() as i64;
+            self.store.record_failed_login(user.id, MAX_FAILED_LOGINS, until).await?;
+            return Err(generic_login_failure());
+        }
+        self.store.record_successful_login(user.id).await?;
+        let secret = auth::new_token();
+        let name = token_name.unwrap_or_else(|| "sign-in".into());
+        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, expires_at).await?;
+        Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
+    }
+
+    async fn me_of(&self, user: &UserRow) -> Result<Me> {
+        let teams =
+            self.store.memberships(user.id).await?.into_iter().map(|(_, team, role)| TeamRole { team, role }).collect();
+        Ok(Me {
+            id: user.id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+            instance_admin: user.is_instance_admin,
+            teams,
+        })
+    }
+
+    pub async fn me(&self, principal: &Principal) -> Result<Me> {
+        let user = self
+            .store
+            .user(principal.user_id)
+            .await?
+            .ok_or_else(|| ServiceError::Unauthorized("no such user".into()))?;
+        let mut me = self.me_of(&user).await?;
+        // What this token can do, not what the user could.
+        me.teams = principal
+            .teams
+            .iter()
+            .map(|(_, team, role)| TeamRole { team: team.clone(), role: role.as_str().into() })
+            .collect();
+        me.instance_admin = principal.instance_admin;
+        Ok(me)
+    }
+
+    /// Changes the caller's password and signs out every other session.
+    pub async fn change_password(&self, principal: &Principal, input: ChangePassword) -> Result<()> {
+        let result = async {
+            validate_password("new", &input.new)?;
+            let user = self.store.user(principal.user_id).await?.ok_or_else(generic_login_failure)?;
+            if !auth::verify_password(user.password_hash.as_deref(), &input.current).await {
+                return Err(invalid("current", "the current password is wrong"));
+            }
+            let hash = auth::hash_password(&input.new).await?;
+            self.store.set_password(user.id, &hash, Some(principal.token_id)).await?;
+            Ok(())
+        }
+        .await;
+        self.audit(Some(principal), "change_password", None, None, Some(&principal.email), &result).await?;
+        result
+    }
+
+    pub async fn list_users(&self, principal: &Principal) -> Result<Vec<UserInfo>> {
+        principal.require_instance_admin()?;
+        Ok(self
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .map(|u| UserInfo {
+                id: u.id,
+                email: u.email,
+                name: u.name,
+                instance_admin: u.is_instance_admin,
+                disabled: u.disabled,
+            })
+            .collect())
+    }
+
+    pub async fn set_user_disabled(&self, principal: &Principal, email: &str, disabled: bool) -> Result<()> {
+        let result = async {
+            principal.require_instance_admin()?;
+            let user = self
+                .store
+                .user_by_email(email)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("user {email} not found")))?;
+            if user.id == principal.user_id {
+                return Err(ServiceError::Conflict("you cannot disable yourself".into()));
+            }
+            self.store.set_user_disabled(user.id, disabled).await?;
+            Ok(())
+        }
+        .await;
+        let action = if disabled { "disable_user" } else { "enable_user" };
+        self.audit(Some(principal), action, None, None, Some(email), &result).await?;
+        result
+    }
+
+    /// An instance admin sets a user's password; all the user's sessions end.
+    pub async fn reset_password(&self, principal: &Principal, email: &str, password: &str) -> Result<()> {
+        let result = async {
+            principal.require_instance_admin()?;
+            validate_password("password", password)?;
+            let user = self
+                .store
+                .user_by_email(email)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("user {email} not found")))?;
+            let hash = auth::hash_password(password).await?;
+            self.store.set_password(user.id, &hash, None).await?;
+            Ok(())
+        }
+        .await;
+        self.audit(Some(principal), "reset_password", None, None, Some(email), &result).await?;
+        result
+    }
+
+    pub async fn list_teams(&self, principal: &Principal) -> Result<Vec<TeamRole>> {
+        Ok(principal
+            .teams
+            .iter()
+            .map(|(_, team, role)| TeamRole { team: team.clone(), role: role.as_str().into() })
+            .collect())
+    }
+
+    /// Any signed-in user may create a team and becomes its owner.
+    pub async fn create_team(&self, principal: &Principal, name: &str) -> Result<TeamRole> {
+        let result = async {
+            if principal.token_kind == "team" {
+                return Err(ServiceError::Forbidden("team tokens cannot create teams".into()));
+            }
+            validate_app_name(name).map_err(|_| invalid("name", "a team name is a DNS label"))?;
+            match self.store.create_team(name, principal.user_id).await {
+                Ok(_) => Ok(TeamRole { team: name.into(), role: "owner".into() }),
+                Err(e) if berth_store::is_unique_violation(&e) => {
+                    Err(ServiceError::Conflict(format!("a team named {name} already exists")))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        self.audit(Some(principal), "create_team", Some(name), None, None, &result).await?;
+        result
+    }
+
+    pub async fn members(&self, principal: &Principal, team: &str) -> Result<Vec<Member>> {
+        let team_id = principal.require(team, Action::ViewMembers)?;
+        Ok(self
+            .store
+            .members(team_id)
+            .await?
+            .into_iter()
+            .map(|(email, name, role)| Member { email, name, role })
+            .collect())
+    }
+
+    /// Adds an existing user, or changes a member's role: never above the caller's own role, and
+    /// only owners touch owners.
+    pub async fn set_member(&self, principal: &Principal, team: &str, input: AddMember) -> Result<Member> {
+        let result = async {
+            let team_id = principal.require(team, Action::ManageMembers)?;
+            let role = parse_role("role", &input.role)?;
+            let email = validate_email(&input.email)?;
+            let mine = principal.role_in(team).expect("BUG: require() found the membership");
+            if role > mine {
+                return Err(ServiceError::Forbidden(format!(
+                    "you cannot grant {} (your role is {})",
+                    role.as_str(),
+                    mine.as_str()
+                )));
+            }
+            let user = self.store.user_by_email(&email).await?.ok_or_else(|| {
+                ServiceError::NotFound(format!("no user {email}; invite them with `berth invites create`"))
+            })?;
+            let current = self.store.membership(team_id, user.id).await?.and_then(|r| Role::parse(&r));
+            if current == Some(Role::Owner) && mine != Role::Owner {
+                return Err(ServiceError::Forbidden("only owners can change an owner's role".into()));
+            }
+            if current == Some(Role::Owner) && role != Role::Owner && self.store.owner_count(team_id).await? <= 1 {
+                return Err(ServiceError::Conflict("a team keeps at least one owner".into()));
+            }
+            self.store.set_membership(team_id, user.id, role.as_str()).await?;
+            Ok(Member { email, name: user.name, role: role.as_str().into() })
+        }
+        .await;
+        self.audit(Some(principal), "set_member", Some(team), None, Some(&input.email), &result).await?;
+        result
+    }
+
+    pub async fn remove_member(&self, principal: &Principal, team: &str, email: &str) -> Result<()> {
+        let result = async {
+            let team_id = principal.require(team, Action::ManageMembers)?;
+            let not_member = || ServiceError::NotFound(format!("{email} is not a member of {team}"));
+            let user = self.store.user_by_email(&email.trim().to_lowercase()).await?.ok_or_else(not_member)?;
+            let current =
+                self.store.membership(team_id, user.id).await?.and_then(|r| Role::parse(&r)).ok_or_else(not_member)?;
+            let mine = principal.role_in(team).expect("BUG: require() found the membership");
+            if current == Role::Owner && mine != Role::Owner {
+                return Err(ServiceError::Forbidden("only owners can remove an owner".into()));
+            }
+            if current == Role::Owner && self.store.owner_count(team_id).await? <= 1 {
+                return Err(ServiceError::Conflict("a team keeps at least one owner".into()));
+            }
+            self.store.remove_membership(team_id, user.id).await?;
+            Ok(())
+        }
+        .await;
+        self.audit(Some(principal), "remove_member", Some(team), None, Some(email), &result).await?;
+        result
+    }
+
+    pub async fn create_invite(&self, principal: &Principal, team: &str, input: CreateInvite) -> Result<InviteCreated> {
+        let result = async {
+            let team_id = principal.require(team, Action::ManageMembers)?;
+            let role = parse_role("role", &input.role)?;
+            let mine = principal.role_in(team).expect("BUG: require() found the membership");
+            if role > mine {
+                return Err(ServiceError::Forbidden(format!(
+                    "you cannot invite as {} (your role is {})",
+                    role.as_str(),
+                    mine.as_str()
+                )));
+            }
+            let email = input.email.as_deref().map(validate_email).transpose()?;
+            let ttl = input.ttl_secs.unwrap_or(7 * 24 * 3600);
+            if ttl == 0 || ttl > 30 * 24 * 3600 {
+                return Err(invalid("ttl_secs", "an invitation lasts between 1 second and 30 days"));
+            }
+            let token = format!("berth_invite_{}", auth::new_token().trim_start_matches("berth_"));
+            let expires_at = now_ms() + ttl as i64 * 1000;
+            self.store
+                .create_invitation(
+                    &auth::hash_token(&token),
+                    team_id,
+                    role.as_str(),
+                    email.as_deref(),
+                    principal.user_id,
+                    expires_at,
+                )
+                .await?;
+            Ok(InviteCreated { token, team: team.into(), role: role.as_str().into(), expires_at })
+        }
+        .await;
+        self.audit(Some(principal), "create_invite", Some(team), None, input.email.as_deref(), &result).await?;
+        result
+    }
+
+    /// Accepts an invitation: creates the account (or checks an existing one's password) and joins
+    /// the team. The invitation works once.
+    pub async fn accept_invite(
+        &self,
+        token: &str,
+        input: AcceptInvite,
+        address: Option<String>,
+    ) -> Result<LoginResponse> {
+        let email = input.email.trim().to_lowercase();
+        let result = async {
+            let email = validate_email(&email)?;
+            let invalid_invite = || ServiceError::NotFound("the invitation is not valid, expired or used".into());
+            let invite = self.store.invitation(&auth::hash_token(token)).await?.ok_or_else(invalid_invite)?;
+            if invite.used_at.is_some() || invite.expires_at <= now_ms() {
+                return Err(invalid_invite());
+            }
+            if invite.email.as_ref().is_some_and(|e| *e != email) {
+                return Err(ServiceError::Forbidden("this invitation is for another address".into()));
+            }
+            let user = match self.store.user_by_email(&email).await? {
+                Some(user) => {
+                    if user.disabled || !auth::verify_password(user.password_hash.as_deref(), &input.password).await {
+                        return Err(generic_login_failure());
+                    }
+                    user
+                }
+                None => {
+                    validate_password("password", &input.password)?;
+                    let name =
+                        input.name.clone().unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
+                    let hash = auth::hash_password(&input.password).await?;
+                    let id = self.store.create_user(&email, &name, &hash).await?;
+                    self.store.user(id).await?.expect("BUG: the user was just created")
+                }
+            };
+            if !self.store.use_invitation(invite.id).await? {
+                return Err(invalid_invite());
+            }
+            // Never lower an existing role through an invitation.
+            let current = self.store.membership(invite.team_id, user.id).await?.and_then(|r| Role::parse(&r));
+            let offered = Role::parse(&invite.role).expect("BUG: the schema only admits known roles");
+            if current.is_none_or(|c| c < offered) {
+                self.store.set_membership(invite.team_id, user.id, offered.as_str()).await?;
+            }
+            let secret = auth::new_token();
+            self.store.create_token(&auth::hash_token(&secret), "sign-in", user.id, "login", None, None, None).await?;
+            Ok((invite.team, LoginResponse { token: secret, user: self.me_of(&user).await? }))
+        }
+        .await;
+        let record = AuditRecord {
+            actor: email.clone(),
+            action: "accept_invite".into(),
+            address,
+            team: result.as_ref().ok().map(|(team, _)| team.clone()),
+            team_id: match &result {
+                Ok((team, _)) => self.store.team_id(team).await?,
+                Err(_) => None,
+            },
+            user_id: result.as_ref().ok().map(|(_, r)| r.user.id),
+            outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
+            detail: result.as_ref().err().map(ToString::to_string),
+            ..AuditRecord::default()
+        };
+        self.store.audit(record).await?;
+        result.map(|(_, response)| response)
+    }
+
+    pub async fn list_tokens(&self, principal: &Principal) -> Result<Vec<TokenInfo>> {
+        Ok(self.store.tokens_of_user(principal.user_id).await?)
+    }
+
+    /// A personal token acts as its creator; a team token only in that team, at most at `role`,
+    /// which may not exceed the creator's own role there.
+    pub async fn create_token(&self, principal: &Principal, input: CreateToken) -> Result<TokenCreated> {
+        let result = async {
+            let name = input.name.trim();
+            if name.is_empty() || name.len() > 100 {
+                return Err(invalid("name", "a token needs a name of 1-100 characters"));
+            }
+            if principal.token_kind == "team" {
+                return Err(ServiceError::Forbidden("team tokens cannot create tokens".into()));
+            }
+            let expires_at = match input.expires_in_secs {
+                Some(0) => return Err(invalid("expires_in_secs", "the lifetime must be positive")),
+                Some(secs) => Some(now_ms() + (secs.min(10 * 365 * 24 * 3600) as i64) * 1000),
+                None => None,
+            };
+            let (kind, team_id, role) = match (&input.team, &input.role) {
+                (None, None) => ("personal", None, None),
+                (None, Some(_)) => return Err(invalid("team", "a token with a role is a team token: name the team")),
+                (Some(team), role) => {
+                    let team_id = principal.require(team, Action::CreateTeamTokens)?;
+                    let mine = principal.role_in(team).expect("BUG: require() found the membership");
+                    let role = match role {
+                        Some(role) => parse_role("role", role)?,
+                        None => mine,
+                    };
+                    if role > mine {
+                        return Err(ServiceError::Forbidden(format!(
+                            "a token cannot carry {} (your role is {})",
+                            role.as_str(),
+                            mine.as_str()
+                        )));
+                    }
+                    ("team", Some(team_id), Some(role.as_str()))
+                }
+            };
+            let secret = auth::new_token();
+            let id = self
+                .store
+                .create_token(&auth::hash_token(&secret), name, principal.user_id, kind, team_id, role, expires_at)
+                .await?;
+            Ok(TokenCreated { id, token: secret })
+        }
+        .await;
+        self.audit(Some(principal), "create_token", input.team.as_deref(), None, Some(&input.name), &result).await?;
+        result
+    }
+
+    pub async fn revoke_token(&self, principal: &Principal, id: i64) -> Result<()> {
+        let result = async {
+            if !self.store.revoke_token(principal.user_id, id).await? {
+                return Err(ServiceError::NotFound(format!("token {id} not found")));
+            }
+            Ok(())
+        }
+        .await;
+        self.audit(Some(principal), "revoke_token", None, None, Some(&id.to_string()), &result).await?;
+        result
+    }
+
+    pub async fn team_audit(&self, principal: &Principal, team: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+        let team_id = principal.require(team, Action::ViewAudit)?;
+        Ok(self.store.audit_entries(Some(team_id), limit.clamp(1, 1000)).await?)
+    }
+
+    pub async fn all_audit(&self, principal: &Principal, limit: i64) -> Result<Vec<AuditEntry>> {
+        principal.require_instance_admin()?;
+        Ok(self.store.audit_entries(None, limit.clamp(1, 1000)).await?)
+    }
+
+    pub fn sign_in_providers(&self) -> Vec<String> {
+        self.sign_in.provider_names()
+    }
+
+    /// The provider URL a browser goes to, to sign in.
+    pub async fn external_sign_in_start(&self, provider: &str) -> Result<String> {
+        self.sign_in.start(provider).await.map_err(|e| match e {
+            SignInError::UnknownProvider(_) => ServiceError::NotFound(e.to_string()),
+            other => ServiceError::Internal(anyhow::Error::new(other)),
+        })
+    }
+
+    /// The provider sent the browser back: link the verified email to its account (creating it
+    /// when an auto-join rule covers its domain) and sign in.
+    pub async fn external_sign_in_finish(
+        &self,
+        provider: &str,
+        code: &str,
+        state: &str,
+        address: Option<String>,
+    ) -> Result<LoginResponse> {
+        let identity = self.sign_in.finish(provider, code, state).await;
+        let result = match identity {
+            Ok(identity) => self.link_external(provider, identity).await,
+            Err(SignInError::UnknownProvider(p)) => {
+                Err(ServiceError::NotFound(format!("no sign-in provider named {p}")))
+            }
+            Err(e @ SignInError::Provider(_)) => {
+                tracing::warn!(provider, error = %e, "external sign-in failed at the provider");
+                Err(ServiceError::Unauthorized(e.to_string()))
+            }
+            Err(e) => Err(ServiceError::Unauthorized(e.to_string())),
+        };
+        let record = AuditRecord {
+            actor: result.as_ref().map_or_else(|_| format!("via {provider}"), |r| r.user.email.clone()),
+            action: "login".into(),
+            target: Some(provider.to_string()),
+            address,
+            outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
+            user_id: result.as_ref().ok().map(|r| r.user.id),
+            detail: result.as_ref().err().map(ToString::to_string),
+            ..AuditRecord::default()
+        };
+        self.store.audit(record).await?;
+        result
+    }
+
+    async fn link_external(&self, provider: &str, identity: crate::oidc::Identity) -> Result<LoginResponse> {
+        let user = match self.store.user_by_email(&identity.email).await? {
+            Some(user) if user.disabled => return Err(generic_login_failure()),
+            Some(user) => user,
+            None => {
+                let domain = identity.email.rsplit('@').next().unwrap_or_default().to_string();
+                let provider = self.sign_in.provider(provider).map_err(|e| ServiceError::NotFound(e.to_string()))?;
+                let rules: Vec<_> = provider.auto_join.iter().filter(|r| r.domain == domain).cloned().collect();
+                if rules.is_empty() {
+                    return Err(ServiceError::Forbidden(format!(
+                        "no account for {}; ask a team admin for an invitation",
+                        identity.email
+                    )));
+                }
+                let name = identity
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| identity.email.split('@').next().unwrap_or_default().into());
+                // No password: this account signs in through its provider (or gets one reset).
+                let id = self.store.create_user(&identity.email, &name, "").await?;
+                for rule in rules {
+                    let role = parse_role("auto-join", &rule.role)?;
+                    if let Some(team_id) = self.store.team_id(&rule.team).await? {
+                        self.store.set_membership(team_id, id, role.as_str()).await?;
+                    }
+                }
+                self.store.user(id).await?.expect("BUG: the user was just created")
+            }
+        };
+        let secret = auth::new_token();
+        let name = format!("sign-in via {provider}");
+        let expires_at = Some(now_ms() + SESSION_TTL.as_millis() as i64);
+        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, expires_at).await?;
+        Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
+    }
+}
+
+/// `berth admin set-password`: sets a user's password directly in a data directory's store
+/// (no server running) and revokes their sign-in tokens, dashboard sessions included. Audited
+/// like a reset through the API.
+pub async fn set_password_offline(store: &Store, email: &str, password: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    validate_password("password", password)?;
+    let email = email.trim().to_lowercase();
+    let user = store.user_by_email(&email).await?.with_context(|| format!("no user {email}"))?;
+    let hash = auth::hash_password(password).await?;
+    store.set_password(user.id, &hash, None).await?;
+    let record = AuditRecord {
+        actor: "berth admin set-password".into(),
+        action: "reset_password".into(),
+        target: Some(email),
+        outcome: "ok".into(),
+        ..Default::default()
+    };
+    store.audit(record).await?;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Sign-in through an OpenID Connect provider: a small but real authorization server runs on
+//! loopback (discovery, authorization endpoint with PKCE, token endpoint, JWKS, RS256 ID tokens)
+//! and the whole redirect flow goes through Berth's router, including tampered state, a wrong
+//! audience and an unverified email.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use berth_api::auth::{hash_token, new_token};
+use berth_api::oidc::{AutoJoin, Provider, ProviderKind, SignIn};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tower::ServiceExt;
+
+use crate::support::{self, ScratchDir};
+
+const CLIENT_ID: &str = "berth-test";
+const CLIENT_SECRET: &str = "test-client-secret";
+const KEY_PEM: &[u8] = include_bytes!("oidc_key/test_key.pem");
+const KEY_N: &str = include_str!("oidc_key/test_key.n");
+
+/// Who the provider signs in next, and how it misbehaves.
+struct ProviderState {
+    issuer: String,
+    email: Mutex<(String, bool)>,
+    audience: Mutex<String>,
+    grants: Mutex<HashMap<String, Grant>>,
+}
+
+struct Grant {
+    challenge: String,
+    nonce: String,
+    redirect_uri: String,
+}
+
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    response_type: String,
+    client_id: String,
+    redirect_uri: String,
+    state: String,
+    code_challenge: String,
+    code_challenge_method: String,
+    nonce: String,
+    scope: String,
+}
+
+async fn discovery(State(p): State<Arc<ProviderState>>) -> Json<Value> {
+    Json(json!({
+        "issuer": p.issuer,
+        "authorization_endpoint": format!("{}/authorize", p.issuer),
+        "token_endpoint": format!("{}/token", p.issuer),
+        "jwks_uri": format!("{}/jwks", p.issuer),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
+}
+
+async fn authorize(State(p): State<Arc<ProviderState>>, Query(q): Query<AuthorizeQuery>) -> impl IntoResponse {
+    assert_eq!(q.response_type, "code");
+    assert_eq!(q.client_id, CLIENT_ID);
+    assert_eq!(q.code_challenge_method, "S256", "PKCE with S256");
+    assert!(q.scope.split(' ').any(|s| s == "openid"));
+    let code = new_token();
+    p.grants.lock().unwrap().insert(
+        code.clone(),
+        Grant { challenge: q.code_challenge, nonce: q.nonce, redirect_uri: q.redirect_uri.clone() },
+    );
+    // The user "signs in" at once and is sent back.
+    Redirect::to(&format!("{}?code={code}&state={}", q.redirect_uri, q.state))
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    code: String,
+    code_verifier: String,
+    redirect_uri: String,
+}
+
+#[derive(Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+    nonce: String,
+    email: String,
+    email_verified: bool,
+    name: String,
+}
+
+async fn token(
+    State(p): State<Arc<ProviderState>>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> impl IntoResponse {
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" })));
+    }
+    let Some(grant) = p.grants.lock().unwrap().remove(&form.code) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_grant" })));
+    };
+    let challenge =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(form.code_verifier.as_bytes()));
+    if form.grant_type != "authorization_code"
+        || challenge != grant.challenge
+        || form.redirect_uri != grant.redirect_uri
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_grant", "error_description": "PKCE or redirect mismatch" })),
+        );
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (email, verified) = p.email.lock().unwrap().clone();
+    let claims = Claims {
+        iss: p.issuer.clone(),
+        sub: format!("user-{email}"),
+        aud: p.audience.lock().unwrap().clone(),
+        exp: now + 300,
+        iat: now,
+        nonce: grant.nonce,
+        email,
+        email_verified: verified,
+        name: "Test User".into(),
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key".into());
+    let id_token =
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(KEY_PEM).unwrap()).unwrap();
+    (
+        StatusCode::OK,
+        Json(json!({ "access_token": new_token(), "token_type": "Bearer", "expires_in": 3600, "id_token": id_token })),
+    )
+}
+
+async fn jwks() -> Json<Value> {
+    Json(
+        json!({ "keys": [{ "kty": "RSA", "kid": "test-key", "alg": "RS256", "use": "sig", "n": KEY_N.trim(), "e": "AQAB" }] }),
+    )
+}
+
+async fn start_provider() -> Arc<ProviderState> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(ProviderState {
+        issuer,
+        email: Mutex::new(("alice@example.com".into(), true)),
+        audience: Mutex::new(CLIENT_ID.into()),
+        grants: Mutex::new(HashMap::new()),
+    });
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
+        .route("/jwks", get(jwks))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    state
+}
+
+struct Berth {
+    router: Router,
+    _dir: ScratchDir,
+}
+
+async fn berth(provider: &ProviderState, name: &str) -> Berth {
+    let dir = ScratchDir::new(name);
+    let store = support::store(&dir).await;
+    store.bootstrap(&hash_token(&new_token()), "").await.unwrap();
+    let corp = Provider {
+        name: "corp".into(),
+        kind: ProviderKind::Oidc { issuer: provider.issuer.clone() },
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        auto_join: vec![AutoJoin { domain: "example.com".into(), team: "main".into(), role: "viewer".into() }],
+    };
+    let router = support::router(store, Some(SignIn::new("http://berth.test", vec![corp]))).await;
+    Berth { router, _dir: dir }
+}
+
+impl Berth {
+    async fn get(&self, uri: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::get(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = self.router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Start → provider → the callback URL the provider redirects to (path and query on Berth).
+    async fn redirect_back(&self) -> String {
+        let (status, headers, _) = self.get("/api/v1/auth/corp/start", None).await;
+        assert!(status.is_redirection(), "{status}");
+        let authorize = headers[header::LOCATION].to_str().unwrap().to_string();
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let response = client.get(&authorize).send().await.unwrap();
+        assert!(response.status().is_redirection());
+        let back = response.headers()[header::LOCATION].to_str().unwrap().to_string();
+        back.strip_prefix("http://berth.test").expect("the provider redirects to Berth's public URL").to_string()
+    }
+}
+
+#[tokio::test]
+async fn the_whole_redirect_flow_signs_in_and_links_by_verified_email() {
+    let provider = start_provider().await;
+    let berth = berth(&provider, "flow").await;
+    let (status, _, providers) = berth.get("/api/v1/auth/providers", None).await;
+    assert_eq!((status, providers), (StatusCode::OK, json!(["corp"])));
+
+    // A new user of an auto-joined domain gets an account in team main as viewer.
+    let callback = berth.redirect_back().await;
+    let (status, _, body) = berth.get(&callback, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["email"], "alice@example.com");
+    assert_eq!(body["user"]["teams"], json!([{ "team": "main", "role": "viewer" }]));
+    let token = body["token"].as_str().unwrap().to_string();
+    let (status, _, me) = berth.get("/api/v1/me", Some(&token)).await;
+    assert_eq!((status, me["email"].as_str()), (StatusCode::OK, Some("alice@example.com")));
+    // The same callback a second time: the state was single use.
+    let (status, _, body) = berth.get(&callback, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // An existing account is linked by its verified email: the instance admin signs in.
+    *provider.email.lock().unwrap() = ("admin@localhost".into(), true);
+    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["instance_admin"], true);
+}
+
+#[tokio::test]
+async fn tampered_state_wrong_audience_and_unverified_email_are_refused() {
+    let provider = start_provider().await;
+    let berth = berth(&provider, "refusals").await;
+
+    let callback = berth.redirect_back().await;
+    let tampered = callback.replace("state=", "state=x");
+    let (status, _, body) = berth.get(&tampered, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("state"), "{body}");
+
+    *provider.audience.lock().unwrap() = "someone-else".into();
+    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("identity token is not valid"), "{body}");
+
+    *provider.audience.lock().unwrap() = CLIENT_ID.into();
+    *provider.email.lock().unwrap() = ("carol@example.com".into(), false);
+    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("verified email"), "{body}");
+
+    // A verified address outside every auto-join domain needs an invitation first.
+    *provider.email.lock().unwrap() = ("bob@elsewhere.org".into(), true);
+    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["message"].as_str().unwrap().contains("invitation"), "{body}");
+
+    let (status, _, _) = berth.get("/api/v1/auth/nope/start", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,53 @@
+//! A Berth instance for API tests: store in a scratch directory, orchestrator without hosts,
+//! the real router.
+
+use std::time::Duration;
+
+use axum::Router;
+use berth_api::http::{self, AppState};
+use berth_api::oidc::SignIn;
+use berth_api::services::Services;
+use berth_control::{HostLinks, Orchestrator, OrchestratorConfig};
+use berth_ingress::{Ingress, IngressConfig};
+use berth_store::Store;
+
+/// A scratch directory, removed on drop.
+pub struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        let dir = tempfile::Builder::new().prefix(&format!("berth-api-{name}-")).tempdir();
+        ScratchDir(dir.expect("creating a scratch directory"))
+    }
+}
+
+/// Milliseconds since the Unix epoch, as the store's timestamps count them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Opens a store in `dir`.
+pub async fn store(dir: &ScratchDir) -> Store {
+    Store::open(dir.0.path()).await.expect("opening the store")
+}
+
+/// The router over `store`, with an orchestrator that has no hosts (nothing ever runs) and the
+/// given sign-in providers.
+pub async fn router(store: Store, sign_in: Option<SignIn>) -> Router {
+    let config = OrchestratorConfig {
+        deploy_timeout: Duration::from_secs(600),
+        drain_timeout: Duration::from_secs(1),
+        stop_grace_secs: 1,
+        heartbeat_timeout: Duration::from_secs(600),
+        ..OrchestratorConfig::new("localhost", 8080)
+    };
+    let ingress = Ingress::new(IngressConfig::default());
+    let orchestrator = Orchestrator::start(store.clone(), ingress, HostLinks::default(), config)
+        .await
+        .expect("starting the orchestrator");
+    let mut services = Services::new(store, orchestrator);
+    if let Some(sign_in) = sign_in {
+        services = services.with_sign_in(sign_in);
+    }
+    http::router(AppState { services })
+}

@@ -1,0 +1,614 @@
+//! `berth`: one binary for the server, the agent and the CLI.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use berth_agent::daemon::{self as agent_daemon, AgentDaemonConfig};
+use berth_api::oidc::Provider;
+use berth_api::server::{self, ServerSettings};
+use berth_cli::{self as cli, Client, Wait};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Berth: a self-hosted platform-as-a-service")]
+struct Cli {
+    /// URL of the Berth API.
+    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:7878", global = true)]
+    url: String,
+    /// API token (default: the admin token in ./berth-data/admin.token, if readable). For
+    /// `berth agent`, the join token (needed on the host's first start only).
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Team to act in.
+    #[arg(long, env = "BERTH_TEAM", default_value = "main", global = true)]
+    team: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the all-in-one server: API, orchestrator, local host agent and ingress.
+    Server(ServerArgs),
+    /// Create, list, show and delete apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Release a new version of an app (a new image and/or config) with zero downtime.
+    Deploy {
+        name: String,
+        #[arg(long)]
+        image: Option<String>,
+        /// Set an environment variable (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Remove an environment variable (repeatable).
+        #[arg(long = "unset-env", value_name = "KEY")]
+        unset_env: Vec<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        health_path: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change the number of replicas (a new release through the same protocol).
+    Scale {
+        name: String,
+        replicas: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Release an earlier release's spec again (default: the one before the serving release).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Run a host agent that joins a control plane (`berth agent --join URL --token JOIN_TOKEN`).
+    Agent(AgentArgs),
+    /// Maintenance on this machine's data directory, without the API (`berth admin set-password`).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// List, inspect, drain and remove hosts (instance admins).
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+    /// Create join tokens for new hosts (instance admins).
+    #[command(subcommand, name = "join-tokens")]
+    JoinTokens(JoinTokensCommand),
+    /// Sign in with email and password (read from standard input) and keep the token.
+    Login {
+        #[arg(long)]
+        email: String,
+    },
+    /// Who the current token belongs to, and its teams and roles.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and create teams.
+    #[command(subcommand)]
+    Teams(TeamsCommand),
+    /// Members of the team (`--team`) and their roles.
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Invitations to the team (`--team`).
+    #[command(subcommand)]
+    Invites(InvitesCommand),
+    /// Your API tokens: personal, or for one team (CI).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Accounts (instance admins).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// The audit log of the team (`--team`), or of everything (`--all`, instance admins).
+    Audit {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's logs.
+    Logs {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TeamsCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Create {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an existing user with a role.
+    Add {
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+    Remove {
+        email: String,
+    },
+    /// Change a member's role.
+    Role {
+        email: String,
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InvitesCommand {
+    /// Create an invitation (prints its secret once).
+    Create {
+        #[arg(long)]
+        role: String,
+        /// Only this address may accept.
+        #[arg(long)]
+        email: Option<String>,
+        /// Lifetime in seconds (default 7 days).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Accept an invitation; the password is read from standard input.
+    Accept {
+        token: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a token (printed once). With `--for-team`, it acts only in that team, at most at `--role`.
+    Create {
+        name: String,
+        #[arg(long = "for-team")]
+        for_team: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires: Option<u64>,
+    },
+    Revoke {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    Disable {
+        email: String,
+    },
+    Enable {
+        email: String,
+    },
+    /// Set a user's password (read from standard input); their sessions end.
+    ResetPassword {
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every replica off the host with zero downtime; it takes no new ones.
+    Drain { name: String },
+    /// Forget the host: its credential stops working, its replicas move elsewhere.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum JoinTokensCommand {
+    Create {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// How many hosts may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// URL of the control plane's API.
+    #[arg(long = "join", env = "BERTH_JOIN")]
+    join: String,
+    /// Name of this host (default: the machine's hostname).
+    #[arg(long, env = "BERTH_HOST_NAME")]
+    name: Option<String>,
+    /// Address the ingress reaches this host's containers on (default: the address used to reach
+    /// the control plane).
+    #[arg(long, env = "BERTH_ADVERTISE_ADDR")]
+    advertise_addr: Option<IpAddr>,
+    /// Host label for placement constraints (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "./berth-agent")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Set a user's password (read from standard input), e.g. the instance admin's after the
+    /// bootstrap password was lost. Revokes the user's sessions and sign-in tokens.
+    #[command(name = "set-password")]
+    SetPassword {
+        email: String,
+        /// The server's data directory.
+        #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        #[arg(long)]
+        health_path: Option<String>,
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// CPU limit in cores (e.g. 0.5).
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Run only on hosts with this label (repeatable).
+        #[arg(long = "constraint", value_name = "KEY=VALUE")]
+        constraints: Vec<String>,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// Options that amount to root on the host (instance admins only).
+#[derive(Args)]
+struct PrivilegeArgs {
+    #[arg(long)]
+    privileged: bool,
+    #[arg(long)]
+    host_network: bool,
+    /// Mount a host directory: SOURCE:TARGET[:ro] (repeatable).
+    #[arg(long = "mount", value_name = "SOURCE:TARGET[:ro]")]
+    mounts: Vec<String>,
+    /// Add a Linux capability (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+}
+
+impl PrivilegeArgs {
+    fn parse(self) -> anyhow::Result<berth_wire::Privileges> {
+        let mounts = self
+            .mounts
+            .iter()
+            .map(|m| {
+                let parts: Vec<&str> = m.split(':').collect();
+                match parts[..] {
+                    [source, target] => Ok((source, target, false)),
+                    [source, target, "ro"] => Ok((source, target, true)),
+                    _ => Err(anyhow::anyhow!("--mount {m:?} is not SOURCE:TARGET[:ro]")),
+                }
+                .map(|(source, target, read_only)| berth_wire::HostMount {
+                    source: source.into(),
+                    target: target.into(),
+                    read_only,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(berth_wire::Privileges {
+            privileged: self.privileged,
+            host_network: self.host_network,
+            mounts,
+            cap_add: self.cap_add,
+        })
+    }
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// Return as soon as the release is accepted instead of following it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl WaitArgs {
+    fn wait(&self) -> Wait {
+        if self.no_wait { Wait::No } else { Wait::UntilDone }
+    }
+}
+
+/// Every flag is optional: what a flag (or its environment variable) leaves out comes from the
+/// `--config` file, else the default shown.
+#[derive(Args)]
+struct ServerArgs {
+    /// A TOML file with any of these settings (keys as the flags, with `_`), and `[[sign_in]]`
+    /// tables whose secrets stay off the command line.
+    #[arg(long, env = "BERTH_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// [default: ./berth-data]
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the API (and the dashboard). [default: 127.0.0.1:7878]
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the ingress that serves the apps. [default: 0.0.0.0:8080]
+    #[arg(long, env = "BERTH_INGRESS_LISTEN")]
+    ingress_listen: Option<SocketAddr>,
+    /// Apps are served at http://<app>.<base-domain>. [default: localhost]
+    #[arg(long, env = "BERTH_BASE_DOMAIN")]
+    base_domain: Option<String>,
+    /// Name of this host. [default: local]
+    #[arg(long, env = "BERTH_HOST_NAME")]
+    host_name: Option<String>,
+    /// Publish container ports on this address instead of reaching containers on Docker's bridge.
+    #[arg(long, env = "BERTH_ADVERTISE_ADDR")]
+    advertise_addr: Option<IpAddr>,
+    /// Time a release has to become ready (seconds, or `2m`). [default: 120]
+    #[arg(long, env = "BERTH_DEPLOY_TIMEOUT", value_parser = server::parse_duration)]
+    deploy_timeout: Option<Duration>,
+    /// Time in-flight requests get to finish on replicas being replaced. [default: 30]
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = server::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when a replica stops. [default: 10]
+    #[arg(long, env = "BERTH_STOP_GRACE", value_parser = server::parse_duration)]
+    stop_grace: Option<Duration>,
+    /// Silence after which a remote host is declared down and its replicas move. [default: 3]
+    #[arg(long, env = "BERTH_HEARTBEAT_TIMEOUT", value_parser = server::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Do not run an agent in the server: every host joins with `berth agent`.
+    #[arg(long, env = "BERTH_NO_LOCAL_AGENT")]
+    no_local_agent: bool,
+    /// URL browsers reach this server at (default: http://<listen>); sign-in callbacks go there.
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A sign-in provider (repeatable; `;`-separated in the environment):
+    /// `name=corp,issuer=URL,client-id=ID,client-secret=SECRET[,auto-join=DOMAIN:TEAM:ROLE]`, or
+    /// `name=github,github=true,client-id=ID,client-secret=SECRET`. Prefer `[[sign_in]]` in the
+    /// `--config` file: arguments are visible to every user of the machine.
+    #[arg(long = "sign-in", env = "BERTH_SIGN_IN", value_delimiter = ';', hide_env_values = true)]
+    sign_in: Vec<String>,
+    /// Directory holding the dashboard's compiled wasm and JS in `pkg/` (default: `site` next to
+    /// the `berth` executable, where `cargo xtask dashboard` puts them).
+    #[arg(long, env = "BERTH_DASHBOARD_DIR")]
+    dashboard_dir: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The flags as settings, over the `--config` file's.
+    fn settings(self) -> anyhow::Result<ServerSettings> {
+        let file = match &self.config {
+            Some(path) => ServerSettings::from_file(path)?,
+            None => ServerSettings::default(),
+        };
+        let flags = ServerSettings {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            ingress_listen: self.ingress_listen,
+            base_domain: self.base_domain,
+            host_name: self.host_name,
+            advertise_addr: self.advertise_addr,
+            deploy_timeout: self.deploy_timeout,
+            drain_timeout: self.drain_timeout,
+            stop_grace: self.stop_grace,
+            heartbeat_timeout: self.heartbeat_timeout,
+            local_agent: self.no_local_agent.then_some(false),
+            public_url: self.public_url,
+            dashboard_dir: self.dashboard_dir,
+            sign_in: self.sign_in.iter().map(|spec| Provider::parse(spec)).collect::<anyhow::Result<_>>()?,
+        };
+        Ok(flags.over(file))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("BUG: a tokio runtime can be built");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `BERTH_LOG` (default: info, quiet HTTP and SQL internals).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn")),
+        )
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Server(args) = cli.command {
+        init_logging();
+        let config = args.settings()?.resolve()?;
+        server::run(config).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Agent(args) = cli.command {
+        init_logging();
+        let name = match args.name {
+            Some(name) => name,
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "agent".into()),
+        };
+        let config = AgentDaemonConfig {
+            control_plane: args.join,
+            join_token: cli.token,
+            name,
+            advertise_addr: args.advertise_addr,
+            labels: cli::env_flags(&args.labels)?,
+            data_dir: args.data_dir,
+        };
+        agent_daemon::run(config).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Admin(AdminCommand::SetPassword { email, data_dir }) = &cli.command {
+        let password = cli::read_password()?;
+        server::set_password(data_dir, email, &password).await?;
+        println!("berth: the password of {email} is set; its sessions and sign-in tokens are revoked");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    match &cli.command {
+        Command::Login { email } => return cli::login(&cli.url, email, &cli::read_password()?).await,
+        Command::Invites(InvitesCommand::Accept { token, email, name }) => {
+            return cli::accept_invite(&cli.url, token, email, name.clone(), &cli::read_password()?).await;
+        }
+        _ => {}
+    }
+    let client = Client::new(&cli.url, cli.token, &cli.team)?;
+    match cli.command {
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Admin(_)
+        | Command::Login { .. }
+        | Command::Invites(InvitesCommand::Accept { .. }) => {
+            unreachable!("handled above")
+        }
+        Command::Whoami { json } => client.me(json).await,
+        Command::Teams(TeamsCommand::List { json }) => client.list_teams(json).await,
+        Command::Teams(TeamsCommand::Create { name }) => client.create_team(&name).await,
+        Command::Members(MembersCommand::List { json }) => client.members(json).await,
+        Command::Members(MembersCommand::Add { email, role }) => client.set_member(&email, &role).await,
+        Command::Members(MembersCommand::Role { email, role }) => client.set_member(&email, &role).await,
+        Command::Members(MembersCommand::Remove { email }) => client.remove_member(&email).await,
+        Command::Invites(InvitesCommand::Create { role, email, ttl }) => client.create_invite(&role, email, ttl).await,
+        Command::Tokens(TokensCommand::List { json }) => client.list_tokens(json).await,
+        Command::Tokens(TokensCommand::Create { name, for_team, role, expires }) => {
+            let request = berth_wire::identity::CreateToken { name, team: for_team, role, expires_in_secs: expires };
+            client.create_token(request).await
+        }
+        Command::Tokens(TokensCommand::Revoke { id }) => client.revoke_token(id).await,
+        Command::Users(UsersCommand::Disable { email }) => client.set_user_disabled(&email, true).await,
+        Command::Users(UsersCommand::Enable { email }) => client.set_user_disabled(&email, false).await,
+        Command::Users(UsersCommand::ResetPassword { email }) => {
+            client.reset_password(&email, cli::read_password()?).await
+        }
+        Command::Audit { all, limit, json } => client.audit(all, limit, json).await,
+        Command::Hosts(HostsCommand::List { json }) => client.list_hosts(json).await,
+        Command::Hosts(HostsCommand::Show { name, json }) => client.show_host(&name, json).await,
+        Command::Hosts(HostsCommand::Drain { name }) => client.drain_host(&name).await,
+        Command::Hosts(HostsCommand::Remove { name }) => client.remove_host(&name).await,
+        Command::JoinTokens(JoinTokensCommand::Create { ttl, uses }) => client.create_join_token(ttl, uses).await,
+        Command::Apps(AppsCommand::Create {
+            name,
+            image,
+            port,
+            replicas,
+            health_path,
+            env,
+            cpus,
+            memory,
+            constraints,
+            privileges,
+            wait,
+        }) => {
+            let request = berth_wire::api::CreateApp {
+                name,
+                image,
+                port,
+                replicas: Some(replicas),
+                env: cli::env_flags(&env)?,
+                health_path,
+                cpu_millis: cpus.map(|c| (c * 1000.0).round() as u32),
+                memory_mb: memory,
+                constraints: cli::env_flags(&constraints)?,
+                privileges: privileges.parse()?,
+            };
+            client.create_app(request, wait.wait()).await
+        }
+        Command::Apps(AppsCommand::List { json }) => client.list_apps(json).await,
+        Command::Apps(AppsCommand::Show { name, json }) => client.show_app(&name, json).await,
+        Command::Apps(AppsCommand::Delete { name }) => client.delete_app(&name).await,
+        Command::Deploy { name, image, env, unset_env, port, health_path, wait } => {
+            let change = berth_wire::api::Deploy {
+                image,
+                port,
+                env: cli::env_flags(&env)?,
+                unset_env,
+                health_path,
+                ..Default::default()
+            };
+            client.deploy(&name, change, wait.wait()).await
+        }
+        Command::Scale { name, replicas, wait } => client.scale(&name, replicas, wait.wait()).await,
+        Command::Rollback { name, to, wait } => client.rollback(&name, to, wait.wait()).await,
+        Command::Logs { name, follow, tail, json } => client.logs(&name, tail, follow, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Catches conflicting flags (clap checks them only when a command is first parsed).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,357 @@
+//! The `berth` subcommands that talk to a server: each calls the API through [`ApiClient`],
+//! prints what came back (a table, a message, or with `--json` the server's JSON unchanged) and
+//! says how the process should exit.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, LogLine, ReleaseAccepted, ReleaseState};
+use berth_wire::identity::{AcceptInvite, CreateInvite, CreateToken, Login};
+use futures::StreamExt as _;
+
+use crate::client::{ApiClient, MAX_LINE_BYTES, Resource, StreamLine};
+use crate::credentials;
+use crate::output;
+
+/// Whether a command that starts a release returns once the release is accepted or follows it
+/// until it is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    No,
+    UntilDone,
+}
+
+/// Parses `KEY=VALUE` flags (`--env`, `--label`, `--constraint`) into a map, naming the bad one.
+pub fn env_flags(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{pair:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// A password from standard input (first line), for scripts and prompts alike.
+pub fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(password)
+}
+
+/// `berth login`: signs in with email and password and keeps the new token for this URL.
+pub async fn login(url: &str, email: &str, password: &str) -> anyhow::Result<ExitCode> {
+    let url = url.trim_end_matches('/');
+    let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
+    let request =
+        Login { email: email.into(), password: password.into(), token_name: Some(format!("berth login on {host}")) };
+    let signed_in = ApiClient::login(url, &request).await?;
+    let path = credentials::keep_token(url, signed_in.token)?;
+    println!("signed in to {url} as {}; token kept in {}", signed_in.user.email, path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth invites accept`: joins the team of an invitation (creating the account if needed).
+pub async fn accept_invite(
+    url: &str,
+    token: &str,
+    email: &str,
+    name: Option<String>,
+    password: &str,
+) -> anyhow::Result<ExitCode> {
+    let url = url.trim_end_matches('/');
+    let request = AcceptInvite { email: email.into(), name, password: password.into() };
+    let joined = ApiClient::accept_invite(url, token, &request).await?;
+    let teams: Vec<String> = joined.user.teams.iter().map(|team| format!("{} ({})", team.team, team.role)).collect();
+    println!(
+        "{} joined: {}; sign in with `berth login --email {}`",
+        joined.user.email,
+        teams.join(", "),
+        joined.user.email
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CLI's client: one method per `berth` subcommand that needs a token.
+pub struct Client {
+    api: ApiClient,
+}
+
+impl Client {
+    /// A client with the first token found: `token` (flag or `BERTH_TOKEN`), the one `berth login`
+    /// stored for this URL, or the server's admin token when run next to its data directory.
+    pub fn new(url: &str, token: Option<String>, team: &str) -> anyhow::Result<Client> {
+        let url = url.trim_end_matches('/');
+        let token = credentials::find_token(url, token)?;
+        let shown_url = url.to_string();
+        // On standard error, so `--json` output stays parseable; a wait of up to the retry
+        // budget would otherwise look like a hang.
+        let api = ApiClient::new(url, token, team)?.on_retry(move |error, pause| {
+            eprintln!(
+                "warning: cannot reach Berth at {shown_url} ({}); retrying in {:.1}s",
+                output::root_cause(error),
+                pause.as_secs_f64()
+            );
+        });
+        Ok(Client { api })
+    }
+
+    /// Prints `resource` as the server's JSON, unchanged.
+    async fn print_json(&self, resource: Resource<'_>) -> anyhow::Result<ExitCode> {
+        println!("{}", self.api.fetch_json(resource).await?);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn create_app(&self, request: CreateApp, wait: Wait) -> anyhow::Result<ExitCode> {
+        let accepted = self.api.create_app(&request).await?;
+        println!("created {} (release {})", accepted.app, accepted.release);
+        self.follow(&accepted, wait).await
+    }
+
+    pub async fn deploy(&self, name: &str, change: Deploy, wait: Wait) -> anyhow::Result<ExitCode> {
+        let accepted = self.api.deploy(name, &change).await?;
+        println!("release {} of {name} accepted", accepted.release);
+        self.follow(&accepted, wait).await
+    }
+
+    pub async fn scale(&self, name: &str, replicas: u32, wait: Wait) -> anyhow::Result<ExitCode> {
+        let accepted = self.api.scale(name, replicas).await?;
+        println!("release {} of {name} scales to {replicas} replica(s)", accepted.release);
+        self.follow(&accepted, wait).await
+    }
+
+    pub async fn rollback(&self, name: &str, to: Option<u32>, wait: Wait) -> anyhow::Result<ExitCode> {
+        let accepted = self.api.rollback(name, to).await?;
+        println!("release {} of {name} rolls back", accepted.release);
+        self.follow(&accepted, wait).await
+    }
+
+    /// Prints the release's progress until it finishes; exits with failure when the release
+    /// failed.
+    async fn follow(&self, accepted: &ReleaseAccepted, wait: Wait) -> anyhow::Result<ExitCode> {
+        if wait == Wait::No {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let release = self
+            .api
+            .follow_release(&accepted.app, accepted.release, |event| println!("{}", output::release_event(event)))
+            .await?;
+        // `follow_release` returns finished releases only: failed, or serving (or already
+        // superseded by a later one).
+        if release.state == ReleaseState::Failed {
+            eprintln!(
+                "error: release {} failed: {}",
+                release.number,
+                release.message.unwrap_or_else(|| "no reason recorded".into())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        println!("release {} is live at {}", release.number, accepted.url);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_apps(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Apps).await;
+        }
+        let apps = self.api.list_apps().await?;
+        if apps.is_empty() {
+            println!("no apps in team {} yet; create one with `berth apps create`", self.api.team());
+        } else {
+            println!("{}", output::apps_table(&apps));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn show_app(&self, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::App(name)).await;
+        }
+        println!("{}", output::app_detail(&self.api.app(name).await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn delete_app(&self, name: &str) -> anyhow::Result<ExitCode> {
+        self.api.delete_app(name).await?;
+        println!("deleted {name}: its routes, containers and records are gone");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints the app's log lines as they arrive: as the server's JSON with `json`, else as
+    /// `replica rRELEASE | line`.
+    pub async fn logs(&self, name: &str, tail: u32, follow: bool, json: bool) -> anyhow::Result<ExitCode> {
+        let mut lines = std::pin::pin!(self.api.logs(name, tail, follow).await?);
+        while let Some(line) = lines.next().await {
+            match line? {
+                StreamLine::Text(text) if json => println!("{text}"),
+                StreamLine::Text(text) => {
+                    // Lines of a newer server this CLI cannot read are left out rather than
+                    // ending the log.
+                    if let Ok(log) = serde_json::from_str::<LogLine>(&text) {
+                        println!("{}", output::log_line(&log));
+                    }
+                }
+                StreamLine::TooLong => {
+                    eprintln!("warning: skipped a log line longer than {} MiB", MAX_LINE_BYTES >> 20);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_hosts(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Hosts).await;
+        }
+        println!("{}", output::hosts_table(&self.api.list_hosts().await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn show_host(&self, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Host(name)).await;
+        }
+        println!("{}", output::host_detail(&self.api.host(name).await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn drain_host(&self, name: &str) -> anyhow::Result<ExitCode> {
+        println!("draining {name}: replacements start elsewhere, then its replicas drain and stop");
+        self.api.drain_host(name).await?;
+        println!("{name} is drained");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn remove_host(&self, name: &str) -> anyhow::Result<ExitCode> {
+        self.api.remove_host(name).await?;
+        println!("removed {name}; its replicas are placed elsewhere");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints the token alone on standard output (for scripts) and how to use it on standard
+    /// error.
+    pub async fn create_join_token(&self, ttl: u64, uses: u32) -> anyhow::Result<ExitCode> {
+        let created = self.api.create_join_token(&CreateJoinToken { ttl_secs: Some(ttl), uses: Some(uses) }).await?;
+        println!("{}", created.token);
+        eprintln!("valid for {ttl}s and {uses} host(s): berth agent --join {} --token <token>", self.api.base_url());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn me(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Me).await;
+        }
+        println!("{}", output::me(&self.api.me().await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_teams(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Teams).await;
+        }
+        println!("{}", output::teams_table(&self.api.list_teams().await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn create_team(&self, name: &str) -> anyhow::Result<ExitCode> {
+        self.api.create_team(name).await?;
+        println!("created team {name}; you are its owner");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn members(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Members).await;
+        }
+        println!("{}", output::members_table(&self.api.members().await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn set_member(&self, email: &str, role: &str) -> anyhow::Result<ExitCode> {
+        self.api.set_member(email, role).await?;
+        println!("{email} is {role} in {}", self.api.team());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn remove_member(&self, email: &str) -> anyhow::Result<ExitCode> {
+        self.api.remove_member(email).await?;
+        println!("{email} left {}", self.api.team());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints the invitation's secret alone on standard output and how to accept it on
+    /// standard error.
+    pub async fn create_invite(&self, role: &str, email: Option<String>, ttl: Option<u64>) -> anyhow::Result<ExitCode> {
+        let invite = self.api.create_invite(&CreateInvite { role: role.into(), email, ttl_secs: ttl }).await?;
+        println!("{}", invite.token);
+        eprintln!(
+            "invitation to {} as {}; accept with: berth invites accept {} --email ADDRESS",
+            invite.team, invite.role, invite.token
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_tokens(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Tokens).await;
+        }
+        println!("{}", output::tokens_table(&self.api.list_tokens().await?, output::now_ms()));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints the token alone on standard output (it is shown only now).
+    pub async fn create_token(&self, request: CreateToken) -> anyhow::Result<ExitCode> {
+        let created = self.api.create_token(&request).await?;
+        println!("{}", created.token);
+        eprintln!("token {} created; it is shown only now", created.id);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn revoke_token(&self, id: i64) -> anyhow::Result<ExitCode> {
+        self.api.revoke_token(id).await?;
+        println!("token {id} revoked");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// The team's audit log, or with `all` the whole instance's (instance admins).
+    pub async fn audit(&self, all: bool, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self
+                .print_json(if all { Resource::InstanceAudit { limit } } else { Resource::TeamAudit { limit } })
+                .await;
+        }
+        let entries = if all { self.api.instance_audit(limit).await? } else { self.api.team_audit(limit).await? };
+        println!("{}", output::audit_table(&entries, output::now_ms()));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn set_user_disabled(&self, email: &str, disabled: bool) -> anyhow::Result<ExitCode> {
+        self.api.set_user_disabled(email, disabled).await?;
+        println!("{email} {}", if disabled { "disabled" } else { "enabled" });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn reset_password(&self, email: &str, password: String) -> anyhow::Result<ExitCode> {
+        self.api.reset_password(email, &password).await?;
+        println!("password of {email} reset; their sessions ended");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_parse_and_name_the_bad_one() {
+        let env = env_flags(&["A=1".into(), "B=x=y".into()]).unwrap();
+        assert_eq!(env["B"], "x=y");
+        assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
+    }
+}

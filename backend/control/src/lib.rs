@@ -1,0 +1,20 @@
+//! Berth's control plane: joins desired state (the store) with observed state (the agents'
+//! reports) and acts on the difference.
+//!
+//! - `orchestrator`: the release protocol, routes, desired containers per host, host checks.
+//! - `scheduler`: the pure placement function.
+//! - `links`: the control plane's end of every host agent, and the union of their reports.
+//! - `relay`: byte streams agents upload on request; `images` and `logs` use it.
+//!
+//! It never calls a container engine (only agents do) and never depends on the API: services
+//! call it, not the other way round.
+
+pub mod images;
+pub mod links;
+pub mod logs;
+pub mod orchestrator;
+pub mod relay;
+pub mod scheduler;
+
+pub use links::{HostLink, HostLinks, ObservedUnion};
+pub use orchestrator::{Orchestrator, OrchestratorConfig};

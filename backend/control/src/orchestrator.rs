@@ -1,0 +1,191 @@
+//! The orchestrator: turns desired state in the store into containers on hosts (through their
+//! agents) and routes in the ingress, one release at a time per app.
+//!
+//! It never calls a container engine: agents do. It is level-triggered: every step re-reads the
+//! store and the agents' latest reports, so a restarted control plane resumes an interrupted
+//! release. Its rooms:
+//! - `rollout`: the release protocol, app deletion;
+//! - `routes`: the route table published to the ingress;
+//! - `desired`: what each host's agent must run, and placement;
+//! - `host_checks`: heartbeats, down hosts, draining.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_ingress::Ingress;
+use berth_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::links::{HostLinks, ObservedUnion};
+
+mod desired;
+mod host_checks;
+mod rollout;
+mod routes;
+
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub base_domain: String,
+    /// Port the ingress listens on, for the URLs shown to users (omitted when 80).
+    pub ingress_port: u16,
+    /// Time a release has to become ready before it is declared failed.
+    pub deploy_timeout: Duration,
+    /// Time in-flight requests get to finish on replicas taken out of the route table.
+    pub drain_timeout: Duration,
+    /// Seconds between SIGTERM and SIGKILL when stopping a replica.
+    pub stop_grace_secs: u32,
+    /// Restarts of a new replica, before it ever became ready, that fail its release.
+    pub crash_limit: u32,
+    /// A remote host silent for this long is declared down and its replicas are placed elsewhere.
+    pub heartbeat_timeout: Duration,
+    /// How often hosts' heartbeats are checked.
+    pub host_check_every: Duration,
+}
+
+impl OrchestratorConfig {
+    /// The defaults `berth server` starts with, for `base_domain` served on `ingress_port`.
+    pub fn new(base_domain: impl Into<String>, ingress_port: u16) -> OrchestratorConfig {
+        OrchestratorConfig {
+            base_domain: base_domain.into(),
+            ingress_port,
+            deploy_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(30),
+            stop_grace_secs: 10,
+            crash_limit: 3,
+            heartbeat_timeout: Duration::from_secs(3),
+            host_check_every: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Cheap to clone; all clones drive the same orchestrator.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    ingress: Arc<Ingress>,
+    links: HostLinks,
+    config: OrchestratorConfig,
+    /// One lock per app: operations on an app run one after another, never interleaved.
+    app_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises route-table computation so the newest state always lands last.
+    routes_lock: tokio::sync::Mutex<()>,
+    /// Ends every task the orchestrator runs (`shutdown`).
+    stop: CancellationToken,
+}
+
+/// After a control-plane start, an agent not heard from yet gets this long on top of the
+/// heartbeat timeout to reconnect before its host is declared down: a restart must not move
+/// every replica.
+const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
+impl Orchestrator {
+    /// Publishes the desired state to the agents, starts following their reports and resumes
+    /// every release and deletion a previous run left unfinished. `links` holds the hosts this
+    /// process serves itself (the local agent); remote hosts get theirs when they connect.
+    pub async fn start(
+        store: Store,
+        ingress: Arc<Ingress>,
+        links: HostLinks,
+        config: OrchestratorConfig,
+    ) -> anyhow::Result<Orchestrator> {
+        let orchestrator = Orchestrator {
+            inner: Arc::new(Inner {
+                store,
+                ingress,
+                links,
+                config,
+                app_locks: Mutex::new(HashMap::new()),
+                routes_lock: tokio::sync::Mutex::new(()),
+                stop: CancellationToken::new(),
+            }),
+        };
+        // Remote hosts get a link (and a full heartbeat period of grace) from now on.
+        for host in orchestrator.inner.store.hosts().await? {
+            orchestrator.inner.links.link(&host.name);
+        }
+        orchestrator.publish_desired().await.context("publishing desired containers")?;
+        orchestrator.publish_routes().await.context("publishing routes")?;
+        orchestrator.spawn(orchestrator.clone().follow_reports());
+        orchestrator.spawn(orchestrator.clone().watch_heartbeats());
+        for app in orchestrator.inner.store.all_apps().await? {
+            orchestrator.enqueue(app.id);
+        }
+        Ok(orchestrator)
+    }
+
+    /// Ends every task of this orchestrator at its next await, as if the process stopped there:
+    /// what was interrupted is resumed by the next orchestrator started on the same store.
+    pub fn shutdown(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// Runs `task` until it ends or the orchestrator shuts down.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    pub fn links(&self) -> &HostLinks {
+        &self.inner.links
+    }
+
+    pub fn app_url(&self, app: &str) -> String {
+        let config = &self.inner.config;
+        match config.ingress_port {
+            80 => format!("http://{app}.{}", config.base_domain),
+            port => format!("http://{app}.{}:{port}", config.base_domain),
+        }
+    }
+
+    /// The last `seconds` of an app's traffic through the ingress (empty when it is not routed).
+    pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
+        self.inner.ingress.traffic(&self.app_host(app), seconds).unwrap_or_default()
+    }
+
+    /// The host name an app is served at (`web.localhost`).
+    fn app_host(&self, app: &str) -> String {
+        format!("{app}.{}", self.inner.config.base_domain)
+    }
+
+    /// The latest report of every replica the agents know.
+    pub fn observed(&self) -> ObservedUnion {
+        self.inner.links.observed().borrow().clone()
+    }
+
+    /// Runs the app's unfinished releases (in order) in the background. A failure (the store
+    /// unreachable, say) is retried with backoff until the work is done or the app is gone.
+    pub fn enqueue(&self, app_id: i64) {
+        let this = self.clone();
+        self.spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            while let Err(error) = this.run_app(app_id).await {
+                tracing::error!(app_id, error = format!("{error:#}"), retry_in = ?backoff, "orchestrating an app failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    /// Deletes the app: routes first, then drains and stops its containers, then its records.
+    /// A release in progress is abandoned at its next step.
+    pub async fn delete(&self, app_id: i64) -> anyhow::Result<()> {
+        self.inner.store.mark_deleting(app_id).await?;
+        self.run_app(app_id).await
+    }
+
+    fn app_lock(&self, app_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.app_locks.lock().expect("BUG: app lock table poisoned");
+        locks.entry(app_id).or_default().clone()
+    }
+}

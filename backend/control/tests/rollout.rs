@@ -1,0 +1,320 @@
+//! The release protocol end to end inside one process: a real store (SQLite in a scratch
+//! directory), the real ingress table, a real agent on the in-memory container runtime. No
+//! Docker, no sockets but the containers' own listeners: each test runs in well under a second
+//! or two.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::memory::{Behaviour, MemoryRuntime};
+use berth_agent::{AgentConfig, AgentHandle, ContainerRuntime, EndpointMode, ProbeConfig};
+use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
+use berth_ingress::{Ingress, IngressConfig};
+use berth_store::Store;
+use berth_wire::AppSpec;
+use berth_wire::api::ReleaseState;
+
+const HOST: &str = "h1";
+const APP_HOST: &str = "web.localhost";
+
+fn spec(image: &str, replicas: u32) -> AppSpec {
+    AppSpec {
+        image: image.into(),
+        port: 8080,
+        replicas,
+        env: BTreeMap::new(),
+        health_path: Some("/up".into()),
+        cpu_millis: None,
+        memory_mb: None,
+        constraints: BTreeMap::new(),
+        privileges: Default::default(),
+    }
+}
+
+/// A control plane with one host.
+struct Plane {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ingress: Arc<Ingress>,
+    links: HostLinks,
+    runtime: Arc<MemoryRuntime>,
+    agent: AgentHandle,
+    orchestrator: Orchestrator,
+    config: OrchestratorConfig,
+    team_id: i64,
+}
+
+impl Plane {
+    async fn new() -> Plane {
+        Plane::with(|_| {}).await
+    }
+
+    async fn with(configure: impl FnOnce(&mut OrchestratorConfig)) -> Plane {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let store = Store::open(dir.path()).await.expect("opening the store");
+        store.bootstrap("token hash", "password hash").await.expect("bootstrapping");
+        let team_id = store.team_id("main").await.unwrap().expect("bootstrap creates team main");
+        let runtime = MemoryRuntime::new();
+        let capacity = runtime.capacity().await;
+        store.register_local_host(HOST, "local", &capacity).await.unwrap();
+
+        let mut agent_config = AgentConfig::new(HOST, EndpointMode::Published(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        agent_config.probe = ProbeConfig {
+            interval_starting: Duration::from_millis(10),
+            interval_ready: Duration::from_millis(20),
+            timeout: Duration::from_millis(500),
+            ready_after: 2,
+            unready_after: 3,
+        };
+        agent_config.max_restart_backoff = Duration::from_millis(200);
+        let link = HostLink::new(HOST);
+        let desired = link.desired_receiver();
+        let agent = berth_agent::spawn(runtime.clone(), agent_config, desired);
+        let links = HostLinks::default();
+        links.add(link.attach_local(agent.clone()));
+
+        let mut config = OrchestratorConfig {
+            deploy_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+            stop_grace_secs: 1,
+            ..OrchestratorConfig::new("localhost", 80)
+        };
+        configure(&mut config);
+        let ingress = Ingress::new(IngressConfig::default());
+        let orchestrator = Orchestrator::start(store.clone(), ingress.clone(), links.clone(), config.clone())
+            .await
+            .expect("starting the orchestrator");
+        Plane { _dir: dir, store, ingress, links, runtime, agent, orchestrator, config, team_id }
+    }
+
+    /// Stops the orchestrator wherever it is and starts a new one on the same store, ingress and
+    /// hosts, as a restarted control plane would.
+    async fn restart_orchestrator(&mut self) {
+        self.orchestrator.shutdown();
+        self.orchestrator =
+            Orchestrator::start(self.store.clone(), self.ingress.clone(), self.links.clone(), self.config.clone())
+                .await
+                .expect("restarting the orchestrator");
+    }
+
+    async fn create(&self, spec: &AppSpec) -> i64 {
+        self.runtime.add_image(&spec.image);
+        let app_id = self.store.create_app(self.team_id, "web", spec).await.expect("creating the app");
+        self.orchestrator.enqueue(app_id);
+        app_id
+    }
+
+    async fn deploy(&self, app_id: i64, spec: &AppSpec) -> i64 {
+        self.runtime.add_image(&spec.image);
+        let number = self.store.create_release(app_id, spec, None).await.expect("creating a release");
+        self.orchestrator.enqueue(app_id);
+        number
+    }
+
+    /// Waits until release `number` has finished and returns its state and message.
+    async fn settled(&self, app_id: i64, number: i64) -> (ReleaseState, Option<String>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let release = self.store.release(app_id, number).await.unwrap().expect("the release exists");
+            if release.state().is_finished() {
+                return (release.state(), release.message.clone());
+            }
+            let events = self.store.release_events(release.id).await.unwrap();
+            assert!(tokio::time::Instant::now() < deadline, "release {number} never finished: {events:#?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn phases(&self, app_id: i64, number: i64) -> Vec<String> {
+        let release = self.store.release(app_id, number).await.unwrap().expect("the release exists");
+        self.store.release_events(release.id).await.unwrap().into_iter().map(|e| e.phase).collect()
+    }
+
+    /// Running containers of the runtime, by release label.
+    fn running_releases(&self) -> Vec<String> {
+        let mut releases: Vec<String> = self.runtime.running().iter().map(|c| c.release().to_string()).collect();
+        releases.sort();
+        releases
+    }
+
+    /// The endpoints the agent reports for the running containers of `release`.
+    fn endpoints_of(&self, release: &str) -> BTreeSet<SocketAddr> {
+        let observed = self.agent.observed().borrow().clone();
+        let replicas: BTreeSet<String> =
+            self.runtime.running().iter().filter(|c| c.release() == release).map(|c| c.replica().to_string()).collect();
+        observed
+            .values()
+            .filter(|o| replicas.contains(&o.replica_id))
+            .filter_map(|o| o.endpoint.as_deref()?.parse().ok())
+            .collect()
+    }
+
+    fn routed(&self) -> BTreeSet<SocketAddr> {
+        self.ingress.endpoints(APP_HOST).unwrap_or_default().into_iter().collect()
+    }
+
+    /// The whole state after release `number` is serving: its replicas and only its replicas run,
+    /// are routed, and are the app's only replica rows.
+    async fn assert_serving_only(&self, app_id: i64, number: i64, replicas: usize) {
+        let release = number.to_string();
+        assert_eq!(self.running_releases(), vec![release.clone(); replicas], "containers running");
+        let endpoints = self.endpoints_of(&release);
+        assert_eq!(endpoints.len(), replicas);
+        // The route table follows the agents' reports, which may land a moment after the release.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.routed() != endpoints {
+            assert!(tokio::time::Instant::now() < deadline, "routes {:?}, want {endpoints:?}", self.routed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rows = self.store.replicas_of_app(app_id).await.unwrap();
+        assert!(rows.iter().all(|r| r.release_number == number), "replica rows of other releases: {rows:#?}");
+        assert_eq!(rows.len(), replicas);
+        let app = self.store.app_by_id(app_id).await.unwrap().expect("the app exists");
+        assert_eq!(app.serving_release, Some(number));
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.orchestrator.shutdown();
+        self.agent.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_release_replaces_the_serving_one_and_leaves_nothing_behind() {
+    let plane = Plane::new().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    plane.assert_serving_only(app, 1, 2).await;
+
+    let number = plane.deploy(app, &spec("web:2", 3)).await;
+    assert_eq!(plane.settled(app, number).await.0, ReleaseState::Serving);
+    plane.assert_serving_only(app, number, 3).await;
+    let first = plane.store.release(app, 1).await.unwrap().unwrap();
+    assert_eq!(first.state(), ReleaseState::Superseded);
+    let phases = plane.phases(app, number).await;
+    for phase in ["scheduling", "starting", "shifting_traffic", "draining", "stopping_old", "done"] {
+        assert!(phases.iter().any(|p| p == phase), "{phase} missing from {phases:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_release_that_never_gets_ready_fails_and_the_serving_one_keeps_serving() {
+    let plane = Plane::with(|c| c.deploy_timeout = Duration::from_millis(800)).await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    plane.settled(app, 1).await;
+    let routed_before = plane.routed();
+
+    plane.runtime.set_behaviour("web:bad", Behaviour::Serve(500));
+    let number = plane.deploy(app, &spec("web:bad", 2)).await;
+    let (state, message) = plane.settled(app, number).await;
+    assert_eq!(state, ReleaseState::Failed);
+    let message = message.unwrap_or_default();
+    assert!(message.contains("not ready within") && message.contains("500"), "{message}");
+    plane.assert_serving_only(app, 1, 2).await;
+    assert_eq!(plane.routed(), routed_before, "the serving release's routes never changed");
+}
+
+#[tokio::test]
+async fn a_crash_looping_release_fails_at_the_crash_limit() {
+    let plane = Plane::with(|c| c.crash_limit = 2).await;
+    let app = plane.create(&spec("web:1", 1)).await;
+    plane.settled(app, 1).await;
+
+    plane.runtime.set_behaviour("web:crash", Behaviour::ExitOnStart(1));
+    let number = plane.deploy(app, &spec("web:crash", 1)).await;
+    let (state, message) = plane.settled(app, number).await;
+    assert_eq!(state, ReleaseState::Failed);
+    let message = message.unwrap_or_default();
+    assert!(message.contains("keeps crashing") && message.contains("exited with code 1"), "{message}");
+    plane.assert_serving_only(app, 1, 1).await;
+}
+
+#[tokio::test]
+async fn a_release_whose_image_is_nowhere_fails_with_the_reason() {
+    let plane = Plane::new().await;
+    let app = plane.create(&spec("web:1", 1)).await;
+    plane.settled(app, 1).await;
+
+    // Not added to the runtime: neither present, nor pullable, nor on another host.
+    let number = plane.store.create_release(app, &spec("web:missing", 1), None).await.unwrap();
+    plane.orchestrator.enqueue(app);
+    let (state, message) = plane.settled(app, number).await;
+    assert_eq!(state, ReleaseState::Failed);
+    let message = message.unwrap_or_default();
+    assert!(message.contains("web:missing is not on this host"), "{message}");
+    plane.assert_serving_only(app, 1, 1).await;
+}
+
+/// A control plane that stops in the middle of a release (a crash, a restart, a lost leadership)
+/// and a new one started on the same state: the release completes as if nothing happened.
+async fn interrupted_at(phase: &str) {
+    let mut plane = Plane::new().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    plane.settled(app, 1).await;
+
+    // `waiting_ready` lasts only as long as the new replicas are not ready: hold them there.
+    if phase == "waiting_ready" {
+        plane.runtime.set_behaviour("web:2", Behaviour::Serve(503));
+    }
+    let number = plane.deploy(app, &spec("web:2", 2)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !plane.phases(app, number).await.iter().any(|p| p == phase) {
+        assert!(tokio::time::Instant::now() < deadline, "the release never reached {phase}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    plane.restart_orchestrator().await;
+    if phase == "waiting_ready" {
+        plane.runtime.set_behaviour("web:2", Behaviour::Serve(200));
+    }
+
+    let (state, message) = plane.settled(app, number).await;
+    assert_eq!(state, ReleaseState::Serving, "interrupted at {phase}: {message:?}");
+    plane.assert_serving_only(app, number, 2).await;
+    let phases = plane.phases(app, number).await;
+    assert_eq!(phases.iter().filter(|p| *p == "done").count(), 1, "{phases:?}");
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_scheduling_completes() {
+    interrupted_at("scheduling").await;
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_starting_completes() {
+    interrupted_at("starting").await;
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_waiting_for_readiness_completes() {
+    interrupted_at("waiting_ready").await;
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_shifting_traffic_completes() {
+    interrupted_at("shifting_traffic").await;
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_draining_completes() {
+    interrupted_at("draining").await;
+}
+
+#[tokio::test]
+async fn a_release_interrupted_while_stopping_old_replicas_completes() {
+    interrupted_at("stopping_old").await;
+}
+
+#[tokio::test]
+async fn a_deleted_app_leaves_no_route_container_or_record() {
+    let plane = Plane::new().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    plane.settled(app, 1).await;
+    plane.orchestrator.delete(app).await.expect("deleting the app");
+    assert_eq!(plane.ingress.endpoints(APP_HOST), None, "the app's host is no longer routed");
+    assert!(plane.runtime.containers().is_empty(), "{:#?}", plane.runtime.containers());
+    assert!(plane.store.app_by_id(app).await.unwrap().is_none());
+}

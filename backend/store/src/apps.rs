@@ -1,0 +1,237 @@
+//! Apps and their immutable, numbered releases.
+
+use berth_wire::AppSpec;
+use berth_wire::api::{ReleaseEvent, ReleaseState};
+use sqlx::FromRow;
+use sqlx::types::Json;
+
+use crate::{Result, Store, now_ms};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AppRow {
+    pub id: i64,
+    pub team_id: i64,
+    pub team: String,
+    pub name: String,
+    pub serving_release: Option<i64>,
+    pub deleting: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ReleaseRow {
+    pub id: i64,
+    pub app_id: i64,
+    pub number: i64,
+    pub spec: Json<AppSpec>,
+    #[sqlx(try_from = "String")]
+    pub state: ReleaseState,
+    pub message: Option<String>,
+    pub rollback_of: Option<i64>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl ReleaseRow {
+    pub fn spec(&self) -> AppSpec {
+        self.spec.0.clone()
+    }
+
+    pub fn state(&self) -> ReleaseState {
+        self.state
+    }
+}
+
+const APP_COLUMNS: &str = "a.id, a.team_id, t.name AS team, a.name, a.serving_release, a.deleting, a.created_at";
+
+impl Store {
+    /// Creates the app with its first (queued) release. Fails with a unique violation when the
+    /// name is taken.
+    pub async fn create_app(&self, team_id: i64, name: &str, spec: &AppSpec) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let app_id: i64 =
+            sqlx::query_scalar("INSERT INTO apps (team_id, name, created_at) VALUES (?, ?, ?) RETURNING id")
+                .bind(team_id)
+                .bind(name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        insert_release(&mut tx, app_id, spec, None).await?;
+        tx.commit().await?;
+        Ok(app_id)
+    }
+
+    pub async fn app(&self, team_id: i64, name: &str) -> Result<Option<AppRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {APP_COLUMNS} FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.team_id = ? AND a.name = ?"
+        )))
+        .bind(team_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn app_by_id(&self, app_id: i64) -> Result<Option<AppRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {APP_COLUMNS} FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.id = ?"
+        )))
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn apps_of_team(&self, team_id: i64) -> Result<Vec<AppRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {APP_COLUMNS} FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.team_id = ? ORDER BY a.name"
+        )))
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn all_apps(&self) -> Result<Vec<AppRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {APP_COLUMNS} FROM apps a JOIN teams t ON t.id = a.team_id ORDER BY a.id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn mark_deleting(&self, app_id: i64) -> Result<()> {
+        sqlx::query("UPDATE apps SET deleting = 1 WHERE id = ?").bind(app_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn delete_app(&self, app_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM apps WHERE id = ?").bind(app_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Adds a queued release numbered after every earlier one and returns its number.
+    pub async fn create_release(&self, app_id: i64, spec: &AppSpec, rollback_of: Option<i64>) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let number = insert_release(&mut tx, app_id, spec, rollback_of).await?;
+        tx.commit().await?;
+        Ok(number)
+    }
+
+    /// Newest first.
+    pub async fn releases(&self, app_id: i64) -> Result<Vec<ReleaseRow>> {
+        sqlx::query_as("SELECT * FROM releases WHERE app_id = ? ORDER BY number DESC")
+            .bind(app_id)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn release(&self, app_id: i64, number: i64) -> Result<Option<ReleaseRow>> {
+        sqlx::query_as("SELECT * FROM releases WHERE app_id = ? AND number = ?")
+            .bind(app_id)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn release_by_id(&self, id: i64) -> Result<Option<ReleaseRow>> {
+        sqlx::query_as("SELECT * FROM releases WHERE id = ?").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn latest_release(&self, app_id: i64) -> Result<Option<ReleaseRow>> {
+        sqlx::query_as("SELECT * FROM releases WHERE app_id = ? ORDER BY number DESC LIMIT 1")
+            .bind(app_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The oldest release that still has to go out (in progress first, after a restart).
+    pub async fn next_unfinished_release(&self, app_id: i64) -> Result<Option<ReleaseRow>> {
+        sqlx::query_as(
+            "SELECT * FROM releases WHERE app_id = ? AND state IN ('in_progress', 'queued') \
+             ORDER BY state = 'queued', number LIMIT 1",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn set_release_state(&self, release_id: i64, state: ReleaseState, message: Option<&str>) -> Result<()> {
+        let finished = state.is_finished().then(now_ms);
+        sqlx::query("UPDATE releases SET state = ?, message = COALESCE(?, message), finished_at = COALESCE(?, finished_at) WHERE id = ?")
+            .bind(state.as_str())
+            .bind(message)
+            .bind(finished)
+            .bind(release_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_release_event(&self, release_id: i64, phase: &str, message: &str) -> Result<()> {
+        sqlx::query("INSERT INTO release_events (release_id, at, phase, message) VALUES (?, ?, ?, ?)")
+            .bind(release_id)
+            .bind(now_ms())
+            .bind(phase)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release_events(&self, release_id: i64) -> Result<Vec<ReleaseEvent>> {
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT at, phase, message FROM release_events WHERE release_id = ? ORDER BY id")
+                .bind(release_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(at, phase, message)| ReleaseEvent { at, phase, message }).collect())
+    }
+
+    /// Routes `app_id` to `release` from now on; the release that served before is superseded.
+    /// The new release stays `in_progress` until its old replicas are drained and stopped.
+    pub async fn switch_serving(&self, app_id: i64, release: &ReleaseRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE releases SET state = 'superseded' WHERE app_id = ? AND state = 'serving' AND id != ?")
+            .bind(app_id)
+            .bind(release.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE apps SET serving_release = ? WHERE id = ?")
+            .bind(release.number)
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+async fn insert_release(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    app_id: i64,
+    spec: &AppSpec,
+    rollback_of: Option<i64>,
+) -> Result<i64> {
+    let now = now_ms();
+    let (release_id, number): (i64, i64) = sqlx::query_as(
+        "INSERT INTO releases (app_id, number, spec, state, rollback_of, created_at) \
+         VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app_id = ?), ?, 'queued', ?, ?) \
+         RETURNING id, number",
+    )
+    .bind(app_id)
+    .bind(app_id)
+    .bind(Json(spec))
+    .bind(rollback_of)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    let message = match rollback_of {
+        Some(of) => format!("queued (rollback to the spec of release {of})"),
+        None => "queued".to_string(),
+    };
+    sqlx::query("INSERT INTO release_events (release_id, at, phase, message) VALUES (?, ?, 'queued', ?)")
+        .bind(release_id)
+        .bind(now)
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(number)
+}

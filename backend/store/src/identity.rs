@@ -1,0 +1,484 @@
+//! Users, teams, memberships, invitations, tokens and the audit log.
+
+use berth_wire::identity::{AuditEntry, TokenInfo};
+use sqlx::FromRow;
+
+use crate::{Result, Store, now_ms};
+
+/// Who a bearer token speaks for.
+#[derive(Debug, Clone, FromRow)]
+pub struct TokenRow {
+    pub token_id: i64,
+    pub user_id: i64,
+    pub email: String,
+    pub kind: String,
+    pub is_instance_admin: bool,
+    pub disabled: bool,
+    pub team_id: Option<i64>,
+    pub role: Option<String>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub is_instance_admin: bool,
+    pub password_hash: Option<String>,
+    pub disabled: bool,
+    pub failed_logins: i64,
+    pub locked_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct InvitationRow {
+    pub id: i64,
+    pub team_id: i64,
+    pub team: String,
+    pub role: String,
+    pub email: Option<String>,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// One audit record to write.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRecord {
+    pub user_id: Option<i64>,
+    pub token_id: Option<i64>,
+    pub actor: String,
+    pub action: String,
+    pub team_id: Option<i64>,
+    pub team: Option<String>,
+    pub app: Option<String>,
+    pub target: Option<String>,
+    pub address: Option<String>,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+const USER_COLUMNS: &str = "id, email, name, is_instance_admin, password_hash, disabled, failed_logins, locked_until";
+
+impl Store {
+    /// True once the instance has its first user.
+    pub async fn is_bootstrapped(&self) -> Result<bool> {
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        Ok(users > 0)
+    }
+
+    /// On an empty store: creates the instance admin, the team `main` (the admin owns it) and an
+    /// admin API token stored as `token_hash`. Returns false when the store was already set up.
+    pub async fn bootstrap(&self, token_hash: &str, password_hash: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *tx).await?;
+        if users > 0 {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let user_id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (email, name, is_instance_admin, password_hash, created_at) \
+             VALUES ('admin@localhost', 'admin', 1, ?, ?) RETURNING id",
+        )
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let team_id: i64 = sqlx::query_scalar("INSERT INTO teams (name, created_at) VALUES ('main', ?) RETURNING id")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO memberships (team_id, user_id, role) VALUES (?, ?, 'owner')")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, name, user_id, created_at) VALUES (?, 'bootstrap admin', ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT k.id AS token_id, k.user_id, u.email, k.kind, u.is_instance_admin, u.disabled, k.team_id, k.role, \
+             k.expires_at, k.revoked_at FROM api_tokens k JOIN users u ON u.id = k.user_id WHERE k.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = &row {
+            // Minute precision is enough, and spares a write on most requests.
+            sqlx::query(
+                "UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            )
+            .bind(now_ms())
+            .bind(row.token_id)
+            .bind(now_ms() - 60_000)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(row)
+    }
+
+    /// `(team id, team name, role)` for every team the user belongs to.
+    pub async fn memberships(&self, user_id: i64) -> Result<Vec<(i64, String, String)>> {
+        sqlx::query_as(
+            "SELECT m.team_id, t.name, m.role FROM memberships m JOIN teams t ON t.id = m.team_id WHERE m.user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn team_id(&self, name: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT id FROM teams WHERE name = ?").bind(name).fetch_optional(&self.pool).await
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?")))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn user(&self, id: i64) -> Result<Option<UserRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users ORDER BY id")))
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn create_user(&self, email: &str, name: &str, password_hash: &str) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO users (email, name, password_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(email)
+        .bind(name)
+        .bind(password_hash)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Sets the password and revokes every login token (signed-in sessions) of the user except
+    /// `keep_token`.
+    pub async fn set_password(&self, user_id: i64, password_hash: &str, keep_token: Option<i64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND kind = 'login' AND revoked_at IS NULL AND id != ?",
+        )
+        .bind(now_ms())
+        .bind(user_id)
+        .bind(keep_token.unwrap_or(-1))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    pub async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
+            .bind(disabled)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Counts a failed sign-in; locks the account until `lock_until` once `max` is reached.
+    pub async fn record_failed_login(&self, user_id: i64, max: i64, lock_until: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET failed_logins = failed_logins + 1, \
+             locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END WHERE id = ?",
+        )
+        .bind(max)
+        .bind(lock_until)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_successful_login(&self, user_id: i64) -> Result<()> {
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- teams and members ----
+
+    pub async fn create_team(&self, name: &str, owner: i64) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let team_id: i64 = sqlx::query_scalar("INSERT INTO teams (name, created_at) VALUES (?, ?) RETURNING id")
+            .bind(name)
+            .bind(now_ms())
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO memberships (team_id, user_id, role) VALUES (?, ?, 'owner')")
+            .bind(team_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(team_id)
+    }
+
+    /// `(email, name, role)` of every member.
+    pub async fn members(&self, team_id: i64) -> Result<Vec<(String, String, String)>> {
+        sqlx::query_as(
+            "SELECT u.email, u.name, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = ? ORDER BY u.email",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn membership(&self, team_id: i64, user_id: i64) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = ? AND user_id = ?")
+            .bind(team_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Adds the member or changes their role.
+    pub async fn set_membership(&self, team_id: i64, user_id: i64, role: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO memberships (team_id, user_id, role) VALUES (?, ?, ?) \
+             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(team_id)
+        .bind(user_id)
+        .bind(role)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_membership(&self, team_id: i64, user_id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM memberships WHERE team_id = ? AND user_id = ?")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn owner_count(&self, team_id: i64) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE team_id = ? AND role = 'owner'")
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    // ---- invitations ----
+
+    pub async fn create_invitation(
+        &self,
+        token_hash: &str,
+        team_id: i64,
+        role: &str,
+        email: Option<&str>,
+        created_by: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, team_id, role, email, created_by, expires_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(team_id)
+        .bind(role)
+        .bind(email)
+        .bind(created_by)
+        .bind(expires_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn invitation(&self, token_hash: &str) -> Result<Option<InvitationRow>> {
+        sqlx::query_as(
+            "SELECT i.id, i.team_id, t.name AS team, i.role, i.email, i.expires_at, i.used_at \
+             FROM invitations i JOIN teams t ON t.id = i.team_id WHERE i.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Marks the invitation used; false if it was used (or expired) in the meantime.
+    pub async fn use_invitation(&self, id: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE invitations SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?")
+                .bind(now_ms())
+                .bind(id)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- tokens ----
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        user_id: i64,
+        kind: &str,
+        team_id: Option<i64>,
+        role: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO api_tokens (token_hash, name, user_id, kind, team_id, role, expires_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(token_hash)
+        .bind(name)
+        .bind(user_id)
+        .bind(kind)
+        .bind(team_id)
+        .bind(role)
+        .bind(expires_at)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    pub async fn tokens_of_user(&self, user_id: i64) -> Result<Vec<TokenInfo>> {
+        #[derive(FromRow)]
+        struct Row {
+            id: i64,
+            name: String,
+            kind: String,
+            team: Option<String>,
+            role: Option<String>,
+            created_at: i64,
+            expires_at: Option<i64>,
+            last_used_at: Option<i64>,
+            revoked_at: Option<i64>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT k.id, k.name, k.kind, t.name AS team, k.role, k.created_at, k.expires_at, k.last_used_at, k.revoked_at \
+             FROM api_tokens k LEFT JOIN teams t ON t.id = k.team_id WHERE k.user_id = ? ORDER BY k.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenInfo {
+                id: r.id,
+                name: r.name,
+                kind: r.kind,
+                team: r.team,
+                role: r.role,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+                last_used_at: r.last_used_at,
+                revoked: r.revoked_at.is_some(),
+            })
+            .collect())
+    }
+
+    /// Revokes the user's token `id`; false when the user has no such token.
+    pub async fn revoke_token(&self, user_id: i64, id: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND user_id = ?")
+                .bind(now_ms())
+                .bind(id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- audit ----
+
+    pub async fn audit(&self, record: AuditRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, user_id, token_id, actor, action, team_id, team, app, target, address, outcome, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now_ms())
+        .bind(record.user_id)
+        .bind(record.token_id)
+        .bind(record.actor)
+        .bind(record.action)
+        .bind(record.team_id)
+        .bind(record.team)
+        .bind(record.app)
+        .bind(record.target)
+        .bind(record.address)
+        .bind(record.outcome)
+        .bind(record.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Newest first; `team_id` None means every team (and instance-level records).
+    pub async fn audit_entries(&self, team_id: Option<i64>, limit: i64) -> Result<Vec<AuditEntry>> {
+        #[derive(FromRow)]
+        struct Row {
+            id: i64,
+            at: i64,
+            actor: String,
+            action: String,
+            team: Option<String>,
+            app: Option<String>,
+            target: Option<String>,
+            address: Option<String>,
+            outcome: String,
+            detail: Option<String>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, at, actor, action, team, app, target, address, outcome, detail FROM audit_log \
+             WHERE (?1 IS NULL OR team_id = ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(team_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                id: r.id,
+                at: r.at,
+                actor: r.actor,
+                action: r.action,
+                team: r.team,
+                app: r.app,
+                target: r.target,
+                address: r.address,
+                outcome: r.outcome,
+                detail: r.detail,
+            })
+            .collect())
+    }
+}

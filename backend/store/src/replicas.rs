@@ -1,0 +1,159 @@
+//! Replicas: where each desired container of a release is placed.
+
+use berth_wire::AppSpec;
+use berth_wire::agent::DesiredContainer;
+use sqlx::FromRow;
+use sqlx::types::Json;
+
+use crate::{Result, Store, now_ms};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub app_id: i64,
+    pub release_id: i64,
+    pub release_number: i64,
+    pub host: String,
+    /// Being moved off its host: out of the route table, stopped once drained.
+    pub retiring: bool,
+}
+
+/// What one replica asks of its host, for placement.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub host: String,
+    pub app_id: i64,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+impl Store {
+    /// Replaces a replica by a new one of the same app and release on `host`, atomically.
+    pub async fn move_replica(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_replacement(&mut tx, replica_id, new_id, host).await?;
+        sqlx::query("DELETE FROM replicas WHERE id = ?").bind(replica_id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Adds a replica of the same app and release as `replica_id` on `host` (its replacement).
+    pub async fn add_replacement(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        insert_replacement(&mut connection, replica_id, new_id, host).await
+    }
+
+    pub async fn mark_retiring(&self, ids: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE replicas SET retiring = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Every replica's host and resource requests.
+    pub async fn placements(&self) -> Result<Vec<Placement>> {
+        let rows: Vec<(String, i64, Json<AppSpec>)> = sqlx::query_as(
+            "SELECT r.host, r.app_id, rel.spec FROM replicas r JOIN releases rel ON rel.id = r.release_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(host, app_id, Json(spec))| Placement {
+                host,
+                app_id,
+                cpu_millis: spec.cpu_millis.unwrap_or(0) as u64,
+                memory_mb: spec.memory_mb.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    pub async fn insert_replica(&self, id: &str, app_id: i64, release_id: i64, host: &str) -> Result<()> {
+        sqlx::query("INSERT INTO replicas (id, app_id, release_id, host, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(app_id)
+            .bind(release_id)
+            .bind(host)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_replicas(&self, ids: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM replicas WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn all_replicas(&self) -> Result<Vec<ReplicaRow>> {
+        sqlx::query_as(
+            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring \
+             FROM replicas r JOIN releases rel ON rel.id = r.release_id ORDER BY r.app_id, rel.number, r.created_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn replicas_of_app(&self, app_id: i64) -> Result<Vec<ReplicaRow>> {
+        sqlx::query_as(
+            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring \
+             FROM replicas r JOIN releases rel ON rel.id = r.release_id WHERE r.app_id = ? ORDER BY rel.number, r.created_at",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Every desired container with the host it is placed on.
+    pub async fn desired_containers(&self, stop_grace_secs: u32) -> Result<Vec<(String, DesiredContainer)>> {
+        let rows: Vec<(String, String, String, String, i64, Json<AppSpec>)> = sqlx::query_as(
+            "SELECT r.host, r.id, t.name, a.name, rel.number, rel.spec FROM replicas r \
+             JOIN releases rel ON rel.id = r.release_id JOIN apps a ON a.id = r.app_id JOIN teams t ON t.id = a.team_id \
+             ORDER BY r.created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(host, replica_id, team, app, release, Json(spec))| {
+                let desired = DesiredContainer {
+                    replica_id,
+                    team,
+                    app,
+                    release: release as u32,
+                    image: spec.image,
+                    port: spec.port,
+                    env: spec.env,
+                    health_path: spec.health_path,
+                    cpu_millis: spec.cpu_millis,
+                    memory_mb: spec.memory_mb,
+                    stop_grace_secs,
+                    privileges: spec.privileges,
+                };
+                (host, desired)
+            })
+            .collect())
+    }
+}
+
+async fn insert_replacement(
+    connection: &mut sqlx::SqliteConnection,
+    replica_id: &str,
+    new_id: &str,
+    host: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO replicas (id, app_id, release_id, host, created_at) \
+         SELECT ?, app_id, release_id, ?, ? FROM replicas WHERE id = ?",
+    )
+    .bind(new_id)
+    .bind(host)
+    .bind(now_ms())
+    .bind(replica_id)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
