@@ -78,7 +78,7 @@ async fn a_release_interrupted_by_a_server_crash_resumes_after_restart() -> anyh
         info.events.iter().any(|e| e.phase == "starting").then_some(())
     })
     .await?;
-    server.crash()?;
+    server.crash().await?;
     server.start_again(&fixture).await?;
     let api = server.api();
     api.wait_serving("resume", release).await?;

@@ -206,7 +206,7 @@ async fn agents_keep_serving_through_a_control_plane_restart() -> anyhow::Result
         cluster.hosts.iter().map(|h| cluster.fixture.containers_on(&h.name)).collect::<anyhow::Result<_>>()?;
 
     // The control plane goes away: the agents keep their containers running meanwhile.
-    cluster.server.crash()?;
+    cluster.server.crash().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (host, containers) in cluster.hosts.iter().zip(&before) {
         assert_eq!(&cluster.fixture.containers_on(&host.name)?, containers, "{} kept its containers", host.name);

@@ -186,7 +186,7 @@ async fn pause(duration: Duration) {
 impl Drop for Browser {
     fn drop(&mut self) {
         // SIGTERM to chromedriver alone; it ends its Chromium.
-        let _ = Command::new("kill").arg("-TERM").arg(self.chromedriver.id().to_string()).status();
+        let _ = crate::terminate(self.chromedriver.id());
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.chromedriver.try_wait() {

@@ -5,7 +5,6 @@
 //! images through the `berth.test` label) and is removed when the fixture drops, even after a
 //! failed assertion.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +17,7 @@ use berth_wire::api::{AppDetail, ReleaseInfo, ReleaseState};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncBufReadExt as _;
 
 pub mod browser;
 
@@ -54,6 +54,12 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// Sends SIGTERM to process `pid`.
+pub fn terminate(pid: u32) -> anyhow::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("not a process id")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).context("sending SIGTERM")
+}
+
 /// The workspace root, found from this crate's manifest directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("BUG: tests/ is inside the workspace").to_path_buf()
@@ -81,7 +87,9 @@ pub fn berth_binary() -> anyhow::Result<PathBuf> {
 /// One test's world: a run id, a scratch directory and the test app images `v1` and `v2`.
 pub struct Fixture {
     pub id: String,
+    /// The fixture's scratch directory, removed when the fixture is dropped.
     pub dir: PathBuf,
+    _scratch: tempfile::TempDir,
     pub image_v1: String,
     pub image_v2: String,
     image_repo: String,
@@ -93,7 +101,8 @@ impl Fixture {
     /// Builds the static test app and packs it into two images whose replies name their version.
     pub fn new() -> anyhow::Result<Fixture> {
         let id = random_id();
-        let dir = std::env::temp_dir().join(format!("berth-test-{id}"));
+        let scratch = tempfile::Builder::new().prefix(&format!("berth-test-{id}-")).tempdir()?;
+        let dir = scratch.path().to_path_buf();
         let context = dir.join("image");
         std::fs::create_dir_all(&context)?;
         let source = workspace_root().join("tests/hello/hello.rs");
@@ -113,6 +122,7 @@ impl Fixture {
             image_repo,
             id,
             dir,
+            _scratch: scratch,
             agent_hosts: std::sync::Mutex::new(Vec::new()),
         };
         for version in ["v1", "v2"] {
@@ -212,17 +222,21 @@ impl Drop for Fixture {
         for host in hosts {
             let _ = self.remove_containers_on(&host);
         }
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("docker images -q --filter label=berth.test={} | sort -u | xargs -r docker rmi -f", self.id))
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let label = format!("label=berth.test={}", self.id);
+        if let Ok(images) = run(Command::new("docker").args(["images", "-q", "--filter", &label])) {
+            let images: std::collections::BTreeSet<&str> = images.lines().filter(|l| !l.is_empty()).collect();
+            if !images.is_empty() {
+                let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+            }
+        }
+        // The scratch directory goes with `_scratch`.
     }
 }
 
 /// A `berth server` process.
 pub struct Server {
-    child: Option<Child>,
+    /// Killed when dropped (`kill_on_drop`), so a failing test leaves no server behind.
+    child: Option<tokio::process::Child>,
     pub api: SocketAddr,
     pub ingress: SocketAddr,
     pub data_dir: PathBuf,
@@ -244,7 +258,7 @@ impl Server {
         let data_dir = fixture.dir.join("data");
         let log_path = fixture.dir.join("server.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut child = Command::new(berth_binary()?)
+        let mut child = tokio::process::Command::new(berth_binary()?)
             .args(["server", "--data-dir"])
             .arg(&data_dir)
             .args(if extra.contains(&"--listen") { Vec::new() } else { vec!["--listen".to_string(), api.to_string()] })
@@ -254,23 +268,19 @@ impl Server {
             .env("BERTH_LOG", "info,berth_api=debug,berth_control=debug,berth_agent=debug")
             .stdout(Stdio::piped())
             .stderr(log)
+            .kill_on_drop(true)
             .spawn()
             .context("starting berth server")?;
         let stdout = child.stdout.take().expect("BUG: stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut addrs = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while addrs.is_none() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(remaining).map_err(|_| {
+            let line = tokio::time::timeout_at(deadline, lines.next_line()).await.ok().and_then(|l| l.ok().flatten());
+            let Some(line) = line else {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                anyhow::anyhow!("berth server did not come up; its log:\n{log}")
-            })?;
+                bail!("berth server did not come up; its log:\n{log}");
+            };
             // "berth server: API on http://ADDR, apps on http://<app>.localhost:PORT"
             if let Some(rest) = line.strip_prefix("berth server: API on http://") {
                 let (api, apps) = rest.split_once(", apps on ").context("unexpected banner")?;
@@ -283,6 +293,8 @@ impl Server {
             }
         }
         let (api, ingress) = addrs.expect("BUG: loop ends with Some");
+        // Keep reading, so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
         let extra = extra.iter().map(|a| a.to_string()).collect();
         Ok(Server {
@@ -300,15 +312,14 @@ impl Server {
     /// Stops the server with SIGTERM (containers keep running) and starts it again on the same
     /// ports and data directory.
     pub async fn restart(&mut self, fixture: &Fixture) -> anyhow::Result<()> {
-        self.stop()?;
+        self.stop().await?;
         self.start_again(fixture).await
     }
 
     /// Kills the server with SIGKILL, as a crash would; containers keep running.
-    pub fn crash(&mut self) -> anyhow::Result<()> {
+    pub async fn crash(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+            child.kill().await?;
         }
         Ok(())
     }
@@ -332,10 +343,13 @@ impl Server {
         Ok(())
     }
 
-    pub fn stop(&mut self) -> anyhow::Result<()> {
+    /// Stops the server with SIGTERM and waits until it has exited.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
-            child.wait()?;
+            if let Some(pid) = child.id() {
+                terminate(pid)?;
+            }
+            child.wait().await?;
         }
         Ok(())
     }
@@ -413,30 +427,27 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A thin API client for tests.
+/// The API for tests: typed calls through the CLI's own client (`berth_cli::ApiClient`, in team
+/// `main`), and `call` for any request with any body, to see exactly what the server answers.
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     base: String,
     token: String,
+    client: berth_cli::ApiClient,
 }
 
 impl Api {
     pub fn new(base: String, token: String) -> Api {
-        Api { http: reqwest::Client::new(), base, token }
+        // Tests see failures at once: no retrying of unreachable servers.
+        let client = berth_cli::ApiClient::new(&base, token.clone(), "main")
+            .expect("BUG: the test server's URL is valid")
+            .with_retry_budget(Duration::ZERO);
+        Api { http: reqwest::Client::new(), base, token, client }
     }
 
     pub fn with_token(&self, token: &str) -> Api {
-        Api { token: token.to_string(), ..self.clone() }
+        Api::new(self.base.clone(), token.to_string())
     }
 
     fn url(&self, path: &str) -> String {
@@ -492,30 +503,23 @@ impl Api {
     }
 
     pub async fn rollback(&self, app: &str, to: Option<u32>) -> anyhow::Result<u32> {
-        let body = serde_json::json!({ "to": to });
-        let json = self.expect(reqwest::Method::POST, &format!("/{app}/rollback"), Some(body), 202).await?;
-        Ok(json["release"].as_u64().context("no release number")? as u32)
+        Ok(self.client.rollback(app, to).await?.release)
     }
 
     pub async fn scale(&self, app: &str, replicas: u32) -> anyhow::Result<u32> {
-        let body = serde_json::json!({ "replicas": replicas });
-        let json = self.expect(reqwest::Method::POST, &format!("/{app}/scale"), Some(body), 202).await?;
-        Ok(json["release"].as_u64().context("no release number")? as u32)
+        Ok(self.client.scale(app, replicas).await?.release)
     }
 
     pub async fn delete(&self, app: &str) -> anyhow::Result<()> {
-        self.expect(reqwest::Method::DELETE, &format!("/{app}"), None, 204).await?;
-        Ok(())
+        self.client.delete_app(app).await
     }
 
     pub async fn show(&self, app: &str) -> anyhow::Result<AppDetail> {
-        let json = self.expect(reqwest::Method::GET, &format!("/{app}"), None, 200).await?;
-        Ok(serde_json::from_value(json)?)
+        self.client.app(app).await
     }
 
     pub async fn release(&self, app: &str, number: u32) -> anyhow::Result<ReleaseInfo> {
-        let json = self.expect(reqwest::Method::GET, &format!("/{app}/releases/{number}"), None, 200).await?;
-        Ok(serde_json::from_value(json)?)
+        self.client.release(app, number).await
     }
 
     /// Waits until the release has finished and returns it, whatever its outcome.
@@ -755,10 +759,10 @@ impl Drop for Engine {
                 let _ = Command::new("docker").args(["-H", &self.socket, "rm", "-f"]).args(&ids).output();
             }
         }
-        let _ = Command::new("kill").args(["-TERM", &self.daemon.id().to_string()]).status();
+        let _ = terminate(self.daemon.id());
         let _ = self.daemon.wait();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        let _ = Command::new("rm").arg("-rf").arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -81,7 +81,10 @@ fn test() -> anyhow::Result<()> {
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     // Dependencies nothing uses: each one costs every build.
     ensure_cargo_tool("cargo-machete", "cargo-machete")?;
-    cargo(&["machete"])?;
+    let status = Command::new("cargo-machete").arg(workspace_root()).status().context("running cargo-machete")?;
+    if !status.success() {
+        bail!("cargo-machete found unused dependencies (listed above)");
+    }
     // The end-to-end tests run the real `berth` binary and drive its dashboard in Chromium, so
     // build both first (same profile: server and wasm must match for hydration).
     cargo(&["build", "-p", "berth", "--bin", "berth"])?;

@@ -101,8 +101,9 @@ impl AgentHandle {
         self.runtime.logs(container_id, tail, follow)
     }
 
-    /// Stops the agent's tasks (not its containers, which keep running), as when the process
-    /// ends. A new agent on the same runtime adopts them.
+    /// Stops the agent's actor, event watcher, usage sampler and probes (not its containers,
+    /// which keep running; a new agent on the same runtime adopts them). A start or stop already
+    /// handed to the runtime finishes on its own, as a request already sent to Docker would.
     pub fn shutdown(&self) {
         for task in self.tasks.iter() {
             task.abort();
@@ -328,6 +329,9 @@ impl Actor {
                         self.handle(Msg::Died { container_id, exit_code: None });
                     }
                 }
+                // A start in flight for this replica creates (or takes up) this container itself:
+                // its outcome decides, a resync must not stop it under the start's feet.
+                Some(slot) if slot.container_id.is_none() && slot.busy => {}
                 Some(slot) if slot.container_id.is_none() && !slot.busy => {
                     // A container from before a restart of the agent: adopt it.
                     slot.container_id = Some(container_id.clone());
@@ -607,8 +611,6 @@ impl Actor {
 
 /// No wait for the first restart (a single crash is replaced at once), then 0.5 s doubling up
 /// to `max`, like Kubernetes' CrashLoopBackOff but starting faster.
-/// No wait for the first restart (a single crash is replaced at once), then 0.5 s doubling up
-/// to `max`, like Kubernetes' CrashLoopBackOff but starting faster.
 fn restart_backoff(streak: u32, max: Duration) -> Duration {
     if streak <= 1 {
         return Duration::ZERO;
@@ -765,7 +767,9 @@ async fn create_container(
 async fn own_container(runtime: &dyn ContainerRuntime, config: &AgentConfig, d: &DesiredContainer) -> Option<String> {
     let details = runtime.inspect(&container_name(d)).await.ok()?;
     let found = &details.labels;
-    let ours = found.get(labels::REPLICA) == Some(&d.replica_id) && found.get(labels::HOST) == Some(&config.host);
+    let ours = found.get(labels::MANAGED).is_some_and(|m| m == "1")
+        && found.get(labels::REPLICA) == Some(&d.replica_id)
+        && found.get(labels::HOST) == Some(&config.host);
     ours.then_some(details.id)
 }
 

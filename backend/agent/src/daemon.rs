@@ -66,15 +66,26 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
         Some(Arc::new(HttpImageSource { base: base.clone(), credential: membership.credential.clone() }));
     let handle = actor::spawn(runtime, agent_config, desired_rx);
     // Capped low: a control plane that comes back should hear from every agent within its
-    // start-up grace. Jittered, so a fleet of agents does not reconnect in lockstep.
-    let mut backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    // start-up grace (and a dropped connection must not outlast the heartbeat timeout). backon's
+    // jitter adds up to 100% after the cap, so 0.5 s caps the wait at 1 s. Jittered, so a fleet
+    // of agents does not reconnect in lockstep.
+    let reconnect_backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = reconnect_backoff();
     loop {
-        match session(&base, &membership, &desired_tx, &handle, &capacity).await {
+        let started = std::time::Instant::now();
+        let outcome = session(&base, &membership, &desired_tx, &handle, &capacity).await;
+        // A session that held for a while was a healthy one: the next failure starts afresh.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = reconnect_backoff();
+        }
+        match outcome {
             Ok(()) => tracing::warn!("the control plane closed the connection; reconnecting"),
             Err(error) if refused_credential(&error) => {
                 bail!(

@@ -258,11 +258,12 @@ impl ContainerRuntime for DockerRuntime {
             let options = StatsOptions { stream: false, one_shot: true };
             let stats = self.docker.stats(container, Some(options)).next().await?.ok()?;
             let cpu_ns = stats.cpu_stats?.cpu_usage?.total_usage?;
-            // Reclaimable page cache is left out, as `docker stats` does: `inactive_file` on
-            // cgroup v2; on v1, `total_inactive_file` (not `cache`, which counts active pages too).
+            // Reclaimable page cache is left out, as `docker stats` does: on cgroup v1
+            // `total_inactive_file` (v1 also has a non-hierarchical `inactive_file`; `cache`
+            // counts active pages too), on v2 `inactive_file`.
             let memory_bytes = stats.memory_stats.map_or(0, |m| {
                 let stats = m.stats.as_ref();
-                let cache = stats.and_then(|s| s.get("inactive_file").or(s.get("total_inactive_file")).copied());
+                let cache = stats.and_then(|s| s.get("total_inactive_file").or(s.get("inactive_file")).copied());
                 m.usage.unwrap_or(0).saturating_sub(cache.unwrap_or(0))
             });
             Some(UsageSample { cpu_ns, memory_bytes })

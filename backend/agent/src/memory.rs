@@ -81,10 +81,14 @@ struct State {
     /// The status the listeners of each image answer with, shared by all of them.
     statuses: HashMap<String, Arc<AtomicU16>>,
     containers: BTreeMap<String, Container>,
-    /// Containers the next listing leaves out (created "behind the agent's back").
+    /// Containers listings leave out (created "behind the agent's back") until a create
+    /// conflicts with one of them: what an agent sees after its own create raced a crash.
     unlisted: HashSet<String>,
     next_id: u64,
     creates: u32,
+    conflicts: u32,
+    /// How long a stop takes: a process that ignores SIGTERM until the grace period ends.
+    stop_delay: std::time::Duration,
 }
 
 pub struct MemoryRuntime {
@@ -147,6 +151,16 @@ impl MemoryRuntime {
         self.state().creates
     }
 
+    /// How many creates failed because the name was taken.
+    pub fn conflicts(&self) -> u32 {
+        self.state().conflicts
+    }
+
+    /// Stops take `delay` from now on (containers that ignore SIGTERM).
+    pub fn set_stop_delay(&self, delay: std::time::Duration) {
+        self.state().stop_delay = delay;
+    }
+
     /// The container exits with `exit_code`, as a crashing process would.
     pub fn crash(&self, container_id: &str, exit_code: i64) {
         let host = {
@@ -159,8 +173,9 @@ impl MemoryRuntime {
         let _ = self.events.send((host, event));
     }
 
-    /// Creates a container as an earlier agent would have (running), hidden from the next
-    /// listing when `unlisted`: the trace of an agent that crashed while its create was in flight.
+    /// Creates a container as an earlier agent would have (running), hidden from listings when
+    /// `unlisted` until a create of the same name conflicts: the trace of an agent that crashed
+    /// while its create was in flight, which the next agent finds only by colliding with it.
     pub async fn create_behind(&self, spec: &ContainerSpec, unlisted: bool) -> String {
         let id = self.create(spec).await.expect("BUG: the test's container name is free");
         self.start(&id).await.expect("BUG: the test's container starts");
@@ -182,7 +197,7 @@ impl MemoryRuntime {
     }
 }
 
-/// Answers every request on `listener` with the current `status`.
+/// Answers every request on `listener` with the current `status` (`/sleep/<ms>` after a delay).
 async fn serve(listener: tokio::net::TcpListener, status: Arc<AtomicU16>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { return };
@@ -196,6 +211,12 @@ async fn serve(listener: tokio::net::TcpListener, status: Arc<AtomicU16>) {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
+            // `GET /sleep/<ms>` answers after that long: a request that stays in flight.
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            if let Some(ms) = path.strip_prefix("/sleep/").and_then(|ms| ms.parse().ok()) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let response = format!("HTTP/1.1 {status} Test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
             let _ = stream.write_all(response.as_bytes()).await;
         });
@@ -204,13 +225,12 @@ async fn serve(listener: tokio::net::TcpListener, status: Arc<AtomicU16>) {
 
 impl ContainerRuntime for MemoryRuntime {
     fn list<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<ContainerSummary>>> {
-        let mut state = self.state();
-        let unlisted = std::mem::take(&mut state.unlisted);
+        let state = self.state();
         let list = state
             .containers
             .values()
             .filter(|c| c.info.labels.get(labels::HOST).map(String::as_str) == Some(host))
-            .filter(|c| !unlisted.contains(&c.info.id))
+            .filter(|c| !state.unlisted.contains(&c.info.id))
             .map(|c| ContainerSummary { id: c.info.id.clone(), labels: c.info.labels.clone(), running: c.info.running })
             .collect();
         futures::future::ready(Ok(list)).boxed()
@@ -241,7 +261,10 @@ impl ContainerRuntime for MemoryRuntime {
 
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String>> {
         let mut state = self.state();
-        let result = if state.containers.values().any(|c| c.info.name == spec.name) {
+        let taken = state.containers.values().find(|c| c.info.name == spec.name).map(|c| c.info.id.clone());
+        let result = if let Some(id) = taken {
+            state.conflicts += 1;
+            state.unlisted.remove(&id);
             Err(RuntimeError::Conflict(format!("the container name \"/{}\" is already in use", spec.name)))
         } else if !state.images.contains(&spec.desired.image) {
             Err(RuntimeError::NotFound(format!("No such image: {}", spec.desired.image)))
@@ -308,25 +331,24 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     fn stop<'a>(&'a self, container: &'a str, _grace_secs: u32) -> BoxFuture<'a, Result<()>> {
-        let stopped = {
-            let mut state = self.state();
-            match Self::find(&state, container) {
-                None => Err(RuntimeError::NotFound(format!("No such container: {container}"))),
-                Some(id) => {
-                    let c = state.containers.get_mut(&id).expect("BUG: found above");
-                    let was_running = c.info.running;
-                    c.halt();
-                    Ok(was_running.then(|| (id, c.info.labels.get(labels::HOST).cloned().unwrap_or_default())))
-                }
+        async move {
+            let delay = self.state().stop_delay;
+            tokio::time::sleep(delay).await;
+            let stopped = {
+                let mut state = self.state();
+                let id = Self::find(&state, container)
+                    .ok_or_else(|| RuntimeError::NotFound(format!("No such container: {container}")))?;
+                let c = state.containers.get_mut(&id).expect("BUG: found above");
+                let was_running = c.info.running;
+                c.halt();
+                was_running.then(|| (id, c.info.labels.get(labels::HOST).cloned().unwrap_or_default()))
+            };
+            if let Some((container_id, host)) = stopped {
+                self.emit(host, ContainerEvent::Died { container_id, exit_code: Some("0".into()) });
             }
-        };
-        if let Ok(Some((container_id, host))) = &stopped {
-            self.emit(
-                host.clone(),
-                ContainerEvent::Died { container_id: container_id.clone(), exit_code: Some("0".into()) },
-            );
+            Ok(())
         }
-        futures::future::ready(stopped.map(|_| ())).boxed()
+        .boxed()
     }
 
     fn remove<'a>(&'a self, container: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -83,6 +83,10 @@ impl Drop for Agent {
     }
 }
 
+fn label_map(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 fn all_ready(observed: &Observed, replicas: &[&str]) -> bool {
     replicas.iter().all(|r| observed.get(*r).is_some_and(|o| o.ready()))
 }
@@ -122,10 +126,7 @@ async fn nothing_is_touched_before_the_first_desired_list() {
     runtime.add_image("web:1");
     let leftover = ContainerSpec {
         name: "berth-main-web-r1-old".into(),
-        labels: [(labels::MANAGED, "1"), (labels::HOST, HOST), (labels::REPLICA, "old")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        labels: label_map(&[(labels::MANAGED, "1"), (labels::HOST, HOST), (labels::REPLICA, "old")]),
         desired: desired("old", "web:1"),
         publish_on: None,
     };
@@ -158,18 +159,26 @@ async fn a_crashed_container_is_restarted_in_place_at_once() {
 }
 
 #[tokio::test]
-async fn a_crash_loop_backs_off_and_says_why() {
+async fn a_crash_loop_backs_off_to_its_cap_and_says_why() {
     let runtime = MemoryRuntime::new();
     runtime.add_image("crash:1");
     runtime.set_behaviour("crash:1", Behaviour::ExitOnStart(3));
-    let agent = Agent::spawn(&runtime, config());
+    let mut config = config();
+    config.max_restart_backoff = Duration::from_secs(1);
+    let agent = Agent::spawn(&runtime, config);
     agent.want(vec![desired("r1", "crash:1")]);
-    let observed = agent.until("three restarts", |o| o.get("r1").is_some_and(|r| r.restarts >= 3)).await;
-    let r1 = &observed["r1"];
+    let says = |wait: &'static str| {
+        move |o: &Observed| o.get("r1").and_then(|r| r.message.as_deref()).is_some_and(|m| m.ends_with(wait))
+    };
+    // The first crash is retried at once, then 0.5 s, then 1 s, which is the cap.
+    agent.until("the second backoff", says("retrying in 0.5s")).await;
+    let capped = agent.until("the capped backoff", says("retrying in 1.0s")).await;
+    let r1 = &capped["r1"];
     assert_eq!(r1.phase, ContainerPhase::Crashed);
-    let message = r1.message.as_deref().unwrap_or_default();
-    assert!(message.contains("exited with code 3"), "{message}");
-    assert!(message.contains("retrying in"), "{message}");
+    assert!(r1.message.as_deref().unwrap_or_default().contains("exited with code 3"), "{r1:?}");
+    let restarts = r1.restarts;
+    let later = agent.until("one more restart", |o| o.get("r1").is_some_and(|r| r.restarts > restarts)).await;
+    assert!(later["r1"].message.as_deref().unwrap_or_default().ends_with("retrying in 1.0s"), "stays at the cap");
     assert_eq!(runtime.creates(), 1, "a crash loop restarts its container, it does not pile up new ones");
 }
 
@@ -202,17 +211,16 @@ async fn a_create_conflict_with_its_own_container_takes_that_container_up() {
     // agent's first resync does not see the container.
     let d = desired("r1", "web:1");
     let name = format!("berth-{}-{}-r{}-{}", d.team, d.app, d.release, d.replica_id);
-    let labels = [(labels::MANAGED, "1"), (labels::HOST, HOST), (labels::REPLICA, "r1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let labels = label_map(&[(labels::MANAGED, "1"), (labels::HOST, HOST), (labels::REPLICA, "r1")]);
     let publish_on = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let id = runtime.create_behind(&ContainerSpec { name, labels, desired: d.clone(), publish_on }, true).await;
     let agent = Agent::spawn(&runtime, config());
     agent.want(vec![d]);
     let observed = agent.until("ready", |o| all_ready(o, &["r1"])).await;
+    assert_eq!(runtime.conflicts(), 1, "the agent found its container by colliding with it");
     assert_eq!(observed["r1"].container_id.as_deref(), Some(id.as_str()));
     assert_eq!(runtime.containers().len(), 1);
+    assert_eq!(runtime.containers()[0].starts, 1, "taken up as it runs, not restarted");
 }
 
 #[tokio::test]
@@ -221,10 +229,7 @@ async fn a_create_conflict_with_a_foreign_container_is_retried_and_never_adopted
     runtime.add_image("web:1");
     let d = desired("r1", "web:1");
     let name = format!("berth-{}-{}-r{}-{}", d.team, d.app, d.release, d.replica_id);
-    let foreign = [(labels::HOST, "another-host"), (labels::REPLICA, "r1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let foreign = label_map(&[(labels::HOST, "another-host"), (labels::REPLICA, "r1")]);
     let id = runtime
         .create_behind(&ContainerSpec { name, labels: foreign, desired: d.clone(), publish_on: None }, false)
         .await;

@@ -14,6 +14,7 @@ mod hosts;
 mod identity;
 mod validate;
 
+pub use agents::AgentSession;
 pub use identity::{SESSION_TTL, set_password_offline};
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 

@@ -380,8 +380,10 @@ impl WaitArgs {
 /// `--config` file, else the default shown.
 #[derive(Args)]
 struct ServerArgs {
-    /// A TOML file with any of these settings (keys as the flags, with `_`), and `[[sign_in]]`
-    /// tables whose secrets stay off the command line.
+    /// A TOML file with any of these settings: keys as the flags with `_` (`deploy_timeout =
+    /// "2m"`), `local_agent = false` for `--no-local-agent`, and `[[sign_in]]` tables (`name`,
+    /// `issuer` or `github = true`, `client_id`, `client_secret` or `client_secret_file`,
+    /// `auto_join = ["DOMAIN:TEAM:ROLE"]`) whose secrets stay off the command line.
     #[arg(long, env = "BERTH_SERVER_CONFIG")]
     config: Option<PathBuf>,
     /// [default: ./berth-data]

@@ -27,9 +27,14 @@ use tokio_util::bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
-/// How long, in total, a read keeps retrying a server it cannot reach before it fails: long
-/// enough for a control plane to restart.
+/// How long, in total, following a release (or a log stream being opened with `follow`) keeps
+/// retrying a server it cannot reach before it fails: long enough for a control plane to restart
+/// under a running `berth deploy`.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// How long a one-shot read retries: a blip, not an outage, so that a command against a server
+/// that is down still fails promptly.
+const ONE_SHOT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 
 /// Longest line read from a log stream. The server relays container log lines of up to 1 MiB;
 /// as JSON with escapes they can grow, hence the margin. A longer line is skipped (see
@@ -217,11 +222,15 @@ impl ApiClient {
     }
 
     /// `GET` of `resource`, answered with the server's JSON text unchanged (for `--json`).
-    /// Connection failures are retried within the retry budget.
+    /// Connection failures are retried for a couple of seconds.
     pub async fn fetch_json(&self, resource: Resource<'_>) -> anyhow::Result<String> {
+        self.fetch_json_within(resource, ONE_SHOT_RETRY_BUDGET.min(self.retry_budget)).await
+    }
+
+    async fn fetch_json_within(&self, resource: Resource<'_>, budget: Duration) -> anyhow::Result<String> {
         let url = self.resource_url(resource);
         let (status, text) = self
-            .retrying(|| async {
+            .retrying(budget, || async {
                 let response = self.request(Method::GET, url.clone()).send().await?;
                 let status = response.status();
                 Ok((status, response.text().await?))
@@ -298,7 +307,9 @@ impl ApiClient {
     ) -> anyhow::Result<ReleaseInfo> {
         let mut seen = 0;
         loop {
-            let release = self.release(app, number).await?;
+            let text = self.fetch_json_within(Resource::Release { app, number }, self.retry_budget).await?;
+            let release: ReleaseInfo =
+                serde_json::from_str(&text).context("the server's answer is not what this client expects")?;
             for event in release.events.iter().skip(seen) {
                 on_event(event);
             }
@@ -322,8 +333,9 @@ impl ApiClient {
     ) -> anyhow::Result<impl Stream<Item = anyhow::Result<StreamLine>> + Send + use<>> {
         let mut url = self.team_url(&["apps", app, "logs"]);
         url.query_pairs_mut().append_pair("tail", &tail.to_string()).append_pair("follow", &follow.to_string());
+        let budget = if follow { self.retry_budget } else { ONE_SHOT_RETRY_BUDGET.min(self.retry_budget) };
         let response = self
-            .retrying(|| self.request(Method::GET, url.clone()).send())
+            .retrying(budget, || self.request(Method::GET, url.clone()).send())
             .await
             .with_context(|| format!("cannot reach Berth at {}", self.base))?;
         let response = success_or_api_error(response).await?;
@@ -489,8 +501,8 @@ impl ApiClient {
 
     /// Runs `attempt` again while it fails to reach the server, with jittered exponential
     /// pauses (so the CLIs of a team do not all knock at once on a restarting server), within
-    /// the retry budget. Only for requests that may safely be sent twice.
-    async fn retrying<T, Attempt, Fut>(&self, attempt: Attempt) -> Result<T, reqwest::Error>
+    /// `budget` in total. Only for requests that may safely be sent twice.
+    async fn retrying<T, Attempt, Fut>(&self, budget: Duration, attempt: Attempt) -> Result<T, reqwest::Error>
     where
         Attempt: FnMut() -> Fut,
         Fut: Future<Output = Result<T, reqwest::Error>>,
@@ -500,7 +512,7 @@ impl ApiClient {
             .with_max_delay(RETRY_MAX_DELAY)
             .with_jitter()
             .without_max_times()
-            .with_total_delay(Some(self.retry_budget));
+            .with_total_delay(Some(budget));
         attempt
             .retry(backoff)
             .when(is_connection_failure)

@@ -84,10 +84,11 @@ async fn follow(registry: std::sync::Weak<LinksInner>, mut reports: watch::Recei
     loop {
         reports.borrow_and_update();
         let Some(registry) = registry.upgrade() else { return };
-        let links: Vec<Arc<HostLink>> =
-            registry.links.read().expect("BUG: host table poisoned").values().cloned().collect();
-        let union: ObservedUnion = links.iter().flat_map(|link| link.observed().borrow().clone()).collect();
+        // Built inside the update, so two hosts reporting at once cannot publish their unions in
+        // the wrong order (the later one would be overwritten by an older view).
         registry.observed.send_if_modified(|current| {
+            let links = registry.links.read().expect("BUG: host table poisoned");
+            let union: ObservedUnion = links.values().flat_map(|link| link.observed().borrow().clone()).collect();
             if *current == union {
                 false
             } else {

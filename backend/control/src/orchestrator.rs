@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use berth_ingress::Ingress;
 use berth_store::Store;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::links::{HostLinks, ObservedUnion};
 
@@ -77,6 +78,8 @@ struct Inner {
     routes_lock: tokio::sync::Mutex<()>,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,
+    /// Every task the orchestrator runs, so `shutdown` can wait for them to be gone.
+    tasks: TaskTracker,
 }
 
 /// After a control-plane start, an agent not heard from yet gets this long on top of the
@@ -103,6 +106,7 @@ impl Orchestrator {
                 app_locks: Mutex::new(HashMap::new()),
                 routes_lock: tokio::sync::Mutex::new(()),
                 stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         };
         // Remote hosts get a link (and a full heartbeat period of grace) from now on.
@@ -119,20 +123,22 @@ impl Orchestrator {
         Ok(orchestrator)
     }
 
-    /// Ends every task of this orchestrator at its next await, as if the process stopped there:
-    /// what was interrupted is resumed by the next orchestrator started on the same store.
-    pub fn shutdown(&self) {
+    /// Stops every background task of this orchestrator at its next await, as if the process
+    /// stopped there, and returns once none runs any more: what was interrupted is resumed by the
+    /// next orchestrator started on the same store. (Calls running on a caller's task, `delete`
+    /// and `drain_host`, end with their caller.)
+    pub async fn shutdown(&self) {
         self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Runs `task` until it ends or the orchestrator shuts down.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let stop = self.inner.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = task => {}
-            }
+        self.inner.tasks.spawn(async move {
+            // Once stopped, the task is never polled again, not even once more.
+            stop.run_until_cancelled(task).await;
         });
     }
 

@@ -33,6 +33,24 @@ fn spec(image: &str, replicas: u32) -> AppSpec {
     }
 }
 
+/// Runs an agent for `host` on `runtime`, linked to the control plane in-process.
+fn local_agent(links: &HostLinks, host: &str, runtime: &Arc<MemoryRuntime>) -> AgentHandle {
+    let mut agent_config = AgentConfig::new(host, EndpointMode::Published(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    agent_config.probe = ProbeConfig {
+        interval_starting: Duration::from_millis(10),
+        interval_ready: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+        ready_after: 2,
+        unready_after: 3,
+    };
+    agent_config.max_restart_backoff = Duration::from_millis(200);
+    let link = HostLink::new(host);
+    let desired = link.desired_receiver();
+    let agent = berth_agent::spawn(runtime.clone(), agent_config, desired);
+    links.add(link.attach_local(agent.clone()));
+    agent
+}
+
 /// A control plane with one host.
 struct Plane {
     _dir: tempfile::TempDir,
@@ -60,24 +78,12 @@ impl Plane {
         let capacity = runtime.capacity().await;
         store.register_local_host(HOST, "local", &capacity).await.unwrap();
 
-        let mut agent_config = AgentConfig::new(HOST, EndpointMode::Published(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        agent_config.probe = ProbeConfig {
-            interval_starting: Duration::from_millis(10),
-            interval_ready: Duration::from_millis(20),
-            timeout: Duration::from_millis(500),
-            ready_after: 2,
-            unready_after: 3,
-        };
-        agent_config.max_restart_backoff = Duration::from_millis(200);
-        let link = HostLink::new(HOST);
-        let desired = link.desired_receiver();
-        let agent = berth_agent::spawn(runtime.clone(), agent_config, desired);
         let links = HostLinks::default();
-        links.add(link.attach_local(agent.clone()));
+        let agent = local_agent(&links, HOST, &runtime);
 
         let mut config = OrchestratorConfig {
             deploy_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(10),
             stop_grace_secs: 1,
             ..OrchestratorConfig::new("localhost", 80)
         };
@@ -92,7 +98,7 @@ impl Plane {
     /// Stops the orchestrator wherever it is and starts a new one on the same store, ingress and
     /// hosts, as a restarted control plane would.
     async fn restart_orchestrator(&mut self) {
-        self.orchestrator.shutdown();
+        self.orchestrator.shutdown().await;
         self.orchestrator =
             Orchestrator::start(self.store.clone(), self.ingress.clone(), self.links.clone(), self.config.clone())
                 .await
@@ -151,6 +157,32 @@ impl Plane {
             .collect()
     }
 
+    /// Sends `GET /sleep/<ms>` for the app through the ingress (served on a port of its own)
+    /// and returns once the request is in flight to a replica; the task yields its status.
+    async fn slow_request(&self, duration: Duration) -> tokio::task::JoinHandle<std::io::Result<u16>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the ingress");
+        let address = listener.local_addr().expect("the ingress's address");
+        tokio::spawn(self.ingress.clone().serve(listener));
+        let path = format!("/sleep/{}", duration.as_millis());
+        let request = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(address).await?;
+            let head = format!("GET {path} HTTP/1.1\r\nHost: {APP_HOST}\r\nConnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            let response = String::from_utf8_lossy(&response);
+            Ok(response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0))
+        });
+        let endpoints: Vec<SocketAddr> = self.routed().into_iter().collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while endpoints.iter().all(|e| self.ingress.in_flight(*e) == 0) {
+            assert!(tokio::time::Instant::now() < deadline, "the slow request never reached a replica");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        request
+    }
+
     fn routed(&self) -> BTreeSet<SocketAddr> {
         self.ingress.endpoints(APP_HOST).unwrap_or_default().into_iter().collect()
     }
@@ -159,7 +191,12 @@ impl Plane {
     /// are routed, and are the app's only replica rows.
     async fn assert_serving_only(&self, app_id: i64, number: i64, replicas: usize) {
         let release = number.to_string();
-        assert_eq!(self.running_releases(), vec![release.clone(); replicas], "containers running");
+        // Replicas stopped at the end of the release may take their stop grace to be gone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.running_releases() != vec![release.clone(); replicas] {
+            assert!(tokio::time::Instant::now() < deadline, "containers running: {:?}", self.running_releases());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let endpoints = self.endpoints_of(&release);
         assert_eq!(endpoints.len(), replicas);
         // The route table follows the agents' reports, which may land a moment after the release.
@@ -178,7 +215,8 @@ impl Plane {
 
 impl Drop for Plane {
     fn drop(&mut self) {
-        self.orchestrator.shutdown();
+        // The orchestrator's tasks end with the test's runtime; the agent's too, but its probes
+        // would otherwise keep probing until then.
         self.agent.shutdown();
     }
 }
@@ -250,32 +288,55 @@ async fn a_release_whose_image_is_nowhere_fails_with_the_reason() {
 }
 
 /// A control plane that stops in the middle of a release (a crash, a restart, a lost leadership)
-/// and a new one started on the same state: the release completes as if nothing happened.
+/// and a new one started on the same state: the release completes as if nothing happened. Each
+/// phase is held open until the restart, so the interruption really falls inside it.
 async fn interrupted_at(phase: &str) {
     let mut plane = Plane::new().await;
     let app = plane.create(&spec("web:1", 2)).await;
     plane.settled(app, 1).await;
-
-    // `waiting_ready` lasts only as long as the new replicas are not ready: hold them there.
-    if phase == "waiting_ready" {
-        plane.runtime.set_behaviour("web:2", Behaviour::Serve(503));
+    let mut next = spec("web:2", 2);
+    let mut in_flight = None;
+    match phase {
+        // No host has room for the new replicas until the restart.
+        "scheduling" => next.cpu_millis = Some(3000),
+        // The new replicas do not pass readiness until the restart.
+        "starting" | "waiting_ready" => plane.runtime.set_behaviour("web:2", Behaviour::Serve(503)),
+        // A request to an old replica stays in flight: the drain waits for it.
+        "shifting_traffic" | "draining" => in_flight = Some(plane.slow_request(Duration::from_secs(1)).await),
+        // The old replicas take their time to stop.
+        "stopping_old" => plane.runtime.set_stop_delay(Duration::from_secs(1)),
+        _ => unreachable!("no such phase {phase}"),
     }
-    let number = plane.deploy(app, &spec("web:2", 2)).await;
+    let number = plane.deploy(app, &next).await;
+    let wanted = if phase == "scheduling" { "waiting_for_capacity" } else { phase };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !plane.phases(app, number).await.iter().any(|p| p == phase) {
-        assert!(tokio::time::Instant::now() < deadline, "the release never reached {phase}");
+    while !plane.phases(app, number).await.iter().any(|p| p == wanted) {
+        assert!(tokio::time::Instant::now() < deadline, "the release never reached {wanted}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    plane.restart_orchestrator().await;
-    if phase == "waiting_ready" {
-        plane.runtime.set_behaviour("web:2", Behaviour::Serve(200));
-    }
+    plane.orchestrator.shutdown().await;
+    let release = plane.store.release(app, number).await.unwrap().expect("the release exists");
+    assert_eq!(release.state(), ReleaseState::InProgress, "the release was interrupted, not finished");
 
+    match phase {
+        "scheduling" => {
+            let capacity = berth_wire::agent::HostCapacity { cpu_millis: 16_000, memory_mb: 8192 };
+            plane.store.register_local_host(HOST, "local", &capacity).await.unwrap();
+        }
+        "starting" | "waiting_ready" => plane.runtime.set_behaviour("web:2", Behaviour::Serve(200)),
+        "stopping_old" => plane.runtime.set_stop_delay(Duration::ZERO),
+        _ => {}
+    }
+    plane.restart_orchestrator().await;
     let (state, message) = plane.settled(app, number).await;
     assert_eq!(state, ReleaseState::Serving, "interrupted at {phase}: {message:?}");
     plane.assert_serving_only(app, number, 2).await;
     let phases = plane.phases(app, number).await;
     assert_eq!(phases.iter().filter(|p| *p == "done").count(), 1, "{phases:?}");
+    if let Some(request) = in_flight {
+        let status = request.await.expect("the slow request's task").expect("the slow request");
+        assert_eq!(status, 200, "the request in flight across the restart completed");
+    }
 }
 
 #[tokio::test]
@@ -317,4 +378,33 @@ async fn a_deleted_app_leaves_no_route_container_or_record() {
     assert_eq!(plane.ingress.endpoints(APP_HOST), None, "the app's host is no longer routed");
     assert!(plane.runtime.containers().is_empty(), "{:#?}", plane.runtime.containers());
     assert!(plane.store.app_by_id(app).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn draining_a_host_moves_its_replicas_onto_another_and_reroutes() {
+    let mut plane = Plane::new().await;
+    let second = MemoryRuntime::new();
+    second.add_image("web:1");
+    let capacity = second.capacity().await;
+    plane.store.register_local_host("h2", "local", &capacity).await.unwrap();
+    let second_agent = local_agent(&plane.links, "h2", &second);
+    // The orchestrator learns of hosts at start, as `berth server` registers its own first.
+    plane.restart_orchestrator().await;
+
+    let app = plane.create(&spec("web:1", 2)).await;
+    plane.settled(app, 1).await;
+    assert_eq!(plane.runtime.running().len(), 1, "replicas of one app spread over the hosts");
+    assert_eq!(second.running().len(), 1);
+
+    plane.orchestrator.drain_host(HOST).await.expect("draining h1");
+    assert!(plane.runtime.running().is_empty(), "h1 runs nothing once drained");
+    assert_eq!(second.running().len(), 2);
+    let on_second: BTreeSet<SocketAddr> =
+        second_agent.observed().borrow().values().filter_map(|o| o.endpoint.as_deref()?.parse().ok()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while plane.routed() != on_second {
+        assert!(tokio::time::Instant::now() < deadline, "routes {:?}, want {on_second:?}", plane.routed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    second_agent.shutdown();
 }

@@ -1,7 +1,6 @@
 //! The control plane's end of the agent protocol: joining with a join token, then one WebSocket per
 //! agent carrying `ControlMessage`s down and `AgentMessage`s up.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,13 +9,12 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_control::HostLink;
-use berth_wire::agent::{AgentMessage, ControlMessage, HostCapacity, JoinRequest};
+use berth_wire::agent::{AgentMessage, ControlMessage, JoinRequest};
 use futures::{SinkExt, StreamExt};
 
 use super::extract::{AgentHost, ApiJson};
 use super::{ApiResult, AppState};
-use crate::services::Services;
+use crate::services::AgentSession;
 
 pub(super) async fn join(
     State(s): State<AppState>,
@@ -57,27 +55,24 @@ pub(super) async fn connect(
     State(s): State<AppState>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let link = s.services.agent_connected(&host).await?;
+    let agent = s.services.agent_connected(&host).await?;
     tracing::info!(host, "agent connected");
-    let services = s.services.clone();
     Ok(ws.on_upgrade(move |socket| async move {
-        if let Err(error) = session(socket, link.clone(), services).await {
-            tracing::info!(host = link.name, %error, "agent connection ended");
+        if let Err(error) = session(socket, agent).await {
+            tracing::info!(host, %error, "agent connection ended");
         }
     }))
 }
 
 /// Pushes every desired-list change down and takes every report up, pinging each second so the
 /// agent notices a dead connection.
-async fn session(socket: WebSocket, link: Arc<HostLink>, services: Services) -> anyhow::Result<()> {
+async fn session(socket: WebSocket, mut agent: AgentSession) -> anyhow::Result<()> {
     let (mut sink, mut stream) = socket.split();
-    let mut commands = link.open_commands();
-    let closed = until_closed(link.closed());
+    let mut commands = agent.commands();
+    let closed = until_closed(agent.closed());
     tokio::pin!(closed);
-    let mut desired = link.desired_receiver();
-    desired.mark_changed();
+    let mut desired = agent.desired();
     let mut ping = tokio::time::interval(Duration::from_secs(1));
-    let mut capacity = HostCapacity::default();
     loop {
         tokio::select! {
             changed = desired.changed() => {
@@ -98,10 +93,7 @@ async fn session(socket: WebSocket, link: Arc<HostLink>, services: Services) -> 
             message = stream.next() => {
                 let Some(message) = message else { return Ok(()) };
                 match message? {
-                    Message::Text(text) => {
-                        let message = serde_json::from_str::<AgentMessage>(&text)?;
-                        services.agent_message(&link, message, &mut capacity).await?;
-                    }
+                    Message::Text(text) => agent.received(serde_json::from_str::<AgentMessage>(&text)?).await?,
                     Message::Close(_) => return Ok(()),
                     _ => {}
                 }

@@ -144,12 +144,7 @@ impl ServerSettings {
             advertise_addr: self.advertise_addr,
             deploy_timeout: self.deploy_timeout.unwrap_or(Duration::from_secs(120)),
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(30)),
-            stop_grace_secs: self
-                .stop_grace
-                .unwrap_or(Duration::from_secs(10))
-                .as_secs()
-                .try_into()
-                .unwrap_or(u32::MAX),
+            stop_grace_secs: whole_seconds("stop_grace", self.stop_grace.unwrap_or(Duration::from_secs(10)))?,
             heartbeat_timeout: self.heartbeat_timeout.unwrap_or(Duration::from_secs(3)).max(Duration::from_millis(500)),
             local_agent: self.local_agent.unwrap_or(true),
             public_url: self.public_url,
@@ -159,6 +154,14 @@ impl ServerSettings {
         super::check(&config)?;
         Ok(config)
     }
+}
+
+/// Docker counts stop timeouts in whole seconds: `0.5` would silently become an immediate kill.
+fn whole_seconds(setting: &str, duration: Duration) -> anyhow::Result<u32> {
+    if duration.subsec_nanos() != 0 {
+        bail!("{setting} is counted in whole seconds; {duration:?} is not");
+    }
+    Ok(duration.as_secs().try_into().unwrap_or(u32::MAX))
 }
 
 /// Longest duration any setting takes: a typo like `1000h` is an error, not a hang.
@@ -218,7 +221,7 @@ mod tests {
         std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
         let file = dir.path().join("berth.toml");
         let toml = format!(
-            "base_domain = \"apps.example.com\"\ndeploy_timeout = \"2m\"\ndrain_timeout = 5\n\
+            "base_domain = \"apps.example.com\"\ndeploy_timeout = \"3m\"\ndrain_timeout = 5\n\
              [[sign_in]]\nname = \"corp\"\nissuer = \"https://login.example.com/\"\nclient_id = \"berth\"\n\
              client_secret_file = \"{}\"\nauto_join = [\"example.com:main:viewer\"]\n",
             dir.path().join("secret").display()
@@ -227,7 +230,7 @@ mod tests {
         let flags = ServerSettings { base_domain: Some("flag.example.com".into()), ..Default::default() };
         let config = flags.over(ServerSettings::from_file(&file).unwrap()).resolve().unwrap();
         assert_eq!(config.base_domain, "flag.example.com", "flags win over the file");
-        assert_eq!(config.deploy_timeout, Duration::from_secs(120));
+        assert_eq!(config.deploy_timeout, Duration::from_secs(180), "the file wins over the default");
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
         assert_eq!(config.sign_in.len(), 1);
         assert_eq!(config.sign_in[0].client_secret, "s3cret");
@@ -248,5 +251,8 @@ mod tests {
         assert!(error.contains("client_secret"), "{error}");
         std::fs::write(&file, "deploy_timeout = \"forever\"\n").unwrap();
         assert!(ServerSettings::from_file(&file).is_err());
+        let half_a_second = ServerSettings { stop_grace: Some(Duration::from_millis(500)), ..Default::default() };
+        let error = format!("{:#}", half_a_second.resolve().unwrap_err());
+        assert!(error.contains("whole seconds"), "{error}");
     }
 }

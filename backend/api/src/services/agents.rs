@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use berth_agent::ByteStream;
+use berth_agent::{ByteStream, DesiredReceiver};
 use berth_control::HostLink;
-use berth_wire::agent::{AgentMessage, HostCapacity};
+use berth_wire::agent::{AgentMessage, ControlMessage, HostCapacity};
+use tokio::sync::{mpsc, watch};
 
 use super::{Result, ServiceError, Services};
 use crate::auth;
@@ -19,31 +20,11 @@ impl Services {
             .ok_or_else(|| ServiceError::Unauthorized("the host credential is not valid".into()))
     }
 
-    /// The agent of `host` connected: its link, which now counts it as up and has its desired
-    /// containers ready to send.
-    pub async fn agent_connected(&self, host: &str) -> Result<Arc<HostLink>> {
-        Ok(self.orchestrator.host_connected(host).await?)
-    }
-
-    /// One message from the agent on `link`. `capacity` is the last capacity stored for the host;
-    /// a changed one is stored.
-    pub async fn agent_message(
-        &self,
-        link: &HostLink,
-        message: AgentMessage,
-        capacity: &mut HostCapacity,
-    ) -> Result<()> {
-        match message {
-            AgentMessage::Report { observed, capacity: reported } => {
-                link.report(observed.into_iter().map(|o| (o.replica_id.clone(), o)).collect());
-                if reported != *capacity {
-                    self.store.set_host_capacity(&link.name, &reported).await?;
-                    *capacity = reported;
-                }
-            }
-            AgentMessage::Unavailable { transfer } => self.orchestrator.links().relay().unavailable(&transfer),
-        }
-        Ok(())
+    /// The agent of `host` connected: its host counts as up again and the session carries its
+    /// desired containers and commands down, its messages up.
+    pub async fn agent_connected(&self, host: &str) -> Result<AgentSession> {
+        let link = self.orchestrator.host_connected(host).await?;
+        Ok(AgentSession { link, services: self.clone(), capacity: HostCapacity::default() })
     }
 
     /// An image `host` lacks and cannot pull, from another host.
@@ -55,11 +36,52 @@ impl Services {
 
     /// An agent's upload into a transfer the control plane opened; returns once it was read.
     pub async fn agent_upload(&self, transfer: &str, stream: ByteStream) -> Result<()> {
-        self.orchestrator
-            .links()
-            .relay()
-            .deliver(transfer, stream)
-            .await
-            .map_err(|e| ServiceError::NotFound(format!("{e:#}")))
+        let relay = self.orchestrator.links().relay();
+        relay.deliver(transfer, stream).await.map_err(|e| ServiceError::NotFound(format!("{e:#}")))
+    }
+}
+
+/// One connected agent, as the service layer hands it to the transport (the WebSocket of
+/// `http::agents`): what to send down, when to hang up, and where the agent's messages go.
+pub struct AgentSession {
+    link: Arc<HostLink>,
+    services: Services,
+    /// The capacity last stored for the host by this session.
+    capacity: HostCapacity,
+}
+
+impl AgentSession {
+    /// The host's desired containers, whole lists, from now on (the current one counts as new).
+    pub fn desired(&self) -> DesiredReceiver {
+        let mut desired = self.link.desired_receiver();
+        desired.mark_changed();
+        desired
+    }
+
+    /// Commands for the agent (image exports, log uploads); this connection takes over from any
+    /// earlier one of the same host.
+    pub fn commands(&self) -> mpsc::UnboundedReceiver<ControlMessage> {
+        self.link.open_commands()
+    }
+
+    /// Turns true when the host is removed: the connection must end.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.link.closed()
+    }
+
+    /// One message from the agent: a report (also a heartbeat; a changed capacity is stored) or
+    /// an answer to a command.
+    pub async fn received(&mut self, message: AgentMessage) -> Result<()> {
+        match message {
+            AgentMessage::Report { observed, capacity } => {
+                self.link.report(observed.into_iter().map(|o| (o.replica_id.clone(), o)).collect());
+                if capacity != self.capacity {
+                    self.services.store.set_host_capacity(&self.link.name, &capacity).await?;
+                    self.capacity = capacity;
+                }
+            }
+            AgentMessage::Unavailable { transfer } => self.services.orchestrator.links().relay().unavailable(&transfer),
+        }
+        Ok(())
     }
 }

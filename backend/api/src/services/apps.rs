@@ -245,7 +245,6 @@ impl Services {
         Ok(())
     }
 
-    /// Log lines of the app's current replicas: the last `tail` of each, then new ones if `follow`.
     /// The app's traffic over the last minute and its containers' current CPU and memory.
     pub async fn app_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<AppMetrics> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
@@ -273,6 +272,7 @@ impl Services {
         Ok(metrics)
     }
 
+    /// Log lines of the app's current replicas: the last `tail` of each, then new ones if `follow`.
     pub async fn logs(
         &self,
         principal: &Principal,
