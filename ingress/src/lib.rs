@@ -25,7 +25,9 @@ pub use metrics::{RouteMetrics, TrafficSecond};
 pub use route_table::{Endpoint, RouteSpec};
 use route_table::{Route, Table};
 
-/// Tunables of the proxy. The defaults follow `shared/ANCHORS.md`.
+/// Tunables of the proxy. The upstream idle timeout stays below the usual app keep-alive
+/// timeouts, so a pooled connection is never one the app is closing (hyper #2136); forwarded
+/// headers are believed only from `trusted_proxies`.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
     /// Time allowed to open a TCP connection to an endpoint before trying the next one.

@@ -23,9 +23,9 @@ pub struct ReleaseRow {
     pub id: i64,
     pub app_id: i64,
     pub number: i64,
-    pub spec: Json<AppSpec>,
+    spec: Json<AppSpec>,
     #[sqlx(try_from = "String")]
-    pub state: ReleaseState,
+    state: ReleaseState,
     pub message: Option<String>,
     pub rollback_of: Option<i64>,
     pub created_at: i64,

@@ -13,11 +13,11 @@ use crate::{Result, Store, is_unique_violation, now_ms};
 pub struct HostRow {
     pub name: String,
     pub address: String,
-    pub labels: Json<BTreeMap<String, String>>,
+    labels: Json<BTreeMap<String, String>>,
     pub cpu_millis: i64,
     pub memory_mb: i64,
     #[sqlx(try_from = "String")]
-    pub state: HostState,
+    state: HostState,
     pub is_local: bool,
     pub last_seen: Option<i64>,
 }

@@ -170,13 +170,23 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A duration as users write it: plain seconds (`90`, `0.5`) or humantime (`90s`, `1m 30s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let duration = match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds.min(1e9)),
-        Ok(_) => return Err(format!("{text:?} is not a duration (a non-negative number of seconds)")),
-        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?,
-    };
+    match text.parse::<f64>() {
+        Ok(seconds) => from_seconds(seconds),
+        Err(_) => bounded(humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?),
+    }
+}
+
+/// `seconds` as a duration: finite, non-negative, at most [`MAX_DURATION`].
+fn from_seconds(seconds: f64) -> Result<Duration, String> {
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(format!("{seconds} is not a duration (a non-negative number of seconds)"));
+    }
+    bounded(Duration::from_secs_f64(seconds.min(1e9)))
+}
+
+fn bounded(duration: Duration) -> Result<Duration, String> {
     if duration > MAX_DURATION {
-        return Err(format!("{text:?} is longer than the longest allowed duration (7 days)"));
+        return Err(format!("{duration:?} is longer than the longest allowed duration (7 days)"));
     }
     Ok(duration)
 }
@@ -194,7 +204,7 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<
         Text(String),
     }
     let parsed = match Written::deserialize(deserializer)? {
-        Written::Seconds(seconds) => parse_duration(&seconds.to_string()),
+        Written::Seconds(seconds) => from_seconds(seconds),
         Written::Text(text) => parse_duration(&text),
     };
     parsed.map(Some).map_err(serde::de::Error::custom)

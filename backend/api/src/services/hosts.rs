@@ -62,7 +62,6 @@ impl Services {
         let replicas = self.store.all_replicas().await?;
         let apps: std::collections::HashMap<i64, AppRow> =
             self.store.all_apps().await?.into_iter().map(|a| (a.id, a)).collect();
-        let links = self.orchestrator.links().all();
         Ok(self
             .store
             .hosts()
@@ -75,7 +74,7 @@ impl Services {
                     memory_mb: mine.map(|p| p.memory_mb).sum(),
                 };
                 let last_seen =
-                    links.iter().find(|l| l.name == h.name).map(|l| now_ms() - l.silent_for().as_millis() as i64);
+                    self.orchestrator.links().get(&h.name).map(|l| now_ms() - l.silent_for().as_millis() as i64);
                 HostInfo {
                     state: h.state(),
                     labels: h.labels(),
