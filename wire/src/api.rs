@@ -10,6 +10,8 @@ use crate::agent::ContainerPhase;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateApp {
     pub name: String,
+    /// Empty: the app is built from git, and its first push makes its first release.
+    #[serde(default)]
     pub image: String,
     pub port: u16,
     #[serde(default)]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod agent;
 pub mod api;
+pub mod builds;
 pub mod identity;
 
 /// The admin API token's file in the server's data directory, where the CLI also looks for it.
@@ -23,6 +24,12 @@ pub mod labels {
     pub const REPLICA: &str = "berth.replica";
     /// Present (value "1") on every container Berth manages; used to filter Docker queries.
     pub const MANAGED: &str = "berth.managed";
+    /// On images Berth built: `team/app`. Cleanup only ever removes images carrying it.
+    pub const IMAGE_APP: &str = "berth.image.app";
+    /// On images Berth built: the build's number.
+    pub const IMAGE_BUILD: &str = "berth.image.build";
+    /// On images Berth built: the commit.
+    pub const IMAGE_COMMIT: &str = "berth.image.commit";
 }
 
 /// The deployable shape of an app: what one immutable release runs.

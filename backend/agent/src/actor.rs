@@ -96,6 +96,11 @@ impl AgentHandle {
         self.runtime.export(image)
     }
 
+    /// The host's container runtime, for builds and image housekeeping.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
     /// Log lines (`(stream, line)`) of one container: the last `tail`, then new ones if `follow`.
     pub fn logs(&self, container_id: &str, tail: u32, follow: bool) -> LogStream {
         self.runtime.logs(container_id, tail, follow)

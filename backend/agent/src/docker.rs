@@ -8,17 +8,22 @@ use berth_wire::labels;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StatsOptions, StopContainerOptions,
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions,
+    ListContainersOptions, ListImagesOptions, LogsOptions, PruneBuildOptions, RemoveContainerOptions,
+    RemoveImageOptions, StatsOptions, StopContainerOptions,
 };
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use crate::runtime::{
-    ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec, ContainerSummary, LogStream, Result,
-    RuntimeError, UsageSample,
+    BuildEvent, BuildSpec, ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec,
+    ContainerSummary, DiskSpace, ImageSummary, LogStream, Result, RuntimeError, UsageSample,
 };
+
+/// Builds get their own request timeout: bollard's default (120 s) covers the context upload and
+/// would cut long builds.
+const BUILD_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -45,6 +50,20 @@ impl DockerRuntime {
             .map_err(|e| unreachable(&e))?;
         docker.ping().await.map_err(|e| unreachable(&e))?;
         Ok(DockerRuntime { docker })
+    }
+}
+
+/// A receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(mut received: tokio::sync::mpsc::Receiver<T>) -> BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| received.poll_recv(cx)).boxed()
+}
+
+/// A build's error as the builder said it (the step's output is in the lines before).
+fn build_error(error: bollard::errors::Error) -> String {
+    match error {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
     }
 }
 
@@ -305,6 +324,106 @@ impl ContainerRuntime for DockerRuntime {
                     HostCapacity::default()
                 }
             }
+        }
+        .boxed()
+    }
+
+    fn build(&self, spec: BuildSpec, context: ByteStream) -> BoxStream<'static, BuildEvent> {
+        let docker = self.docker.clone().with_timeout(BUILD_REQUEST_TIMEOUT);
+        let (events, received) = tokio::sync::mpsc::channel(256);
+        // The build runs in a task owning the engine connection; when the receiver is dropped,
+        // the task drops the connection and the engine cancels the build.
+        tokio::spawn(async move {
+            let options = BuildImageOptions {
+                dockerfile: spec.dockerfile.clone(),
+                t: Some(spec.tag.clone()),
+                rm: true,
+                forcerm: true,
+                nocache: spec.no_cache,
+                buildargs: Some(spec.build_args.clone()),
+                labels: Some(spec.labels.clone()),
+                ..Default::default()
+            };
+            let mut build = std::pin::pin!(docker.build_image(options, None, Some(bollard::body_try_stream(context))));
+            let outcome = loop {
+                let next = tokio::select! {
+                    next = build.next() => next,
+                    () = events.closed() => return,
+                };
+                match next {
+                    None => break BuildEvent::Built,
+                    Some(Err(e)) => break BuildEvent::Failed(build_error(e)),
+                    Some(Ok(info)) => {
+                        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                            break BuildEvent::Failed(detail);
+                        }
+                        let text = info.stream.or(info.status).unwrap_or_default();
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            if events.send(BuildEvent::Line(line.to_string())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            let _ = events.send(outcome).await;
+        });
+        tokio_stream_from(received)
+    }
+
+    fn images<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<Vec<ImageSummary>>> {
+        async move {
+            let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+            let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+            let images = self.docker.list_images(Some(options)).await.map_err(error)?;
+            Ok(images
+                .into_iter()
+                .map(|image| ImageSummary { id: image.id, tags: image.repo_tags, labels: image.labels })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn remove_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let options = RemoveImageOptions { force: false, noprune: false, ..Default::default() };
+            self.docker.remove_image(image, Some(options), None).await.map_err(error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn build_cache_bytes(&self) -> BoxFuture<'_, Result<u64>> {
+        async move {
+            let usage = self.docker.df(None).await.map_err(error)?;
+            // Engines before API 1.52 report the cache in another shape: the classic builder's
+            // cache is then the built images' parent layers, which image cleanup removes.
+            Ok(usage.build_cache_usage.and_then(|u| u.total_size).unwrap_or(0).max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn prune_build_cache(&self, keep_bytes: u64) -> BoxFuture<'_, Result<u64>> {
+        async move {
+            let options = PruneBuildOptions {
+                max_used_space: Some(keep_bytes.min(i64::MAX as u64) as i64),
+                all: Some(true),
+                ..Default::default()
+            };
+            let pruned = self.docker.prune_build(Some(options)).await.map_err(error)?;
+            Ok(pruned.space_reclaimed.unwrap_or(0).max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn disk(&self) -> BoxFuture<'_, Option<DiskSpace>> {
+        async move {
+            let root = self.docker.info().await.ok()?.docker_root_dir?;
+            let stats = rustix::fs::statvfs(root.as_str()).ok()?;
+            Some(DiskSpace {
+                free: stats.f_bavail.saturating_mul(stats.f_frsize),
+                total: stats.f_blocks.saturating_mul(stats.f_frsize),
+            })
         }
         .boxed()
     }

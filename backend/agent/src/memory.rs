@@ -19,8 +19,8 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
 use crate::runtime::{
-    ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec, ContainerSummary, LogStream, Result,
-    RuntimeError, UsageSample,
+    BuildEvent, BuildSpec, ByteStream, ContainerDetails, ContainerEvent, ContainerRuntime, ContainerSpec,
+    ContainerSummary, DiskSpace, ImageSummary, LogStream, Result, RuntimeError, UsageSample,
 };
 
 /// How containers of one image behave.
@@ -76,6 +76,8 @@ impl Container {
 #[derive(Default)]
 struct State {
     images: HashSet<String>,
+    /// Labels of the images this runtime built.
+    image_labels: HashMap<String, HashMap<String, String>>,
     pullable: HashSet<String>,
     behaviours: HashMap<String, Behaviour>,
     /// The status the listeners of each image answer with, shared by all of them.
@@ -92,7 +94,7 @@ struct State {
 }
 
 pub struct MemoryRuntime {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     events: broadcast::Sender<(String, ContainerEvent)>,
     capacity: HostCapacity,
 }
@@ -100,7 +102,7 @@ pub struct MemoryRuntime {
 impl Default for MemoryRuntime {
     fn default() -> MemoryRuntime {
         MemoryRuntime {
-            state: Mutex::default(),
+            state: Arc::default(),
             events: broadcast::channel(1024).0,
             capacity: HostCapacity { cpu_millis: 4000, memory_mb: 8192 },
         }
@@ -437,4 +439,101 @@ impl ContainerRuntime for MemoryRuntime {
     fn capacity(&self) -> BoxFuture<'_, HostCapacity> {
         futures::future::ready(self.capacity.clone()).boxed()
     }
+
+    /// Reads the context's Dockerfile and "runs" it: one output line per instruction; `RUN false`
+    /// fails the build, `RUN sleep N` takes N seconds; the tag then exists with the spec's labels.
+    fn build(&self, spec: BuildSpec, context: ByteStream) -> BoxStream<'static, BuildEvent> {
+        let state = self.state.clone();
+        let (events, received) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let outcome = async {
+                let mut bytes = Vec::new();
+                let chunks: Vec<_> = context.collect().await;
+                for chunk in chunks {
+                    bytes.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+                }
+                let dockerfile = read_from_tar(&bytes, &spec.dockerfile)
+                    .ok_or_else(|| format!("Cannot locate specified Dockerfile: {}", spec.dockerfile))?;
+                let steps: Vec<&str> =
+                    dockerfile.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+                for (n, step) in steps.iter().enumerate() {
+                    let line = format!("Step {}/{} : {step}", n + 1, steps.len());
+                    events.send(BuildEvent::Line(line)).await.map_err(|_| "canceled".to_string())?;
+                    if *step == "RUN false" {
+                        return Err("The command '/bin/sh -c false' returned a non-zero code: 1".to_string());
+                    }
+                    if let Some(secs) = step.strip_prefix("RUN sleep ").and_then(|s| s.parse::<u64>().ok()) {
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(secs)) => {}
+                            () = events.closed() => return Err("canceled".to_string()),
+                        }
+                    }
+                }
+                let mut state = state.lock().expect("BUG: memory runtime lock poisoned");
+                state.images.insert(spec.tag.clone());
+                state.image_labels.insert(spec.tag.clone(), spec.labels.clone());
+                Ok(())
+            }
+            .await;
+            let _ = events.send(outcome.map_or_else(BuildEvent::Failed, |()| BuildEvent::Built)).await;
+        });
+        futures::stream::poll_fn({
+            let mut received = received;
+            move |cx| received.poll_recv(cx)
+        })
+        .boxed()
+    }
+
+    fn images<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<Vec<ImageSummary>>> {
+        let state = self.state();
+        let images = state
+            .image_labels
+            .iter()
+            .filter(|(tag, labels)| state.images.contains(*tag) && labels.get(key).is_some_and(|v| v == value))
+            .map(|(tag, labels)| ImageSummary { id: tag.clone(), tags: vec![tag.clone()], labels: labels.clone() })
+            .collect();
+        futures::future::ready(Ok(images)).boxed()
+    }
+
+    fn remove_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>> {
+        let mut state = self.state();
+        let in_use = state.containers.values().any(|c| c.info.image == image);
+        let result = if in_use {
+            Err(RuntimeError::Conflict(format!("image {image} is being used by a container")))
+        } else if state.images.remove(image) {
+            state.image_labels.remove(image);
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound(format!("No such image: {image}")))
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    fn build_cache_bytes(&self) -> BoxFuture<'_, Result<u64>> {
+        futures::future::ready(Ok(0)).boxed()
+    }
+
+    fn prune_build_cache(&self, _keep_bytes: u64) -> BoxFuture<'_, Result<u64>> {
+        futures::future::ready(Ok(0)).boxed()
+    }
+
+    fn disk(&self) -> BoxFuture<'_, Option<DiskSpace>> {
+        futures::future::ready(Some(DiskSpace { free: 100 << 30, total: 200 << 30 })).boxed()
+    }
+}
+
+/// The text of file `path` in a tar archive.
+fn read_from_tar(archive: &[u8], path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        let name = entry.path().ok()?.to_string_lossy().trim_start_matches("./").to_string();
+        if name == path {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
 }

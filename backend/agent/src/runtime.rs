@@ -87,6 +87,44 @@ pub struct UsageSample {
     pub memory_bytes: u64,
 }
 
+/// An image build: its context arrives as a tar stream.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSpec {
+    /// The tag the built image gets (never moved afterwards).
+    pub tag: String,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    pub build_args: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
+    pub no_cache: bool,
+}
+
+/// What a build reports as it goes. The stream ends after `Built` or `Failed`; dropping it
+/// cancels the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildEvent {
+    /// One line of the builder's output.
+    Line(String),
+    /// The image exists under the spec's tag.
+    Built,
+    Failed(String),
+}
+
+/// An image Berth built, as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct ImageSummary {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub labels: HashMap<String, String>,
+}
+
+/// Free and total bytes of the file system the engine keeps its images on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub free: u64,
+    pub total: u64,
+}
+
 /// Every operation the agent performs on its host's container engine. Object-safe (futures are
 /// boxed) so the agent holds an `Arc<dyn ContainerRuntime>` and its handle can be shared.
 pub trait ContainerRuntime: Send + Sync + 'static {
@@ -117,4 +155,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn logs(&self, container: &str, tail: u32, follow: bool) -> LogStream;
     /// The host's CPU and memory.
     fn capacity(&self) -> BoxFuture<'_, HostCapacity>;
+    /// Builds an image from a tar context; see [`BuildEvent`].
+    fn build(&self, spec: BuildSpec, context: ByteStream) -> BoxStream<'static, BuildEvent>;
+    /// Images carrying the label `key=value`.
+    fn images<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<Vec<ImageSummary>>>;
+    /// Removes an image by tag or id (not forced: an image a container uses stays).
+    fn remove_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Bytes the engine's build cache holds.
+    fn build_cache_bytes(&self) -> BoxFuture<'_, Result<u64>>;
+    /// Prunes the build cache down to `keep_bytes`; returns the bytes freed.
+    fn prune_build_cache(&self, keep_bytes: u64) -> BoxFuture<'_, Result<u64>>;
+    /// Space on the engine's image storage; `None` when it cannot be told.
+    fn disk(&self) -> BoxFuture<'_, Option<DiskSpace>>;
 }

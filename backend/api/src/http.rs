@@ -18,8 +18,10 @@ use crate::auth::{Action, Principal};
 use crate::services::{ServiceError, Services};
 
 mod agents;
+mod builds;
 mod error;
 mod extract;
+pub mod git;
 mod identity;
 pub mod session;
 mod watch;
@@ -84,6 +86,16 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app),
         endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/git", Team(ViewApps), builds::git_info),
+        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/git", Team(DeployApps), builds::update_settings),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds", Team(ViewApps), builds::list),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/builds/cancel", Team(DeployApps), builds::cancel),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}", Team(ViewApps), builds::show),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}/log", Team(ViewApps), builds::log),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(ViewApps), builds::list_webhooks),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(DeployApps), builds::create_webhook),
+        endpoint(Method::DELETE, "/api/v1/teams/{team}/apps/{app}/webhooks/{id}", Team(DeployApps), builds::delete_webhook),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhook-deliveries", Team(ViewApps), builds::deliveries),
         endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),
         endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host),
@@ -132,7 +144,11 @@ pub fn router_with_dashboard(state: AppState, dashboard_dir: Option<&std::path::
         api = api.route(endpoint.path, endpoint.router);
     }
     let not_found = || async { ApiError::from(ServiceError::NotFound("no such endpoint".into())) };
-    let api = api.route("/api/{*rest}", axum::routing::any(not_found)).with_state(state.clone());
+    let api = api
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .merge(git::routes())
+        .route("/hooks/{provider}/{id}", axum::routing::post(builds::webhook))
+        .with_state(state.clone());
     api.clone().merge(dashboard(dashboard_dir, state, api))
 }
 

@@ -6,6 +6,7 @@
 //! service layer only; nothing depends on this crate but the `berth` binary.
 
 pub mod auth;
+mod githook;
 mod clock;
 pub mod http;
 pub mod oidc;

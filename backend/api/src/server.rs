@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use berth_agent::docker::DockerRuntime;
 use berth_agent::{AgentConfig, ContainerRuntime as _, EndpointMode};
+use berth_control::builds::{Builds, BuildsConfig};
 use berth_control::images::LocalImageSource;
+use berth_control::repos::Repos;
 use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
@@ -22,7 +24,7 @@ mod settings;
 
 use crate::oidc::SignIn;
 use crate::services::Services;
-pub use settings::{ServerSettings, parse_duration};
+pub use settings::{ServerSettings, parse_bytes, parse_duration};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -42,6 +44,8 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// Run the in-process agent (false: a pure control plane; all hosts join with `berth agent`).
     pub local_agent: bool,
+    /// The build cache is pruned down to this many bytes when a build leaves it larger.
+    pub build_cache_max: u64,
     /// Where browsers reach this server (for sign-in callbacks).
     pub public_url: Option<String>,
     /// OAuth2 / OIDC sign-in providers.
@@ -107,7 +111,22 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .await?;
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
-    let services = Services::new(store, orchestrator).with_sign_in(SignIn::new(&public_url, config.sign_in.clone()));
+    let hook_program = std::env::current_exe().context("locating the berth binary (git hooks run it)")?;
+    let repos = Repos::open(&config.data_dir, &hook_program).await?;
+    let builds_config = BuildsConfig {
+        logs_dir: config.data_dir.join("builds"),
+        cache_max_bytes: config.build_cache_max,
+        min_free_bytes: 2 << 30,
+    };
+    let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await?;
+    let hook_socket = config.data_dir.join("run").join("hooks.sock");
+    let hook_listener = crate::githook::bind(&hook_socket)?;
+    let services = Services::new(store, orchestrator, builds.clone())
+        .with_sign_in(SignIn::new(&public_url, config.sign_in.clone()))
+        .with_public_url(&public_url)
+        .with_hook_socket(hook_socket);
+    let stop_hooks = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::githook::serve(hook_listener, services.clone(), stop_hooks.clone()));
 
     println!(
         "berth server: API on http://{}, apps on http://<app>.{}:{}",
@@ -134,6 +153,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
+    stop_hooks.cancel();
+    builds.shutdown().await;
     ingress_task.abort();
     println!("berth server: stopped; containers keep running and are adopted at the next start");
     Ok(())

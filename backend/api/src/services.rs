@@ -6,15 +6,20 @@
 //! `validate` holds the validators they share.
 
 use berth_control::Orchestrator;
+use berth_control::builds::Builds;
 use berth_store::Store;
 
 mod agents;
 mod apps;
+mod builds;
 mod hosts;
 mod identity;
 mod validate;
+mod webhooks;
 
 pub use agents::AgentSession;
+pub use builds::{GitAccess, HEARTBEAT, PushTicket};
+pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
 pub use identity::{SESSION_TTL, set_password_offline};
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 
@@ -66,12 +71,48 @@ pub struct Services {
     orchestrator: Orchestrator,
     login_limiter: std::sync::Arc<identity::LoginLimiter>,
     sign_in: std::sync::Arc<crate::oidc::SignIn>,
+    builds: Builds,
+    pushes: std::sync::Arc<builds::Pushes>,
+    /// Where users reach the API (git remote URLs).
+    public_url: String,
+    /// Where Berth's pre-receive hook reaches the server.
+    hook_socket: std::path::PathBuf,
 }
 
 impl Services {
-    pub fn new(store: Store, orchestrator: Orchestrator) -> Services {
+    pub fn new(store: Store, orchestrator: Orchestrator, builds: Builds) -> Services {
         let sign_in = crate::oidc::SignIn::new("http://localhost", Vec::new());
-        Services { store, orchestrator, login_limiter: Default::default(), sign_in: std::sync::Arc::new(sign_in) }
+        Services {
+            store,
+            orchestrator,
+            login_limiter: Default::default(),
+            sign_in: std::sync::Arc::new(sign_in),
+            builds,
+            pushes: Default::default(),
+            public_url: "http://localhost".into(),
+            hook_socket: std::path::PathBuf::from("hooks.sock"),
+        }
+    }
+
+    /// Where the server listens for Berth's pre-receive hook.
+    pub fn with_hook_socket(mut self, path: std::path::PathBuf) -> Services {
+        self.hook_socket = path;
+        self
+    }
+
+    pub fn hook_socket(&self) -> &std::path::Path {
+        &self.hook_socket
+    }
+
+    /// A `git` command in an app's repository, as Berth runs git.
+    pub fn repos_git(&self, repo: &std::path::Path) -> tokio::process::Command {
+        self.builds.repos().git(repo)
+    }
+
+    /// Where users reach the API, for the URLs the API shows (the git remote).
+    pub fn with_public_url(mut self, url: &str) -> Services {
+        self.public_url = url.trim_end_matches('/').to_string();
+        self
     }
 
     /// The principal a bearer token (or a dashboard session's secret) speaks for.

@@ -113,6 +113,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add the git remote of an app built from git (`git push berth main` then builds and
+    /// releases), with a credential helper that answers with your Berth token.
+    #[command(name = "git-remote")]
+    GitRemote {
+        name: String,
+        /// Name of the remote.
+        #[arg(long, default_value = "berth")]
+        remote: String,
+    },
+    /// Builds of an app from git: list, logs, cancel, settings.
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+    /// Webhooks that build an app when its repository elsewhere (GitHub, Gitea, GitLab) is pushed.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// git's credential helper protocol (run by git, set up by `berth git-remote`).
+    #[command(name = "git-credential", hide = true)]
+    GitCredential { action: String },
+    /// Berth's git hooks (run by git in the apps' repositories).
+    #[command(subcommand, hide = true)]
+    Hook(HookCommand),
     /// Show an app's logs.
     Logs {
         name: String,
@@ -279,10 +300,85 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+enum HookCommand {
+    #[command(name = "pre-receive")]
+    PreReceive,
+}
+
+#[derive(Subcommand)]
+enum BuildsCommand {
+    /// The app's builds, newest first.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A build's log (default: the newest build).
+    Logs {
+        name: String,
+        number: Option<u32>,
+        /// Follow the build until it ends; exit non-zero unless it was released.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel the app's running build.
+    Cancel { name: String },
+    /// Show or change how the app is built.
+    Settings {
+        name: String,
+        /// The branch whose pushes are built and released.
+        #[arg(long)]
+        branch: Option<String>,
+        /// The Dockerfile's path inside the context.
+        #[arg(long)]
+        dockerfile: Option<String>,
+        /// The build context: a directory of the repository (monorepos).
+        #[arg(long)]
+        context: Option<String>,
+        /// A build argument (repeatable; replaces the list). Never secrets: they stay in the image.
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_args: Vec<String>,
+        /// Build timeout (seconds, or `30m`).
+        #[arg(long, value_parser = server::parse_duration)]
+        timeout: Option<Duration>,
+        /// Where webhook builds fetch commits from (`""` removes it).
+        #[arg(long)]
+        git_url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Create a webhook; prints the payload URL and the secret to give the provider.
+    Add {
+        name: String,
+        /// github, gitea (also Forgejo) or gitlab.
+        #[arg(long)]
+        provider: String,
+        /// The repository as the provider names it (`owner/name`).
+        #[arg(long)]
+        repository: String,
+    },
+    /// The app's webhooks and their latest deliveries.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        name: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AppsCommand {
     Create {
         name: String,
-        #[arg(long)]
+        /// The image to run; without it the app is built from git (`berth git-remote`).
+        #[arg(long, default_value = "")]
         image: String,
         #[arg(long)]
         port: u16,
@@ -419,6 +515,10 @@ struct ServerArgs {
     /// Do not run an agent in the server: every host joins with `berth agent`.
     #[arg(long, env = "BERTH_NO_LOCAL_AGENT")]
     no_local_agent: bool,
+    /// Prune the build cache down to this size after a build leaves it larger (`10G`, `512M`).
+    /// [default: 10G]
+    #[arg(long, env = "BERTH_BUILD_CACHE_MAX", value_parser = server::parse_bytes)]
+    build_cache_max: Option<u64>,
     /// URL browsers reach this server at (default: http://<listen>); sign-in callbacks go there.
     #[arg(long, env = "BERTH_PUBLIC_URL")]
     public_url: Option<String>,
@@ -453,6 +553,7 @@ impl ServerArgs {
             stop_grace: self.stop_grace,
             heartbeat_timeout: self.heartbeat_timeout,
             local_agent: self.no_local_agent.then_some(false),
+            build_cache_max: self.build_cache_max,
             public_url: self.public_url,
             dashboard_dir: self.dashboard_dir,
             sign_in: self.sign_in.iter().map(|spec| Provider::parse(spec)).collect::<anyhow::Result<_>>()?,
@@ -516,6 +617,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         println!("berth: the password of {email} is set; its sessions and sign-in tokens are revoked");
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Command::Hook(HookCommand::PreReceive) = &cli.command {
+        return Ok(cli::hook::pre_receive());
+    }
+    if let Command::GitCredential { action } = &cli.command {
+        return cli::git_credential(&cli.url, cli.token.clone(), action);
+    }
     match &cli.command {
         Command::Login { email } => return cli::login(&cli.url, email, &cli::read_password()?).await,
         Command::Invites(InvitesCommand::Accept { token, email, name }) => {
@@ -529,6 +636,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         | Command::Agent(_)
         | Command::Admin(_)
         | Command::Login { .. }
+        | Command::Hook(_)
+        | Command::GitCredential { .. }
         | Command::Invites(InvitesCommand::Accept { .. }) => {
             unreachable!("handled above")
         }
@@ -601,6 +710,41 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Scale { name, replicas, wait } => client.scale(&name, replicas, wait.wait()).await,
         Command::Rollback { name, to, wait } => client.rollback(&name, to, wait.wait()).await,
         Command::Logs { name, follow, tail, json } => client.logs(&name, tail, follow, json).await,
+        Command::GitRemote { name, remote } => {
+            let program = std::env::current_exe()?.display().to_string();
+            client.git_remote(&name, &remote, &program).await
+        }
+        Command::Builds(BuildsCommand::List { name, json }) => client.list_builds(&name, json).await,
+        Command::Builds(BuildsCommand::Logs { name, number, follow }) => client.build_logs(&name, number, follow).await,
+        Command::Builds(BuildsCommand::Cancel { name }) => client.cancel_build(&name).await,
+        Command::Builds(BuildsCommand::Settings {
+            name,
+            branch,
+            dockerfile,
+            context,
+            build_args,
+            timeout,
+            git_url,
+            json,
+        }) => {
+            let change = berth_wire::builds::BuildSettingsChange {
+                deploy_branch: branch,
+                dockerfile,
+                context_dir: context,
+                build_args: (!build_args.is_empty()).then(|| cli::env_flags(&build_args)).transpose()?,
+                timeout_secs: timeout.map(|t| t.as_secs()),
+                git_url,
+            };
+            client.build_settings(&name, change, json).await
+        }
+        Command::Webhooks(WebhooksCommand::Add { name, provider, repository }) => {
+            let provider = provider
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--provider {provider:?}: use github, gitea or gitlab"))?;
+            client.add_webhook(&name, provider, &repository).await
+        }
+        Command::Webhooks(WebhooksCommand::List { name, json }) => client.list_webhooks(&name, json).await,
+        Command::Webhooks(WebhooksCommand::Remove { name, id }) => client.remove_webhook(&name, &id).await,
     }
 }
 

@@ -15,6 +15,7 @@ use berth_wire::api::{
     AppDetail, AppSummary, CreateApp, CreateJoinToken, Deploy, HostInfo, JoinTokenCreated, ReleaseAccepted,
     ReleaseEvent, ReleaseInfo, Rollback, Scale,
 };
+use berth_wire::builds::{BuildInfo, BuildSettingsChange, CreateWebhook, GitInfo, WebhookDelivery, WebhookInfo};
 use berth_wire::identity::{
     AcceptInvite, AddMember, AuditEntry, CreateInvite, CreateTeam, CreateToken, InviteCreated, Login, LoginResponse,
     Me, Member, ResetPassword, TeamRole, TokenCreated, TokenInfo,
@@ -146,6 +147,16 @@ pub enum Resource<'a> {
     TeamAudit { limit: u32 },
     /// The newest `limit` entries of the whole audit log (`Vec<AuditEntry>`; instance admins).
     InstanceAudit { limit: u32 },
+    /// An app's git remote and build settings (`GitInfo`).
+    Git(&'a str),
+    /// An app's builds, newest first (`Vec<BuildInfo>`).
+    Builds(&'a str),
+    /// One build (`BuildInfo`).
+    Build { app: &'a str, number: u32 },
+    /// An app's webhooks (`Vec<WebhookInfo>`).
+    Webhooks(&'a str),
+    /// What became of the app's webhook deliveries (`Vec<WebhookDelivery>`).
+    Deliveries(&'a str),
 }
 
 /// One line of a newline-delimited stream (the NDJSON of `GET …/logs`).
@@ -321,6 +332,70 @@ impl ApiClient {
         }
     }
 
+    /// The token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `GET .../apps/{app}/git`.
+    pub async fn git_info(&self, app: &str) -> anyhow::Result<GitInfo> {
+        self.read(Resource::Git(app)).await
+    }
+
+    /// `PATCH .../apps/{app}/git`: changes the build settings.
+    pub async fn update_build_settings(&self, app: &str, change: &BuildSettingsChange) -> anyhow::Result<GitInfo> {
+        self.send_for_answer(Method::PATCH, self.team_url(&["apps", app, "git"]), Some(change)).await
+    }
+
+    pub async fn builds(&self, app: &str) -> anyhow::Result<Vec<BuildInfo>> {
+        self.read(Resource::Builds(app)).await
+    }
+
+    pub async fn build_info(&self, app: &str, number: u32) -> anyhow::Result<BuildInfo> {
+        self.read(Resource::Build { app, number }).await
+    }
+
+    /// `POST .../apps/{app}/builds/cancel`: returns once the build has ended.
+    pub async fn cancel_build(&self, app: &str) -> anyhow::Result<BuildInfo> {
+        self.send_for_answer(Method::POST, self.team_url(&["apps", app, "builds", "cancel"]), None::<&()>).await
+    }
+
+    /// `GET .../builds/{number}/log` (`None`: the newest build): NDJSON `BuildLogLine`s, live
+    /// until the build ends with `follow`.
+    pub async fn build_log(
+        &self,
+        app: &str,
+        number: Option<u32>,
+        follow: bool,
+    ) -> anyhow::Result<impl Stream<Item = anyhow::Result<StreamLine>> + Send + use<>> {
+        let number = number.map_or_else(|| "latest".to_string(), |n| n.to_string());
+        let mut url = self.team_url(&["apps", app, "builds", &number, "log"]);
+        url.query_pairs_mut().append_pair("follow", &follow.to_string());
+        let response = self
+            .retrying(ONE_SHOT_RETRY_BUDGET.min(self.retry_budget), || self.request(Method::GET, url.clone()).send())
+            .await
+            .with_context(|| format!("cannot reach Berth at {}", self.base))?;
+        let response = success_or_api_error(response).await?;
+        let lines = ndjson_lines(response.bytes_stream().map_err(io::Error::other), MAX_LINE_BYTES);
+        Ok(lines.map(|line| line.context("the build log stream broke")))
+    }
+
+    pub async fn webhooks(&self, app: &str) -> anyhow::Result<Vec<WebhookInfo>> {
+        self.read(Resource::Webhooks(app)).await
+    }
+
+    pub async fn create_webhook(&self, app: &str, request: &CreateWebhook) -> anyhow::Result<WebhookInfo> {
+        self.send_for_answer(Method::POST, self.team_url(&["apps", app, "webhooks"]), Some(request)).await
+    }
+
+    pub async fn delete_webhook(&self, app: &str, id: &str) -> anyhow::Result<()> {
+        self.send_without_answer(Method::DELETE, self.team_url(&["apps", app, "webhooks", id]), None::<&()>).await
+    }
+
+    pub async fn webhook_deliveries(&self, app: &str) -> anyhow::Result<Vec<WebhookDelivery>> {
+        self.read(Resource::Deliveries(app)).await
+    }
+
     /// `GET /api/v1/teams/{team}/apps/{app}/logs`: the newest `tail` lines of the app's replicas,
     /// then, with `follow`, new lines as they come. Each [`StreamLine::Text`] is one `LogLine`
     /// as JSON, as the server sent it. Connecting retries like a read; a stream that breaks
@@ -484,6 +559,11 @@ impl ApiClient {
             Resource::Tokens => (self.url(&["tokens"]), None),
             Resource::TeamAudit { limit } => (self.team_url(&["audit"]), Some(limit)),
             Resource::InstanceAudit { limit } => (self.url(&["audit"]), Some(limit)),
+            Resource::Git(app) => (self.team_url(&["apps", app, "git"]), None),
+            Resource::Builds(app) => (self.team_url(&["apps", app, "builds"]), None),
+            Resource::Build { app, number } => (self.team_url(&["apps", app, "builds", &number.to_string()]), None),
+            Resource::Webhooks(app) => (self.team_url(&["apps", app, "webhooks"]), None),
+            Resource::Deliveries(app) => (self.team_url(&["apps", app, "webhook-deliveries"]), None),
         };
         if let Some(limit) = limit {
             url.query_pairs_mut().append_pair("limit", &limit.to_string());

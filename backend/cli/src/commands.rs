@@ -46,6 +46,31 @@ pub fn read_password() -> anyhow::Result<String> {
 }
 
 /// `berth login`: signs in with email and password and keeps the new token for this URL.
+/// `berth git-credential get`: git's credential helper protocol, answering with the token kept
+/// for `url` (any user name; the token is the password). Other actions are ignored: the token is
+/// Berth's to keep.
+pub fn git_credential(url: &str, token: Option<String>, action: &str) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead as _;
+    // git writes the request's attributes; read them all (it waits for us to).
+    let mut attributes = BTreeMap::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.is_empty() {
+            break;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            attributes.insert(key.to_string(), value.to_string());
+        }
+    }
+    if action != "get" {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = credentials::find_token(url.trim_end_matches('/'), token)?;
+    println!("username=berth");
+    println!("password={token}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn login(url: &str, email: &str, password: &str) -> anyhow::Result<ExitCode> {
     let url = url.trim_end_matches('/');
     let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
@@ -110,6 +135,10 @@ impl Client {
 
     pub async fn create_app(&self, request: CreateApp, wait: Wait) -> anyhow::Result<ExitCode> {
         let accepted = self.api.create_app(&request).await?;
+        if accepted.release == 0 {
+            println!("created {}: built from git; add its remote with `berth git-remote {}`, then push", accepted.app, accepted.app);
+            return Ok(ExitCode::SUCCESS);
+        }
         println!("created {} (release {})", accepted.app, accepted.release);
         self.follow(&accepted, wait).await
     }
@@ -202,6 +231,156 @@ impl Client {
                 }
             }
         }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Adds (or points) the git remote `remote` at the app's repository and makes git ask
+    /// `berth git-credential` for the password, which answers with this client's token, kept in
+    /// Berth's credential file for the URL (never in the remote's URL or git's config).
+    pub async fn git_remote(&self, name: &str, remote: &str, program: &str) -> anyhow::Result<ExitCode> {
+        let info = self.api.git_info(name).await?;
+        let base = self.api.base_url().trim_end_matches('/').to_string();
+        let url = format!("{base}/git/{}/{name}.git", self.api.team());
+        let token = self.api.token().context("no API token to store for git")?.to_string();
+        credentials::keep_token(&base, token)?;
+        let git = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+            std::process::Command::new("git").args(args).output().context("running git (is it installed?)")
+        };
+        let exists = git(&["remote", "get-url", remote])?.status.success();
+        let set = if exists { git(&["remote", "set-url", remote, &url])? } else { git(&["remote", "add", remote, &url])? };
+        if !set.status.success() {
+            bail!("git remote: {}", String::from_utf8_lossy(&set.stderr).trim());
+        }
+        let helper_key = format!("credential.{base}.helper");
+        let helper = format!("!'{program}' --url '{base}' git-credential");
+        // An empty helper first clears helpers configured elsewhere for this URL.
+        for (value, add) in [("", false), (helper.as_str(), true)] {
+            let mut args = vec!["config"];
+            if add {
+                args.push("--add");
+            } else {
+                args.push("--replace-all");
+            }
+            args.extend([helper_key.as_str(), value]);
+            let done = git(&args)?;
+            if !done.status.success() {
+                bail!("git config: {}", String::from_utf8_lossy(&done.stderr).trim());
+            }
+        }
+        println!("git remote {remote} -> {url}");
+        println!("deploy branch: {} (git push {remote} {})", info.settings.deploy_branch, info.settings.deploy_branch);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_builds(&self, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Builds(name)).await;
+        }
+        let builds = self.api.builds(name).await?;
+        if builds.is_empty() {
+            println!("{name} has no builds yet: push to its git remote (berth git-remote {name})");
+        } else {
+            println!("{}", output::builds_table(&builds, output::now_ms()));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Prints a build's log (the newest build's without `number`); with `follow`, until it ends,
+    /// then exits with its outcome.
+    pub async fn build_logs(&self, name: &str, number: Option<u32>, follow: bool) -> anyhow::Result<ExitCode> {
+        let mut lines = std::pin::pin!(self.api.build_log(name, number, follow).await?);
+        while let Some(line) = lines.next().await {
+            match line? {
+                StreamLine::Text(text) => {
+                    if let Ok(line) = serde_json::from_str::<berth_wire::builds::BuildLogLine>(&text) {
+                        println!("{}", line.line);
+                    }
+                }
+                StreamLine::TooLong => eprintln!("warning: skipped an over-long log line"),
+            }
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let builds = self.api.builds(name).await?;
+        let build = match number {
+            Some(n) => builds.into_iter().find(|b| b.number == n),
+            None => builds.into_iter().next(),
+        };
+        let ok = build.is_some_and(|b| b.state == berth_wire::builds::BuildState::Succeeded && b.release.is_some());
+        Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+
+    pub async fn cancel_build(&self, name: &str) -> anyhow::Result<ExitCode> {
+        let build = self.api.cancel_build(name).await?;
+        println!("build {} of {name}: {}", build.number, build.state.as_str());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn build_settings(
+        &self,
+        name: &str,
+        change: berth_wire::builds::BuildSettingsChange,
+        json: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let unchanged = serde_json::to_value(&change)?.as_object().is_some_and(|o| o.values().all(|v| v.is_null()));
+        let info = if unchanged { self.api.git_info(name).await? } else { self.api.update_build_settings(name, &change).await? };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let s = &info.settings;
+        println!("remote:        {}", info.remote_url);
+        println!("deploy branch: {}", s.deploy_branch);
+        println!("deployed:      {}", info.deployed_commit.as_deref().unwrap_or("-"));
+        println!("dockerfile:    {}", s.dockerfile);
+        println!("context:       {}", if s.context_dir.is_empty() { "." } else { &s.context_dir });
+        println!("timeout:       {} s", s.timeout_secs);
+        println!("git url:       {}", s.git_url.as_deref().unwrap_or("-"));
+        for (key, value) in &s.build_args {
+            println!("build arg:     {key}={value}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn add_webhook(
+        &self,
+        name: &str,
+        provider: berth_wire::builds::WebhookProvider,
+        repository: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let request = berth_wire::builds::CreateWebhook { provider, repository: repository.to_string() };
+        let hook = self.api.create_webhook(name, &request).await?;
+        let base = self.api.base_url().trim_end_matches('/');
+        println!("webhook {} for {} ({})", hook.id, hook.repository, hook.provider.as_str());
+        println!("payload URL: {base}{}", hook.path);
+        println!("secret (shown once): {}", hook.secret.unwrap_or_default());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_webhooks(&self, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Webhooks(name)).await;
+        }
+        for hook in self.api.webhooks(name).await? {
+            println!("{}  {}  {}  {}", hook.id, hook.provider.as_str(), hook.repository, hook.path);
+        }
+        let now = output::now_ms();
+        for delivery in self.api.webhook_deliveries(name).await?.iter().take(20) {
+            println!(
+                "  {}  {}  {}  {}",
+                output::ago(delivery.at, now),
+                delivery.verdict,
+                delivery.delivery.as_deref().unwrap_or("-"),
+                delivery.reason
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn remove_webhook(&self, name: &str, id: &str) -> anyhow::Result<ExitCode> {
+        self.api.delete_webhook(name, id).await?;
+        println!("webhook {id} removed");
         Ok(ExitCode::SUCCESS)
     }
 

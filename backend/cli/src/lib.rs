@@ -7,8 +7,9 @@
 mod client;
 mod commands;
 mod credentials;
+pub mod hook;
 mod output;
 
 pub use client::{ApiClient, ApiError, DEFAULT_RETRY_BUDGET, MAX_LINE_BYTES, Resource, StreamLine};
-pub use commands::{Client, Wait, accept_invite, env_flags, login, read_password};
+pub use commands::{Client, Wait, accept_invite, env_flags, git_credential, login, read_password};
 pub use credentials::config_path;

@@ -5,15 +5,20 @@
 //! - `scheduler`: the pure placement function.
 //! - `links`: the control plane's end of every host agent, and the union of their reports.
 //! - `relay`: byte streams agents upload on request; `images` and `logs` use it.
+//! - `repos`: the apps' bare git repositories (the system `git`); `builds`: builds from git, run
+//!   by a host's agent, logged, released; `ignore`: `.dockerignore` for build contexts.
 //!
 //! It never calls a container engine (only agents do) and never depends on the API: services
 //! call it, not the other way round.
 
+pub mod builds;
+mod ignore;
 pub mod images;
 pub mod links;
 pub mod logs;
 pub mod orchestrator;
 pub mod relay;
+pub mod repos;
 pub mod scheduler;
 
 pub use links::{HostLink, HostLinks, ObservedUnion};

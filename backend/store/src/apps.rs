@@ -45,19 +45,25 @@ impl ReleaseRow {
 const APP_COLUMNS: &str = "a.id, a.team_id, t.name AS team, a.name, a.serving_release, a.deleting, a.created_at";
 
 impl Store {
-    /// Creates the app with its first (queued) release. Fails with a unique violation when the
-    /// name is taken.
+    /// Creates the app with its first (queued) release, or with none when `spec` has no image
+    /// (the app is built from git; `spec` is kept for its first release). Fails with a unique
+    /// violation when the name is taken.
     pub async fn create_app(&self, team_id: i64, name: &str, spec: &AppSpec) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let app_id: i64 =
-            sqlx::query_scalar("INSERT INTO apps (team_id, name, created_at) VALUES (?, ?, ?) RETURNING id")
-                .bind(team_id)
-                .bind(name)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-        insert_release(&mut tx, app_id, spec, None).await?;
+        let initial = spec.image.is_empty().then(|| Json(spec));
+        let app_id: i64 = sqlx::query_scalar(
+            "INSERT INTO apps (team_id, name, created_at, initial_spec) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(team_id)
+        .bind(name)
+        .bind(now)
+        .bind(initial)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !spec.image.is_empty() {
+            insert_release(&mut tx, app_id, spec, None).await?;
+        }
         tx.commit().await?;
         Ok(app_id)
     }

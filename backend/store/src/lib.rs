@@ -11,14 +11,19 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod apps;
+mod builds;
 mod hosts;
 mod identity;
 mod replicas;
 
 pub use apps::{AppRow, ReleaseRow};
+pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
 pub use hosts::{HostRow, JoinError};
 pub use identity::{AuditRecord, InvitationRow, TokenRow, UserRow};
 pub use replicas::{Placement, ReplicaRow};
+
+/// The store's error type.
+pub use sqlx::Error as StoreError;
 
 pub type Result<T, E = sqlx::Error> = std::result::Result<T, E>;
 

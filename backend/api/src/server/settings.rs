@@ -45,6 +45,9 @@ pub struct ServerSettings {
     #[serde(default, deserialize_with = "duration")]
     pub heartbeat_timeout: Option<Duration>,
     pub local_agent: Option<bool>,
+    /// The build cache is pruned down to this many bytes when a build leaves it larger.
+    #[serde(default, deserialize_with = "bytes")]
+    pub build_cache_max: Option<u64>,
     pub public_url: Option<String>,
     pub dashboard_dir: Option<PathBuf>,
     /// Sign-in providers, from flags or from the file's `[[sign_in]]` tables (a table's
@@ -122,6 +125,7 @@ impl ServerSettings {
             stop_grace: self.stop_grace.or(under.stop_grace),
             heartbeat_timeout: self.heartbeat_timeout.or(under.heartbeat_timeout),
             local_agent: self.local_agent.or(under.local_agent),
+            build_cache_max: self.build_cache_max.or(under.build_cache_max),
             public_url: self.public_url.or(under.public_url),
             dashboard_dir: self.dashboard_dir.or(under.dashboard_dir),
             sign_in,
@@ -147,6 +151,7 @@ impl ServerSettings {
             stop_grace_secs: whole_seconds("stop_grace", self.stop_grace.unwrap_or(Duration::from_secs(10)))?,
             heartbeat_timeout: self.heartbeat_timeout.unwrap_or(Duration::from_secs(3)).max(Duration::from_millis(500)),
             local_agent: self.local_agent.unwrap_or(true),
+            build_cache_max: self.build_cache_max.unwrap_or(10 << 30),
             public_url: self.public_url,
             dashboard_dir: self.dashboard_dir.unwrap_or_else(super::default_dashboard_dir),
             sign_in: self.sign_in,
@@ -264,5 +269,37 @@ mod tests {
         let half_a_second = ServerSettings { stop_grace: Some(Duration::from_millis(500)), ..Default::default() };
         let error = format!("{:#}", half_a_second.resolve().unwrap_err());
         assert!(error.contains("whole seconds"), "{error}");
+    }
+}
+
+/// A size in bytes: a number with an optional `K`, `M`, `G` or `T` suffix (powers of 1024, `B`
+/// and `iB` allowed after them: `10G`, `512MiB`).
+pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().with_context(|| format!("{text:?} is not a size: give bytes, or a number with K, M, G or T"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => bail!("{text:?}: unknown unit {unit:?} (use K, M, G or T)"),
+    };
+    number.checked_mul(1u64 << shift).with_context(|| format!("{text:?} is too large"))
+}
+
+fn bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(text)) => parse_bytes(&text).map(Some).map_err(serde::de::Error::custom),
     }
 }

@@ -131,7 +131,13 @@ impl Services {
             constraints: input.constraints,
             privileges: input.privileges,
         };
-        validate_spec(&spec)?;
+        // No image: built from git; the rest of the spec is checked now, for its first release.
+        let built_from_git = spec.image.is_empty();
+        if built_from_git {
+            validate_spec(&AppSpec { image: "built-from-git".into(), ..spec.clone() })?;
+        } else {
+            validate_spec(&spec)?;
+        }
         require_privilege_grant(principal, None, &spec)?;
         let app_id = match self.store.create_app(team_id, &input.name, &spec).await {
             Ok(id) => id,
@@ -140,8 +146,13 @@ impl Services {
             }
             Err(error) => return Err(error.into()),
         };
-        self.orchestrator.enqueue(app_id);
-        Ok(ReleaseAccepted { app: input.name.clone(), release: 1, url: self.orchestrator.app_url(&input.name) })
+        let release = if built_from_git {
+            0
+        } else {
+            self.orchestrator.enqueue(app_id);
+            1
+        };
+        Ok(ReleaseAccepted { app: input.name.clone(), release, url: self.orchestrator.app_url(&input.name) })
     }
 
     /// A new release from the latest one with `change` applied.
@@ -153,8 +164,10 @@ impl Services {
         change: Deploy,
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
-        let latest = self.store.latest_release(app.id).await?.expect("BUG: every app is created with a release");
-        let mut spec = latest.spec();
+        let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
+        let mut spec = self.store.base_spec(app.id).await?.ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("app {name} has neither a release nor an initial spec"))
+        })?;
         if let Some(image) = change.image {
             spec.image = image.trim().to_string();
         }
@@ -183,8 +196,14 @@ impl Services {
         if let Some(privileges) = change.privileges {
             spec.privileges = privileges;
         }
+        if spec.image.is_empty() {
+            return Err(invalid(
+                "image",
+                format!("{name} is built from git and has no image yet: push to its git remote (berth git-remote {name}), or give an image"),
+            ));
+        }
         validate_spec(&spec)?;
-        require_privilege_grant(principal, Some(&latest.spec()), &spec)?;
+        require_privilege_grant(principal, latest.as_ref(), &spec)?;
         self.new_release(&app, &spec, None).await
     }
 

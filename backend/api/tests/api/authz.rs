@@ -102,7 +102,7 @@ async fn world(caller: Caller) -> World {
         }
     };
 
-    let router = support::router(store, None).await;
+    let router = support::router(&dir, store, None).await;
     World { router, token, token_id, _dir: dir }
 }
 

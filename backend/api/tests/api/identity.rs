@@ -24,7 +24,7 @@ async fn instance(name: &str) -> Instance {
     let admin = new_token();
     let password_hash = berth_api::auth::hash_password("admin password 1").await.unwrap();
     store.bootstrap(&hash_token(&admin), &password_hash).await.unwrap();
-    let router = support::router(store, None).await;
+    let router = support::router(&dir, store, None).await;
     Instance { router, admin, _dir: dir }
 }
 

@@ -189,7 +189,7 @@ async fn berth(provider: &ProviderState, name: &str) -> Berth {
         client_secret: CLIENT_SECRET.into(),
         auto_join: vec![AutoJoin { domain: "example.com".into(), team: "main".into(), role: "viewer".into() }],
     };
-    let router = support::router(store, Some(SignIn::new("http://berth.test", vec![corp]))).await;
+    let router = support::router(&dir, store, Some(SignIn::new("http://berth.test", vec![corp]))).await;
     Berth { router, _dir: dir }
 }
 

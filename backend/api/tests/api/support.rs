@@ -7,6 +7,8 @@ use axum::Router;
 use berth_api::http::{self, AppState};
 use berth_api::oidc::SignIn;
 use berth_api::services::Services;
+use berth_control::builds::{Builds, BuildsConfig};
+use berth_control::repos::Repos;
 use berth_control::{HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
@@ -33,7 +35,7 @@ pub async fn store(dir: &ScratchDir) -> Store {
 
 /// The router over `store`, with an orchestrator that has no hosts (nothing ever runs) and the
 /// given sign-in providers.
-pub async fn router(store: Store, sign_in: Option<SignIn>) -> Router {
+pub async fn router(dir: &ScratchDir, store: Store, sign_in: Option<SignIn>) -> Router {
     let config = OrchestratorConfig {
         deploy_timeout: Duration::from_secs(600),
         drain_timeout: Duration::from_secs(1),
@@ -45,7 +47,12 @@ pub async fn router(store: Store, sign_in: Option<SignIn>) -> Router {
     let orchestrator = Orchestrator::start(store.clone(), ingress, HostLinks::default(), config)
         .await
         .expect("starting the orchestrator");
-    let mut services = Services::new(store, orchestrator);
+    let data = dir.0.path();
+    let program = std::env::current_exe().expect("the test binary's path");
+    let repos = Repos::open(data, &program).await.expect("git is installed");
+    let builds_config = BuildsConfig { logs_dir: data.join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 0 };
+    let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await.expect("builds");
+    let mut services = Services::new(store, orchestrator, builds);
     if let Some(sign_in) = sign_in {
         services = services.with_sign_in(sign_in);
     }

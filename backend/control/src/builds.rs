@@ -1,0 +1,504 @@
+//! Builds from git: one build per app at a time, run by a host's agent (the control plane never
+//! calls Docker), its log kept per build and followed live, then released with the release
+//! protocol. A pushed build is driven by the pusher's hook connection; a webhook's build runs on
+//! its own. Cleanup keeps the images releases may need and touches only Berth's own images.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use berth_agent::ContainerRuntime;
+use berth_agent::runtime::{BuildEvent, BuildSpec};
+use berth_store::{AppRow, BuildInsert, BuildRow, NewBuild, Store};
+use berth_wire::api::ReleaseState;
+use berth_wire::builds::BuildState;
+use berth_wire::labels;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Orchestrator;
+use crate::repos::Repos;
+
+mod log;
+
+pub use log::{BuildLog, stored_lines};
+
+/// Build records (and their logs) kept per app.
+pub const KEPT_BUILDS: i64 = 20;
+/// Releases whose images are kept besides the serving one.
+pub const KEPT_RELEASE_IMAGES: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct BuildsConfig {
+    /// Where build logs are kept (`<dir>/<app id>/<build number>.log`).
+    pub logs_dir: PathBuf,
+    /// The build cache is pruned down to this after a build exceeds it.
+    pub cache_max_bytes: u64,
+    /// A build is refused when the build host has less free space on Docker's storage.
+    pub min_free_bytes: u64,
+}
+
+/// Where a build's context comes from.
+pub enum Context {
+    /// Archived already (a push: from git's quarantine, while the hook waits).
+    Archive(Vec<u8>),
+    /// Fetched from the app's git URL first (a webhook).
+    Fetch { url: String, branch: String },
+}
+
+pub struct BuildOrder {
+    pub app: AppRow,
+    pub commit: String,
+    pub git_ref: String,
+    pub pusher: String,
+    /// `push` or `webhook`.
+    pub trigger: &'static str,
+    pub context: Context,
+    pub no_cache: bool,
+    /// Cancel the app's running build instead of being refused.
+    pub replace: bool,
+}
+
+/// How a build ended, release included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: BuildState,
+    /// The release now serving the build, when it does.
+    pub serving: Option<u32>,
+    pub message: String,
+}
+
+/// A started build.
+pub struct Started {
+    pub row: BuildRow,
+    pub log: Arc<BuildLog>,
+    pub outcome: watch::Receiver<Option<Outcome>>,
+}
+
+pub enum StartError {
+    /// The app has an unfinished build.
+    Busy(BuildRow),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(error: anyhow::Error) -> Self {
+        StartError::Failed(error)
+    }
+}
+
+struct Running {
+    number: i64,
+    cancel: CancellationToken,
+    log: Arc<BuildLog>,
+    outcome: watch::Receiver<Option<Outcome>>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Builds {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    orchestrator: Orchestrator,
+    repos: Repos,
+    config: BuildsConfig,
+    /// By app id.
+    running: Mutex<HashMap<i64, Running>>,
+    /// One semaphore per host: its build slots.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tasks: TaskTracker,
+}
+
+impl Builds {
+    /// Marks builds left unfinished by an earlier process as failed (nothing runs them now, and
+    /// the app must not stay locked).
+    pub async fn start(
+        store: Store,
+        orchestrator: Orchestrator,
+        repos: Repos,
+        config: BuildsConfig,
+    ) -> anyhow::Result<Builds> {
+        for build in store.unfinished_builds().await? {
+            store
+                .finish_build(build.id, BuildState::Failed, Some("abandoned: the server stopped during the build"))
+                .await?;
+        }
+        tokio::fs::create_dir_all(&config.logs_dir).await.context("creating the build log directory")?;
+        let inner = Inner {
+            store,
+            orchestrator,
+            repos,
+            config,
+            running: Mutex::default(),
+            slots: Mutex::default(),
+            tasks: TaskTracker::new(),
+        };
+        Ok(Builds { inner: Arc::new(inner) })
+    }
+
+    pub fn repos(&self) -> &Repos {
+        &self.inner.repos
+    }
+
+    /// Records the build and starts it; refused when the app has an unfinished build (unless
+    /// `replace`, which cancels that one first).
+    pub async fn start_build(&self, order: BuildOrder) -> Result<Started, StartError> {
+        let inner = &self.inner;
+        let app = order.app.clone();
+        let sha12: String = order.commit.chars().take(12).collect();
+        let template = format!("berth/{}-{}:{sha12}-{{build}}", app.team, app.name);
+        let new = NewBuild {
+            app_id: app.id,
+            commit: &order.commit,
+            git_ref: &order.git_ref,
+            pusher: &order.pusher,
+            trigger: order.trigger,
+            image_template: &template,
+        };
+        let row = match inner.store.insert_build(new).await.map_err(store_error)? {
+            BuildInsert::Created(row) => row,
+            BuildInsert::Busy(running) if order.replace => {
+                self.cancel(app.id, "replaced by a newer push").await;
+                let new = NewBuild {
+                    app_id: app.id,
+                    commit: &order.commit,
+                    git_ref: &order.git_ref,
+                    pusher: &order.pusher,
+                    trigger: order.trigger,
+                    image_template: &template,
+                };
+                match inner.store.insert_build(new).await.map_err(store_error)? {
+                    BuildInsert::Created(row) => row,
+                    BuildInsert::Busy(_) => return Err(StartError::Busy(running)),
+                }
+            }
+            BuildInsert::Busy(running) => return Err(StartError::Busy(running)),
+        };
+        let log_path = inner.config.logs_dir.join(app.id.to_string()).join(format!("{}.log", row.number));
+        let log = Arc::new(BuildLog::create(log_path).await?);
+        let (outcome_tx, outcome) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        inner.running.lock().expect("BUG: builds lock poisoned").insert(
+            app.id,
+            Running { number: row.number, cancel: cancel.clone(), log: log.clone(), outcome: outcome.clone() },
+        );
+        let builds = self.clone();
+        let (task_row, task_log) = (row.clone(), log.clone());
+        inner.tasks.spawn(async move {
+            let result = builds.run(&order, &task_row, &task_log, &cancel).await;
+            let outcome = builds.conclude(&order.app, &task_row, &task_log, result).await;
+            task_log.finish();
+            builds.inner.running.lock().expect("BUG: builds lock poisoned").remove(&order.app.id);
+            outcome_tx.send_replace(Some(outcome));
+            builds.clean_up(&order.app, &task_row).await;
+        });
+        Ok(Started { row, log, outcome })
+    }
+
+    /// Cancels the app's running build; returns its number once it has ended (its record says
+    /// canceled and the app is free), or `None` when none runs.
+    pub async fn cancel(&self, app_id: i64, why: &str) -> Option<i64> {
+        let (number, cancel, log, mut outcome) = {
+            let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
+            let build = running.get(&app_id)?;
+            (build.number, build.cancel.clone(), build.log.clone(), build.outcome.clone())
+        };
+        log.push(format!("canceling: {why}"));
+        cancel.cancel();
+        let _ = outcome.wait_for(Option::is_some).await;
+        Some(number)
+    }
+
+    /// The live log of the app's build `number`, while it runs.
+    pub fn live_log(&self, app_id: i64, number: i64) -> Option<Arc<BuildLog>> {
+        let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
+        running.get(&app_id).filter(|r| r.number == number).map(|r| r.log.clone())
+    }
+
+    /// The stored log of a finished build.
+    pub fn log_path(&self, app_id: i64, number: i64) -> PathBuf {
+        self.inner.config.logs_dir.join(app_id.to_string()).join(format!("{number}.log"))
+    }
+
+    /// Waits for every running build task to end (they end when their builds do).
+    pub async fn shutdown(&self) {
+        let ids: Vec<i64> = self.inner.running.lock().expect("BUG: builds lock poisoned").keys().copied().collect();
+        for id in ids {
+            self.cancel(id, "the server is stopping").await;
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// The build itself and its release; `Err` carries the state and reason it ended with.
+    async fn run(
+        &self,
+        order: &BuildOrder,
+        row: &BuildRow,
+        log: &BuildLog,
+        cancel: &CancellationToken,
+    ) -> Result<u32, (BuildState, String)> {
+        let inner = &self.inner;
+        let app = &order.app;
+        let failed = |e: anyhow::Error| (BuildState::Failed, format!("{e:#}"));
+        let settings = inner.store.build_settings(app.id).await.map_err(|e| failed(e.into()))?;
+        log.push(format!(
+            "build {} of {}/{}: commit {} ({}) by {}",
+            row.number, app.team, app.name, order.commit, order.git_ref, order.pusher
+        ));
+        let context = match &order.context {
+            Context::Archive(bytes) => bytes.clone(),
+            Context::Fetch { url, branch } => {
+                log.push(format!("fetching {} from {url}", order.commit));
+                let repo = inner.repos.ensure(&app.team, &app.name, branch).await.map_err(failed)?;
+                let fetch = inner.repos.fetch(&repo, url, branch, &order.commit);
+                tokio::select! {
+                    result = fetch => result.map_err(failed)?,
+                    () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled".into())),
+                }
+                let objects = Default::default();
+                inner
+                    .repos
+                    .archive(&repo, &order.commit, &settings.context_dir, &settings.dockerfile, &objects)
+                    .await
+                    .map_err(failed)?
+            }
+        };
+        let (host, runtime, _slot) = tokio::select! {
+            chosen = self.build_host(log) => chosen.map_err(failed)?,
+            () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled while waiting for a build slot".into())),
+        };
+        if let Some(disk) = runtime.disk().await {
+            let needed = inner.config.min_free_bytes.max(disk.total / 20);
+            if disk.free < needed {
+                return Err(failed(anyhow!(
+                    "host {host} has {} MiB free for images (needs {} MiB): the build was refused; free disk space there",
+                    disk.free >> 20,
+                    needed >> 20
+                )));
+            }
+        }
+        inner.store.start_build(row.id, &host).await.map_err(|e| failed(e.into()))?;
+        log.push(format!("building on {host} as {} ({} bytes of context)", row.image, context.len()));
+        let spec = BuildSpec {
+            tag: row.image.clone(),
+            dockerfile: settings.dockerfile.clone(),
+            build_args: settings.build_args.clone().into_iter().collect(),
+            labels: HashMap::from([
+                (labels::IMAGE_APP.to_string(), format!("{}/{}", app.team, app.name)),
+                (labels::IMAGE_BUILD.to_string(), row.number.to_string()),
+                (labels::IMAGE_COMMIT.to_string(), order.commit.clone()),
+            ]),
+            no_cache: order.no_cache,
+        };
+        let context = futures::stream::iter([Ok(bytes::Bytes::from(context))]).boxed();
+        let mut events = runtime.build(spec, context);
+        let timeout = Duration::from_secs(settings.timeout_secs.max(1));
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(BuildEvent::Line(line)) => log.push(line),
+                    Some(BuildEvent::Built) => break,
+                    Some(BuildEvent::Failed(error)) => return Err((BuildState::Failed, error)),
+                    None => return Err((BuildState::Failed, "the build host stopped answering".into())),
+                },
+                () = &mut deadline => {
+                    return Err((BuildState::TimedOut, format!("the build took longer than {} s", timeout.as_secs())));
+                }
+                () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled".into())),
+            }
+        }
+        drop(events);
+        if !inner.store.finish_build(row.id, BuildState::Succeeded, None).await.map_err(|e| failed(e.into()))? {
+            return Err((BuildState::Canceled, "canceled".into()));
+        }
+        log.push(format!("built {}", row.image));
+        let release = self.release(order, row, log).await.map_err(|message| (BuildState::Succeeded, message))?;
+        if let Context::Fetch { branch, .. } = &order.context {
+            // A webhook's build: the repository's branch follows what is deployed, as a push's does.
+            let repo = inner.repos.path(&app.team, &app.name);
+            if let Err(error) = inner.repos.set_branch(&repo, branch, &order.commit).await {
+                log.push(format!("warning: could not move {branch} to the deployed commit: {error:#}"));
+            }
+        }
+        Ok(release)
+    }
+
+    /// A new release of the built image; waits until it serves or fails, logging its phases.
+    async fn release(&self, order: &BuildOrder, row: &BuildRow, log: &BuildLog) -> Result<u32, String> {
+        let inner = &self.inner;
+        let app = &order.app;
+        let store_failed = |e: berth_store::StoreError| format!("database error: {e}");
+        let mut spec = inner
+            .store
+            .base_spec(app.id)
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| "the app has no spec to release".to_string())?;
+        spec.image = row.image.clone();
+        let number = inner.store.create_release(app.id, &spec, None).await.map_err(store_failed)?;
+        inner.store.set_build_release(row.id, number).await.map_err(store_failed)?;
+        inner.orchestrator.enqueue(app.id);
+        log.push(format!("release {number} queued"));
+        let mut seen = 0;
+        loop {
+            let Some(release) = inner.store.release(app.id, number).await.map_err(store_failed)? else {
+                return Err(format!("release {number} disappeared (the app was deleted)"));
+            };
+            let events = inner.store.release_events(release.id).await.map_err(store_failed)?;
+            for event in events.iter().skip(seen) {
+                log.push(format!("release {number}: {}: {}", event.phase, event.message));
+            }
+            seen = events.len();
+            match release.state() {
+                ReleaseState::Serving | ReleaseState::Superseded => return Ok(number as u32),
+                ReleaseState::Failed => {
+                    let why = release.message.unwrap_or_else(|| "failed".into());
+                    return Err(format!("release {number} failed: {why}"));
+                }
+                ReleaseState::Queued | ReleaseState::InProgress => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Records how the build ended and says so in its log.
+    async fn conclude(
+        &self,
+        app: &AppRow,
+        row: &BuildRow,
+        log: &BuildLog,
+        result: Result<u32, (BuildState, String)>,
+    ) -> Outcome {
+        let store = &self.inner.store;
+        let outcome = match result {
+            Ok(release) => {
+                let url = self.inner.orchestrator.app_url(&app.name);
+                Outcome { state: BuildState::Succeeded, serving: Some(release), message: format!("release {release} serves {url}") }
+            }
+            Err((state, message)) => Outcome { state, serving: None, message },
+        };
+        if outcome.state != BuildState::Succeeded
+            && let Err(error) = store.finish_build(row.id, outcome.state, Some(&outcome.message)).await
+        {
+            tracing::error!(%error, build = row.id, "recording a build's end");
+        }
+        if outcome.state == BuildState::Succeeded && outcome.serving.is_none() {
+            // Built, but the release failed: the record keeps "succeeded" with the reason.
+            let _ = store.finish_build(row.id, BuildState::Succeeded, Some(&outcome.message)).await;
+        }
+        let verdict = match (outcome.state, outcome.serving) {
+            (BuildState::Succeeded, Some(_)) => "done",
+            _ => outcome.state.as_str(),
+        };
+        log.push(format!("build {} {verdict}: {}", row.number, outcome.message));
+        outcome
+    }
+
+    /// After a build: a failed build's image goes at once; of the app's other images only those
+    /// of the serving release, the newest releases and unfinished ones stay; the build cache is
+    /// pruned when over its size; old build records and logs go.
+    async fn clean_up(&self, app: &AppRow, row: &BuildRow) {
+        let inner = &self.inner;
+        if let Err(error) = self.clean_images(app).await {
+            tracing::warn!(error = format!("{error:#}"), app = app.name, "cleaning up images");
+        }
+        match inner.store.trim_builds(app.id, KEPT_BUILDS).await {
+            Ok(trimmed) => {
+                for number in trimmed {
+                    let _ = tokio::fs::remove_file(self.log_path(app.id, number)).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "trimming build records"),
+        }
+        tracing::debug!(build = row.number, app = app.name, "build cleaned up");
+    }
+
+    async fn clean_images(&self, app: &AppRow) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let releases = inner.store.releases(app.id).await?;
+        let mut keep: HashSet<String> = HashSet::new();
+        for (index, release) in releases.iter().enumerate() {
+            let needed = index < KEPT_RELEASE_IMAGES + 1
+                || Some(release.number) == app.serving_release
+                || !release.state().is_finished()
+                || release.state() == ReleaseState::Serving;
+            if needed {
+                keep.insert(release.spec().image);
+            }
+        }
+        let owner = format!("{}/{}", app.team, app.name);
+        for link in inner.orchestrator.links().all() {
+            let Some(agent) = link.local_agent() else { continue };
+            let runtime = agent.runtime();
+            for image in runtime.images(labels::IMAGE_APP, &owner).await? {
+                if image.tags.iter().any(|t| keep.contains(t)) {
+                    continue;
+                }
+                let name = image.tags.first().cloned().unwrap_or(image.id.clone());
+                match runtime.remove_image(&name).await {
+                    Ok(()) => tracing::info!(image = name, "removed an image no release needs"),
+                    Err(error) => tracing::debug!(%error, image = name, "image kept"),
+                }
+            }
+            let cache = runtime.build_cache_bytes().await.unwrap_or(0);
+            if cache > inner.config.cache_max_bytes {
+                let freed = runtime.prune_build_cache(inner.config.cache_max_bytes).await?;
+                tracing::info!(cache, freed, host = link.name, "pruned the build cache");
+            }
+        }
+        Ok(())
+    }
+
+    /// The host to build on (a host labelled `builder` first), once it has a free build slot
+    /// (one per host unless its `build-slots` label says more).
+    async fn build_host(
+        &self,
+        log: &BuildLog,
+    ) -> anyhow::Result<(String, Arc<dyn ContainerRuntime>, tokio::sync::OwnedSemaphorePermit)> {
+        let inner = &self.inner;
+        let hosts = inner.store.hosts().await?;
+        let mut candidates: Vec<_> = hosts
+            .into_iter()
+            .filter(|h| h.state() == berth_wire::api::HostState::Up)
+            .filter_map(|h| {
+                let link = inner.orchestrator.links().get(&h.name)?;
+                let runtime = link.local_agent()?.runtime().clone();
+                Some((h, runtime))
+            })
+            .collect();
+        candidates.sort_by_key(|(h, _)| !h.labels().contains_key("builder"));
+        let (host, runtime) = candidates.into_iter().next().ok_or_else(|| {
+            anyhow!("no host can build: builds run on the server's own host, and it is not up")
+        })?;
+        let slots: usize = host.labels().get("build-slots").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+        let semaphore = inner
+            .slots
+            .lock()
+            .expect("BUG: slots lock poisoned")
+            .entry(host.name.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(slots)))
+            .clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                log.push(format!("waiting for a build slot on {}", host.name));
+                semaphore.acquire_owned().await.context("build slots closed")?
+            }
+        };
+        Ok((host.name, runtime, permit))
+    }
+}
+
+fn store_error(error: berth_store::StoreError) -> StartError {
+    StartError::Failed(anyhow::Error::new(error).context("database error"))
+}
