@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod dashboard;
 mod failures;
+mod git_push;
 mod healing;
 mod hosts;
 mod identity;

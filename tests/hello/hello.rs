@@ -6,6 +6,7 @@
 //! - `GET /slow?ms=N` answers after N milliseconds (for draining).
 //! - `Upgrade: echo` switches protocols and echoes bytes back (for upgrade proxying).
 //! - Exits at once on SIGTERM: Berth must drain before it stops a replica.
+//! - `hello sleep N` sleeps N seconds and exits 0 (a slow build step: `RUN ["/hello", "sleep", "30"]`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +24,13 @@ extern "C" fn on_term(_: i32) {
 fn main() {
     unsafe {
         signal(15, on_term as *const () as usize);
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("sleep") {
+        let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+        println!("sleeping {secs} s");
+        std::thread::sleep(Duration::from_secs(secs));
+        return;
     }
     if std::env::var_os("CRASH_AT_START").is_some() {
         eprintln!("crashing at start as asked");

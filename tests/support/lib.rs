@@ -95,6 +95,8 @@ pub struct Fixture {
     image_repo: String,
     /// Host names of agents started for this fixture, whose containers it also removes.
     agent_hosts: std::sync::Mutex<Vec<String>>,
+    /// `team/app` of apps built from git in this fixture, whose images it also removes.
+    built_apps: std::sync::Mutex<Vec<String>>,
 }
 
 impl Fixture {
@@ -124,6 +126,7 @@ impl Fixture {
             dir,
             _scratch: scratch,
             agent_hosts: std::sync::Mutex::new(Vec::new()),
+            built_apps: std::sync::Mutex::new(Vec::new()),
         };
         for version in ["v1", "v2"] {
             fixture.build_image(version)?;
@@ -142,6 +145,16 @@ impl Fixture {
             .args(["--build-arg", &format!("VERSION={version}"), "-t", &tag])
             .arg(self.dir.join("image")))?;
         Ok(tag)
+    }
+
+    /// Removes the images Berth builds for `team/app` when the fixture drops.
+    pub fn track_built_app(&self, team_app: &str) {
+        self.built_apps.lock().expect("BUG: fixture lock poisoned").push(team_app.to_string());
+    }
+
+    /// The static test app binary (to commit into a repository that Berth builds).
+    pub fn hello_binary(&self) -> PathBuf {
+        self.dir.join("image/hello")
     }
 
     /// The host name the fixture's server runs its agent as; its containers carry it.
@@ -222,11 +235,15 @@ impl Drop for Fixture {
         for host in hosts {
             let _ = self.remove_containers_on(&host);
         }
-        let label = format!("label=berth.test={}", self.id);
-        if let Ok(images) = run(Command::new("docker").args(["images", "-q", "--filter", &label])) {
-            let images: std::collections::BTreeSet<&str> = images.lines().filter(|l| !l.is_empty()).collect();
-            if !images.is_empty() {
-                let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+        let mut labels = vec![format!("label=berth.test={}", self.id)];
+        let built = self.built_apps.lock().map(|a| a.clone()).unwrap_or_default();
+        labels.extend(built.iter().map(|app| format!("label={}={app}", berth_wire::labels::IMAGE_APP)));
+        for label in labels {
+            if let Ok(images) = run(Command::new("docker").args(["images", "-q", "--filter", &label])) {
+                let images: std::collections::BTreeSet<&str> = images.lines().filter(|l| !l.is_empty()).collect();
+                if !images.is_empty() {
+                    let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+                }
             }
         }
         // The scratch directory goes with `_scratch`.
