@@ -43,7 +43,11 @@ impl Repo {
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = self.git(args).output()?;
         if !output.status.success() {
-            bail!("git {args:?}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "git {args:?}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
@@ -52,7 +56,9 @@ impl Repo {
     fn commit(&self, version: &str, extra: &str) -> anyhow::Result<String> {
         std::fs::write(
             self.dir.join("Dockerfile"),
-            format!("FROM scratch\nCOPY hello /hello\n{extra}ENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/hello\"]\n"),
+            format!(
+                "FROM scratch\nCOPY hello /hello\n{extra}ENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/hello\"]\n"
+            ),
         )?;
         self.run(&["add", "-A"])?;
         self.run(&["commit", "-q", "-m", version])?;
@@ -154,7 +160,8 @@ async fn git_push_builds_and_releases_the_pushed_commit() -> anyhow::Result<()> 
     fixture.track_built_app("main/pushed");
     let server = fixture.start_server().await?;
     let api = server.api();
-    let created = api.create_app(json!({ "name": "pushed", "port": 8080, "replicas": 2, "health_path": "/up" })).await?;
+    let created =
+        api.create_app(json!({ "name": "pushed", "port": 8080, "replicas": 2, "health_path": "/up" })).await?;
     assert_eq!(created, 0, "an app without an image has no release until its first push");
     let repo = repo(&fixture, &server, "pushed", "source").await?;
 
@@ -167,7 +174,10 @@ async fn git_push_builds_and_releases_the_pushed_commit() -> anyhow::Result<()> 
     assert!(remote.first().is_some_and(|(_, l)| l.contains("build 1 of main/pushed")), "{output}");
     assert!(output.contains("remote: build 1 done: release 1 serves"), "{output}");
     let streamed_for = ended.duration_since(remote.first().context("no remote: lines")?.0);
-    assert!(streamed_for > Duration::from_millis(500), "remote: lines arrived only at the end ({streamed_for:?}):\n{output}");
+    assert!(
+        streamed_for > Duration::from_millis(500),
+        "remote: lines arrived only at the end ({streamed_for:?}):\n{output}"
+    );
     let (status, body) = get(server.ingress, &host("pushed"), "/").await?;
     assert_eq!((status, body.starts_with("hello from c1 ")), (200, true), "{body}");
     assert_eq!(repo.remote_main()?, first);
@@ -251,7 +261,11 @@ async fn git_push_builds_and_releases_the_pushed_commit() -> anyhow::Result<()> 
 
     // A viewer's token may fetch but not push.
     let (status, created) = api
-        .call(reqwest::Method::POST, "/api/v1/tokens", Some(json!({ "name": "ci-view", "team": "main", "role": "viewer" })))
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({ "name": "ci-view", "team": "main", "role": "viewer" })),
+        )
         .await?;
     assert_eq!(status, 201, "{created}");
     let viewer = Repo { token: created["token"].as_str().context("token")?.to_string(), ..shallow };
@@ -328,11 +342,14 @@ async fn a_signed_webhook_builds_the_pushed_commit() -> anyhow::Result<()> {
     repo.commit("w2-not-pushed-yet", "")?;
     let daemon = GitDaemon::start(&fixture.dir).await?;
     let git_url = format!("git://127.0.0.1:{}/upstream", daemon.port);
-    let (status, body) =
-        api.call(reqwest::Method::PATCH, "/hooked/git", Some(json!({ "git_url": git_url }))).await?;
+    let (status, body) = api.call(reqwest::Method::PATCH, "/hooked/git", Some(json!({ "git_url": git_url }))).await?;
     assert_eq!(status, 200, "{body}");
     let (status, hook) = api
-        .call(reqwest::Method::POST, "/hooked/webhooks", Some(json!({ "provider": "github", "repository": "acme/hooked" })))
+        .call(
+            reqwest::Method::POST,
+            "/hooked/webhooks",
+            Some(json!({ "provider": "github", "repository": "acme/hooked" })),
+        )
         .await?;
     assert_eq!(status, 201, "{hook}");
     let secret = hook["secret"].as_str().context("secret")?.to_string();
@@ -372,7 +389,8 @@ async fn a_signed_webhook_builds_the_pushed_commit() -> anyhow::Result<()> {
     let again = deliver(payload, None, "d-3").await?;
     assert_eq!(again.status(), 200);
     let (_, deliveries) = api.call(reqwest::Method::GET, "/hooked/webhook-deliveries", None).await?;
-    let verdicts: Vec<&str> = deliveries.as_array().context("list")?.iter().filter_map(|d| d["verdict"].as_str()).collect();
+    let verdicts: Vec<&str> =
+        deliveries.as_array().context("list")?.iter().filter_map(|d| d["verdict"].as_str()).collect();
     assert_eq!(verdicts, ["ignored", "accepted", "ignored", "refused"], "{deliveries}");
     let (_, builds) = api.call(reqwest::Method::GET, "/hooked/builds", None).await?;
     assert_eq!(builds.as_array().map(Vec::len), Some(1), "{builds}");

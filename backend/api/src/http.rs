@@ -94,7 +94,12 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}/log", Team(ViewApps), builds::log),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(ViewApps), builds::list_webhooks),
         endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(DeployApps), builds::create_webhook),
-        endpoint(Method::DELETE, "/api/v1/teams/{team}/apps/{app}/webhooks/{id}", Team(DeployApps), builds::delete_webhook),
+        endpoint(
+            Method::DELETE,
+            "/api/v1/teams/{team}/apps/{app}/webhooks/{id}",
+            Team(DeployApps),
+            builds::delete_webhook,
+        ),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhook-deliveries", Team(ViewApps), builds::deliveries),
         endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),

@@ -6,8 +6,8 @@
 //! service layer only; nothing depends on this crate but the `berth` binary.
 
 pub mod auth;
-mod githook;
 mod clock;
+mod githook;
 pub mod http;
 pub mod oidc;
 pub mod server;

@@ -19,9 +19,9 @@ mod webhooks;
 
 pub use agents::AgentSession;
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
-pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
 pub use identity::{SESSION_TTL, set_password_offline};
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
+pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -136,7 +136,10 @@ impl Client {
     pub async fn create_app(&self, request: CreateApp, wait: Wait) -> anyhow::Result<ExitCode> {
         let accepted = self.api.create_app(&request).await?;
         if accepted.release == 0 {
-            println!("created {}: built from git; add its remote with `berth git-remote {}`, then push", accepted.app, accepted.app);
+            println!(
+                "created {}: built from git; add its remote with `berth git-remote {}`, then push",
+                accepted.app, accepted.app
+            );
             return Ok(ExitCode::SUCCESS);
         }
         println!("created {} (release {})", accepted.app, accepted.release);
@@ -247,7 +250,8 @@ impl Client {
             std::process::Command::new("git").args(args).output().context("running git (is it installed?)")
         };
         let exists = git(&["remote", "get-url", remote])?.status.success();
-        let set = if exists { git(&["remote", "set-url", remote, &url])? } else { git(&["remote", "add", remote, &url])? };
+        let set =
+            if exists { git(&["remote", "set-url", remote, &url])? } else { git(&["remote", "add", remote, &url])? };
         if !set.status.success() {
             bail!("git remote: {}", String::from_utf8_lossy(&set.stderr).trim());
         }
@@ -324,7 +328,11 @@ impl Client {
         json: bool,
     ) -> anyhow::Result<ExitCode> {
         let unchanged = serde_json::to_value(&change)?.as_object().is_some_and(|o| o.values().all(|v| v.is_null()));
-        let info = if unchanged { self.api.git_info(name).await? } else { self.api.update_build_settings(name, &change).await? };
+        let info = if unchanged {
+            self.api.git_info(name).await?
+        } else {
+            self.api.update_build_settings(name, &change).await?
+        };
         if json {
             println!("{}", serde_json::to_string_pretty(&info)?);
             return Ok(ExitCode::SUCCESS);

@@ -40,7 +40,8 @@ fn run() -> Result<ExitCode, String> {
         object_directory: std::env::var("GIT_OBJECT_DIRECTORY").ok(),
         alternate_object_directories: std::env::var("GIT_ALTERNATE_OBJECT_DIRECTORIES").ok(),
     };
-    let mut stream = UnixStream::connect(&socket).map_err(|e| format!("cannot reach the Berth server at {socket}: {e}"))?;
+    let mut stream =
+        UnixStream::connect(&socket).map_err(|e| format!("cannot reach the Berth server at {socket}: {e}"))?;
     let mut line = serde_json::to_vec(&request).expect("BUG: hook requests serialise");
     line.push(b'\n');
     stream.write_all(&line).map_err(|e| format!("talking to the Berth server: {e}"))?;

@@ -227,6 +227,27 @@ pub(crate) fn audit_table(entries: &[AuditEntry], now_ms: i64) -> String {
     table(&["WHEN", "WHO", "ACTION", "WHAT", "OUTCOME", "ADDRESS"], &[], rows)
 }
 
+/// An app's builds, newest first.
+pub(crate) fn builds_table(builds: &[berth_wire::builds::BuildInfo], now_ms: i64) -> String {
+    let rows = builds.iter().map(|b| {
+        let took = match (b.started_at.or(Some(b.created_at)), b.finished_at) {
+            (Some(start), Some(end)) => format!("{}s", (end - start).max(0) / 1000),
+            _ => "-".into(),
+        };
+        vec![
+            b.number.to_string(),
+            b.state.as_str().to_string(),
+            b.commit.chars().take(12).collect(),
+            b.pusher.clone(),
+            ago(b.created_at, now_ms),
+            took,
+            b.release.map_or_else(|| "-".into(), |r| r.to_string()),
+            b.message.clone().unwrap_or_default(),
+        ]
+    });
+    table(&["BUILD", "STATE", "COMMIT", "BY", "CREATED", "TOOK", "RELEASE", "MESSAGE"], &[0, 5, 6], rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,25 +371,4 @@ mod tests {
         assert_eq!(lines[1].find("owner"), lines[2].find("viewer"), "{rendered}");
         assert!(lines[1].starts_with("  main"), "{rendered}");
     }
-}
-
-/// An app's builds, newest first.
-pub(crate) fn builds_table(builds: &[berth_wire::builds::BuildInfo], now_ms: i64) -> String {
-    let rows = builds.iter().map(|b| {
-        let took = match (b.started_at.or(Some(b.created_at)), b.finished_at) {
-            (Some(start), Some(end)) => format!("{}s", (end - start).max(0) / 1000),
-            _ => "-".into(),
-        };
-        vec![
-            b.number.to_string(),
-            b.state.as_str().to_string(),
-            b.commit.chars().take(12).collect(),
-            b.pusher.clone(),
-            ago(b.created_at, now_ms),
-            took,
-            b.release.map_or_else(|| "-".into(), |r| r.to_string()),
-            b.message.clone().unwrap_or_default(),
-        ]
-    });
-    table(&["BUILD", "STATE", "COMMIT", "BY", "CREATED", "TOOK", "RELEASE", "MESSAGE"], &[0, 5, 6], rows)
 }

@@ -81,7 +81,7 @@ pub struct Started {
 
 pub enum StartError {
     /// The app has an unfinished build.
-    Busy(BuildRow),
+    Busy(Box<BuildRow>),
     Failed(anyhow::Error),
 }
 
@@ -176,10 +176,10 @@ impl Builds {
                 };
                 match inner.store.insert_build(new).await.map_err(store_error)? {
                     BuildInsert::Created(row) => row,
-                    BuildInsert::Busy(_) => return Err(StartError::Busy(running)),
+                    BuildInsert::Busy(_) => return Err(StartError::Busy(Box::new(running))),
                 }
             }
-            BuildInsert::Busy(running) => return Err(StartError::Busy(running)),
+            BuildInsert::Busy(running) => return Err(StartError::Busy(Box::new(running))),
         };
         let log_path = inner.config.logs_dir.join(app.id.to_string()).join(format!("{}.log", row.number));
         let log = Arc::new(BuildLog::create(log_path).await?);
@@ -383,7 +383,11 @@ impl Builds {
         let outcome = match result {
             Ok(release) => {
                 let url = self.inner.orchestrator.app_url(&app.name);
-                Outcome { state: BuildState::Succeeded, serving: Some(release), message: format!("release {release} serves {url}") }
+                Outcome {
+                    state: BuildState::Succeeded,
+                    serving: Some(release),
+                    message: format!("release {release} serves {url}"),
+                }
             }
             Err((state, message)) => Outcome { state, serving: None, message },
         };
@@ -477,9 +481,10 @@ impl Builds {
             })
             .collect();
         candidates.sort_by_key(|(h, _)| !h.labels().contains_key("builder"));
-        let (host, runtime) = candidates.into_iter().next().ok_or_else(|| {
-            anyhow!("no host can build: builds run on the server's own host, and it is not up")
-        })?;
+        let (host, runtime) = candidates
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no host can build: builds run on the server's own host, and it is not up"))?;
         let slots: usize = host.labels().get("build-slots").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         let semaphore = inner
             .slots

@@ -43,7 +43,9 @@ impl Repos {
         if program.contains('\'') {
             bail!("the berth binary's path {program} contains a quote; move it");
         }
-        let script = format!("#!/bin/sh\n# Written by berth server at start: every push goes through Berth.\nexec '{program}' hook pre-receive\n");
+        let script = format!(
+            "#!/bin/sh\n# Written by berth server at start: every push goes through Berth.\nexec '{program}' hook pre-receive\n"
+        );
         let hook = hooks.join("pre-receive");
         tokio::fs::write(&hook, script).await.with_context(|| format!("writing {}", hook.display()))?;
         use std::os::unix::fs::PermissionsExt as _;
@@ -162,10 +164,10 @@ impl Repos {
         if has_commit(repo.to_path_buf()).await {
             return Ok(());
         }
-        let reason = by_commit.err().or(by_branch.err()).map_or_else(
-            || format!("{url} does not have commit {commit} on {branch}"),
-            |e| format!("{e:#}"),
-        );
+        let reason = by_commit
+            .err()
+            .or(by_branch.err())
+            .map_or_else(|| format!("{url} does not have commit {commit} on {branch}"), |e| format!("{e:#}"));
         bail!("fetching {commit} from {url}: {reason}")
     }
 

@@ -51,7 +51,7 @@ impl Store {
     pub async fn create_app(&self, team_id: i64, name: &str, spec: &AppSpec) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let initial = spec.image.is_empty().then(|| Json(spec));
+        let initial = spec.image.is_empty().then_some(Json(spec));
         let app_id: i64 = sqlx::query_scalar(
             "INSERT INTO apps (team_id, name, created_at, initial_spec) VALUES (?, ?, ?, ?) RETURNING id",
         )

@@ -79,6 +79,16 @@ impl WebhookRow {
     }
 }
 
+#[derive(FromRow)]
+struct DeliveryRow {
+    webhook_id: String,
+    delivery: Option<String>,
+    at: i64,
+    verdict: String,
+    reason: String,
+    build_number: Option<i64>,
+}
+
 /// The outcome of trying to start a build.
 pub enum BuildInsert {
     Created(BuildRow),
@@ -316,7 +326,7 @@ impl Store {
 
     /// Newest first, across the app's webhooks.
     pub async fn deliveries(&self, app_id: i64) -> Result<Vec<WebhookDelivery>> {
-        let rows: Vec<(String, Option<String>, i64, String, String, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
             "SELECT d.webhook_id, d.delivery, d.at, d.verdict, d.reason, d.build_number \
              FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
              WHERE w.app_id = ? ORDER BY d.id DESC LIMIT 100",
@@ -326,13 +336,13 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(webhook, delivery, at, verdict, reason, build)| WebhookDelivery {
-                webhook,
-                delivery,
-                at,
-                verdict,
-                reason,
-                build: build.map(|n| n as u32),
+            .map(|row| WebhookDelivery {
+                webhook: row.webhook_id,
+                delivery: row.delivery,
+                at: row.at,
+                verdict: row.verdict,
+                reason: row.reason,
+                build: row.build_number.map(|n| n as u32),
             })
             .collect())
     }

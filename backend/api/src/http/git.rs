@@ -5,14 +5,13 @@
 
 use std::process::Stdio;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use base64::Engine as _;
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
@@ -121,7 +120,9 @@ async fn access(
     service: Service,
 ) -> Result<GitAccess, Response> {
     let Some(app) = repo.strip_suffix(".git") else {
-        return Err(git_error(ServiceError::NotFound(format!("no repository {team}/{repo}: the remote is /git/{team}/<app>.git"))));
+        return Err(git_error(ServiceError::NotFound(format!(
+            "no repository {team}/{repo}: the remote is /git/{team}/<app>.git"
+        ))));
     };
     let secret = credential(headers);
     state
@@ -161,7 +162,8 @@ async fn info_refs(
     let output = match command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().await {
         Ok(output) if output.status.success() => output.stdout,
         Ok(output) => {
-            let error = anyhow::anyhow!("git {}: {}", service.command(), String::from_utf8_lossy(&output.stderr).trim());
+            let error =
+                anyhow::anyhow!("git {}: {}", service.command(), String::from_utf8_lossy(&output.stderr).trim());
             return git_error(ServiceError::Internal(error));
         }
         Err(error) => return git_error(ServiceError::Internal(anyhow::Error::new(error).context("running git"))),
@@ -240,7 +242,8 @@ async fn rpc(
         None | Some("identity") => false,
         Some("gzip" | "x-gzip") => true,
         Some(other) => {
-            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {other}\n")).into_response();
+            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {other}\n"))
+                .into_response();
         }
     };
     let mut command = state.services.repos_git(&access.repo);
@@ -278,7 +281,8 @@ async fn rpc(
         let _ = stdin.shutdown().await;
     });
     tokio::spawn(async move {
-        let mut lines = tokio_util::codec::FramedRead::new(stderr, tokio_util::codec::LinesCodec::new_with_max_length(8192));
+        let mut lines =
+            tokio_util::codec::FramedRead::new(stderr, tokio_util::codec::LinesCodec::new_with_max_length(8192));
         while let Some(Ok(line)) = lines.next().await {
             tracing::debug!(line, "git stderr");
         }
@@ -286,7 +290,7 @@ async fn rpc(
     let running = Running { child, _push: push };
     let output = ReaderStream::new(stdout).map(move |chunk| {
         let _alive = &running;
-        chunk.map(Bytes::from)
+        chunk
     });
     (
         [

@@ -215,6 +215,39 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
+/// A size in bytes: a number with an optional `K`, `M`, `G` or `T` suffix (powers of 1024, `B`
+/// and `iB` allowed after them: `10G`, `512MiB`).
+pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 =
+        number.parse().with_context(|| format!("{text:?} is not a size: give bytes, or a number with K, M, G or T"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => bail!("{text:?}: unknown unit {unit:?} (use K, M, G or T)"),
+    };
+    number.checked_mul(1u64 << shift).with_context(|| format!("{text:?} is too large"))
+}
+
+fn bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(text)) => parse_bytes(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,36 +303,14 @@ mod tests {
         let error = format!("{:#}", half_a_second.resolve().unwrap_err());
         assert!(error.contains("whole seconds"), "{error}");
     }
-}
 
-/// A size in bytes: a number with an optional `K`, `M`, `G` or `T` suffix (powers of 1024, `B`
-/// and `iB` allowed after them: `10G`, `512MiB`).
-pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().with_context(|| format!("{text:?} is not a size: give bytes, or a number with K, M, G or T"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => bail!("{text:?}: unknown unit {unit:?} (use K, M, G or T)"),
-    };
-    number.checked_mul(1u64 << shift).with_context(|| format!("{text:?} is too large"))
-}
-
-fn bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(Size::Bytes(n)) => Ok(Some(n)),
-        Some(Size::Text(text)) => parse_bytes(&text).map(Some).map_err(serde::de::Error::custom),
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert!(parse_bytes("10X").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999T").is_err(), "overflow is refused");
     }
 }

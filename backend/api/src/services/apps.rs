@@ -199,7 +199,9 @@ impl Services {
         if spec.image.is_empty() {
             return Err(invalid(
                 "image",
-                format!("{name} is built from git and has no image yet: push to its git remote (berth git-remote {name}), or give an image"),
+                format!(
+                    "{name} is built from git and has no image yet: push to its git remote (berth git-remote {name}), or give an image"
+                ),
             ));
         }
         validate_spec(&spec)?;

@@ -10,8 +10,7 @@ use berth_control::builds::{BuildOrder, Context, StartError, Started, stored_lin
 use berth_control::repos::ObjectDirs;
 use berth_store::{AppRow, BuildRow};
 use berth_wire::builds::{
-    BuildInfo, BuildLogLine, BuildSettings, BuildSettingsChange, BuildState, GitInfo, HookFrame, HookRequest,
-    RefUpdate,
+    BuildInfo, BuildLogLine, BuildSettings, BuildSettingsChange, BuildState, GitInfo, HookFrame, HookRequest, RefUpdate,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -134,7 +133,10 @@ fn validate_settings(settings: &BuildSettings) -> Result<()> {
         && !branch.contains("@{")
         && branch.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     if !branch_ok {
-        return Err(invalid("deploy_branch", format!("{branch:?} is not a branch name Berth accepts (letters, digits, '-', '_', '.', '/')")));
+        return Err(invalid(
+            "deploy_branch",
+            format!("{branch:?} is not a branch name Berth accepts (letters, digits, '-', '_', '.', '/')"),
+        ));
     }
     for (field, path) in [("dockerfile", &settings.dockerfile), ("context_dir", &settings.context_dir)] {
         let path_ok = path.len() <= 500
@@ -142,7 +144,10 @@ fn validate_settings(settings: &BuildSettings) -> Result<()> {
             && !path.split('/').any(|part| part == "..")
             && !path.chars().any(|c| c.is_control() || c == ':' || c == '\\');
         if !path_ok || (field == "dockerfile" && path.is_empty()) {
-            return Err(invalid(field, format!("{path:?} must be a relative path inside the repository, without '..'")));
+            return Err(invalid(
+                field,
+                format!("{path:?} must be a relative path inside the repository, without '..'"),
+            ));
         }
     }
     for (key, value) in &settings.build_args {
@@ -244,7 +249,8 @@ impl Services {
 
     async fn push(&self, request: HookRequest, out: &mpsc::Sender<HookFrame>) -> std::result::Result<i32, String> {
         let push = self.pushes.sessions.lock().expect("BUG: push table poisoned").get(&request.session).cloned();
-        let push = push.ok_or("this push is unknown to the server (it ended, or did not come through Berth's git remote)")?;
+        let push =
+            push.ok_or("this push is unknown to the server (it ended, or did not come through Berth's git remote)")?;
         let app = &push.app;
         let settings = self.store.build_settings(app.id).await.map_err(|e| format!("database error: {e}"))?;
         let Some(update) = deploy_update(&request.updates, &settings.deploy_branch)? else { return Ok(0) };
@@ -280,7 +286,9 @@ impl Services {
             Err(StartError::Busy(_)) => Err(ServiceError::Conflict("a build is running".into())),
             Err(StartError::Failed(e)) => Err(ServiceError::Internal(anyhow::anyhow!("{e:#}"))),
         };
-        let _ = self.audit(Some(&push.principal), "git_push", Some(&app.team), Some(&app.name), Some(&update.new), &result).await;
+        let _ = self
+            .audit(Some(&push.principal), "git_push", Some(&app.team), Some(&app.name), Some(&update.new), &result)
+            .await;
         let Started { row, log, mut outcome } = match started {
             Ok(started) => started,
             Err(StartError::Busy(running)) => {
@@ -342,7 +350,11 @@ impl Services {
         let settings = self.store.build_settings(app.id).await?;
         let repo = self.builds.repos().path(&app.team, &app.name);
         let deployed_commit = self.builds.repos().branch_commit(&repo, &settings.deploy_branch).await;
-        Ok(GitInfo { remote_url: format!("{}/git/{}/{}.git", self.public_url, app.team, app.name), settings, deployed_commit })
+        Ok(GitInfo {
+            remote_url: format!("{}/git/{}/{}.git", self.public_url, app.team, app.name),
+            settings,
+            deployed_commit,
+        })
     }
 
     async fn update_build_settings_inner(

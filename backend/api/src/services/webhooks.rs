@@ -88,7 +88,9 @@ fn event_and_delivery(provider: WebhookProvider, headers: &dyn Headers) -> (Opti
             first(&["x-gitea-event", "x-forgejo-event", "x-github-event"]),
             first(&["x-gitea-delivery", "x-forgejo-delivery", "x-github-delivery"]),
         ),
-        WebhookProvider::Gitlab => (first(&["x-gitlab-event"]), first(&["x-gitlab-event-uuid", "x-gitlab-webhook-uuid"])),
+        WebhookProvider::Gitlab => {
+            (first(&["x-gitlab-event"]), first(&["x-gitlab-event-uuid", "x-gitlab-webhook-uuid"]))
+        }
     }
 }
 
@@ -121,7 +123,9 @@ impl Services {
         if self.store.build_settings(app.id).await?.git_url.is_none() {
             return Err(invalid(
                 "repository",
-                format!("{name} has no git URL to fetch pushed commits from: set one first (berth builds settings {name} --git-url URL)"),
+                format!(
+                    "{name} has no git URL to fetch pushed commits from: set one first (berth builds settings {name} --git-url URL)"
+                ),
             ));
         }
         let id = hex::encode(rand::random::<[u8; 12]>());
@@ -167,7 +171,12 @@ impl Services {
         result
     }
 
-    pub async fn webhook_deliveries(&self, principal: &Principal, team: &str, name: &str) -> Result<Vec<WebhookDelivery>> {
+    pub async fn webhook_deliveries(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+    ) -> Result<Vec<WebhookDelivery>> {
         let team_id = principal.require(team, Action::ViewApps)?;
         let app = self.store.app(team_id, name).await?.filter(|a| !a.deleting);
         let app = app.ok_or_else(|| ServiceError::NotFound(format!("app {name} not found in team {team}")))?;
@@ -227,9 +236,12 @@ impl Services {
                 hook.repository
             )));
         }
-        let app = self.store.app_by_id(hook.app_id).await?.filter(|a| !a.deleting).ok_or_else(|| {
-            ServiceError::NotFound("the webhook's app is being deleted".into())
-        })?;
+        let app = self
+            .store
+            .app_by_id(hook.app_id)
+            .await?
+            .filter(|a| !a.deleting)
+            .ok_or_else(|| ServiceError::NotFound("the webhook's app is being deleted".into()))?;
         let settings = self.store.build_settings(app.id).await?;
         let wanted = format!("refs/heads/{}", settings.deploy_branch);
         if payload.git_ref != wanted {

@@ -102,6 +102,21 @@ async fn world(caller: Caller) -> World {
         }
     };
 
+    // A build and a webhook of `web`, for the endpoints that show or remove one (`{number}` is 1,
+    // `{id}` the caller's token id).
+    let web = store.app(alpha, "web").await.unwrap().unwrap();
+    let build = berth_store::NewBuild {
+        app_id: web.id,
+        commit: "0123456789abcdef0123456789abcdef01234567",
+        git_ref: "refs/heads/main",
+        pusher: "target@example.com",
+        trigger: "push",
+        image_template: "berth/alpha-web:0123456789ab-{build}",
+    };
+    store.insert_build(build).await.unwrap();
+    let provider = berth_wire::builds::WebhookProvider::Github;
+    store.create_webhook(&token_id.to_string(), web.id, provider, "acme/web", "secret").await.unwrap();
+
     let router = support::router(&dir, store, None).await;
     World { router, token, token_id, _dir: dir }
 }
@@ -157,6 +172,8 @@ fn request_for(
         ("POST", p) if p.ends_with("/scale") => Some(json!({ "replicas": 2 })),
         ("POST", p) if p.ends_with("/rollback") => Some(json!({ "to": 1 })),
         ("POST", "/api/v1/join-tokens") => Some(json!({})),
+        ("PATCH", p) if p.ends_with("/git") => Some(json!({ "timeout_secs": 600 })),
+        ("POST", p) if p.ends_with("/webhooks") => Some(json!({ "provider": "github", "repository": "acme/web" })),
         ("POST", "/api/v1/me/password") => Some(json!({ "current": "wrong password", "new": "a new long password" })),
         ("POST", "/api/v1/users/{email}/password") => Some(json!({ "password": "a new long password" })),
         ("POST", "/api/v1/teams") => Some(json!({ "name": "gamma" })),

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use anyhow::Context as _;
 use berth_wire::builds::BuildLogLine;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::watch;
 
 /// Longer lines are cut (a builder printing a minified file on one line).
