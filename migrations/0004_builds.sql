@@ -9,7 +9,7 @@ CREATE TABLE builds (
     id INTEGER PRIMARY KEY,
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     number INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'building', 'succeeded', 'failed', 'canceled', 'timed_out')),
+    state TEXT NOT NULL CHECK (state IN ('queued', 'building', 'releasing', 'succeeded', 'failed', 'canceled', 'timed_out')),
     commit_sha TEXT NOT NULL,
     git_ref TEXT NOT NULL,
     pusher TEXT NOT NULL,
@@ -23,8 +23,9 @@ CREATE TABLE builds (
     finished_at INTEGER,
     UNIQUE (app_id, number)
 );
--- At most one unfinished build per app, whoever starts it: the store refuses a second one.
-CREATE UNIQUE INDEX builds_one_running_per_app ON builds (app_id) WHERE state IN ('queued', 'building');
+-- At most one unfinished build per app (its release included), whoever starts it: the store
+-- refuses a second one.
+CREATE UNIQUE INDEX builds_one_running_per_app ON builds (app_id) WHERE state IN ('queued', 'building', 'releasing');
 
 CREATE TABLE webhooks (
     id TEXT PRIMARY KEY,

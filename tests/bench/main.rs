@@ -117,6 +117,78 @@ async fn run() -> anyhow::Result<()> {
     println!("  berth / nginx (mean of rounds)  {:.2}", ratios.iter().sum::<f64>() / ratios.len() as f64);
     drop(nginx);
     api.delete(APP).await?;
+    builds(&fixture, &server).await
+}
+
+/// `git push` to serving: a first push, a second with the build cache warm, and how long a build
+/// step's output takes to reach the pusher's terminal (`hello stamp` prints the time it ran).
+async fn builds(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Result<()> {
+    const BUILT: &str = "built";
+    fixture.track_built_app(&format!("main/{BUILT}"));
+    let api = server.api();
+    api.create_app(json!({ "name": BUILT, "port": 8080, "replicas": 2, "health_path": "/up" })).await?;
+    let repo = fixture.dir.join("bench-repo");
+    std::fs::create_dir_all(&repo)?;
+    std::fs::copy(fixture.hello_binary(), repo.join("hello"))?;
+    let git = |args: &[&str]| -> anyhow::Result<()> {
+        let output = Command::new("git")
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@example.com"])
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()?;
+        if !output.status.success() {
+            bail!("git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    };
+    git(&["init", "-q", "-b", "main"])?;
+    let remote = format!("http://{}/git/main/{BUILT}.git", server.api);
+    git(&["remote", "add", "berth", &remote])?;
+    let stamps = "RUN [\"/hello\", \"stamp\"]\nRUN [\"/hello\", \"sleep\", \"1\"]\n".repeat(3);
+    let mut figures = Vec::new();
+    for (round, version) in ["b1", "b2"].iter().enumerate() {
+        std::fs::write(
+            repo.join("Dockerfile"),
+            format!("FROM scratch\nCOPY hello /hello\n{stamps}ENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/hello\"]\n"),
+        )?;
+        git(&["add", "-A"])?;
+        git(&["commit", "-q", "-m", version])?;
+        let started = Instant::now();
+        let mut push = tokio::process::Command::new("git")
+            .args(["-c", &format!("http.extraHeader=Authorization: Bearer {}", server.token)])
+            .args(["push", "berth", "main"])
+            .current_dir(&repo)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let stderr = push.stderr.take().context("stderr")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+        let mut delays = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+            if let Some(stamp) = line.strip_prefix("remote: stamp ").and_then(|s| s.trim().parse::<u64>().ok()) {
+                delays.push(now.saturating_sub(stamp));
+            }
+        }
+        let status = push.wait().await?;
+        let took = started.elapsed();
+        if !status.success() {
+            bail!("the benchmark's push {version} failed:\n{}", server.log());
+        }
+        figures.push((round, took, delays));
+    }
+    println!("\ngit push to serving (2 replicas, Dockerfile FROM scratch + a static binary, 3 build steps that print the time + 3 of 1 s):");
+    for (round, took, delays) in figures {
+        let label = if round == 0 { "first push (cold)" } else { "second push (cache warm)" };
+        println!(
+            "  {label:<26} {:>6} ms   build output to pusher: {} ms (each of {} lines)",
+            took.as_millis(),
+            delays.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            delays.len()
+        );
+    }
+    api.delete(BUILT).await?;
     Ok(())
 }
 

@@ -260,3 +260,48 @@ async fn the_dashboard_enforces_roles_like_the_api() -> anyhow::Result<()> {
     browser.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builds_panel_shows_pushes_and_their_live_log() -> anyhow::Result<()> {
+    ensure_dashboard_built()?;
+    let fixture = Fixture::new()?;
+    fixture.track_built_app("main/gitweb");
+    let server = fixture.start_server().await?;
+    let base = format!("http://{}", server.api);
+    let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
+    server.api().create_app(json!({ "name": "gitweb", "port": 8080, "replicas": 1, "health_path": "/up" })).await?;
+    let repo = super::git_push::repo(&fixture, &server, "gitweb", "source").await?;
+    let browser = Browser::start(&fixture.dir, "builds").await?;
+    sign_in(&browser, &server, "admin@localhost", &password).await?;
+    browser.goto(&format!("{base}/teams/main/apps/gitweb")).await?;
+    browser.wait_text("#builds-panel", "No builds yet").await?;
+    let remote = browser.wait_for("#git-remote").await?.text().await?;
+    assert!(remote.contains("/git/main/gitweb.git main"), "{remote}");
+    browser.wait_hydrated().await?;
+
+    // A push (detached, so the test can watch the page meanwhile) with a slow step: the page
+    // shows the build running and its log growing, then the outcome.
+    repo.commit("g1", "RUN [\"/hello\", \"sleep\", \"6\"]\n")?;
+    repo.run(&["push", "-o", "berth.detach", "berth", "main"])?;
+    browser.wait_for("#builds tr[data-build='1'][data-state='building']").await?;
+    browser.wait_text("#build-log", "Step 1/").await?;
+    let running = browser.wait_for("#builds tr[data-build='1']").await?.attr("data-state").await?;
+    assert_eq!(running.as_deref(), Some("building"), "the log must be live while the build runs");
+    browser.screenshot("20-build-running").await?;
+    browser.wait_for("#builds tr[data-build='1'][data-state='succeeded']").await?;
+    browser.wait_text("#build-log", "build 1 done: release 1 serves").await?;
+    let (_, body) = get(server.ingress, &host("gitweb"), "/").await?;
+    assert!(body.starts_with("hello from g1 "), "{body}");
+    browser.screenshot("21-build-done").await?;
+
+    // A failed build shows its error.
+    repo.commit("g2", "COPY missing-file /x\n")?;
+    let refused = repo.run(&["push", "berth", "main"]);
+    assert!(refused.is_err(), "a broken build fails the push");
+    browser.wait_for("#builds tr[data-build='2'][data-state='failed']").await?;
+    browser.wait_text("#builds tr[data-build='2'] .build-message", "missing-file").await?;
+    browser.wait_text("#build-log", "build 2 failed").await?;
+    browser.screenshot("22-build-failed").await?;
+    browser.close().await?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use tokio::io::AsyncBufReadExt as _;
 use crate::host;
 
 /// A working copy of the app's source, with Berth's remote set up by `berth git-remote`.
-struct Repo {
+pub(crate) struct Repo {
     dir: PathBuf,
     /// `HOME` and `BERTH_CONFIG` for git and the credential helper, so nothing of the machine's
     /// own configuration takes part.
@@ -40,7 +40,7 @@ impl Repo {
         command
     }
 
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = self.git(args).output()?;
         if !output.status.success() {
             bail!(
@@ -53,7 +53,7 @@ impl Repo {
     }
 
     /// Writes the Dockerfile (serving `version`, with `extra` steps) and commits; returns the commit.
-    fn commit(&self, version: &str, extra: &str) -> anyhow::Result<String> {
+    pub(crate) fn commit(&self, version: &str, extra: &str) -> anyhow::Result<String> {
         std::fs::write(
             self.dir.join("Dockerfile"),
             format!(
@@ -72,7 +72,7 @@ impl Repo {
     }
 }
 
-async fn repo(fixture: &Fixture, server: &Server, app: &str, name: &str) -> anyhow::Result<Repo> {
+pub(crate) async fn repo(fixture: &Fixture, server: &Server, app: &str, name: &str) -> anyhow::Result<Repo> {
     let dir = fixture.dir.join(name);
     let home = fixture.dir.join(format!("{name}-home"));
     std::fs::create_dir_all(&dir)?;

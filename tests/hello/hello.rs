@@ -6,6 +6,7 @@
 //! - `GET /slow?ms=N` answers after N milliseconds (for draining).
 //! - `Upgrade: echo` switches protocols and echoes bytes back (for upgrade proxying).
 //! - Exits at once on SIGTERM: Berth must drain before it stops a replica.
+//! - `hello stamp` prints `stamp <unix ms>` and exits (build output latency).
 //! - `hello sleep N` sleeps N seconds and exits 0 (a slow build step: `RUN ["/hello", "sleep", "30"]`).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,6 +31,12 @@ fn main() {
         let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
         println!("sleeping {secs} s");
         std::thread::sleep(Duration::from_secs(secs));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("stamp") {
+        // For measuring how fast a build's output reaches the pusher.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        println!("stamp {}", now.as_millis());
         return;
     }
     if std::env::var_os("CRASH_AT_START").is_some() {

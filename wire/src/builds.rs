@@ -73,7 +73,9 @@ pub struct GitInfo {
 pub enum BuildState {
     Queued,
     Building,
-    /// The image is built; its release follows (see `BuildInfo::release`).
+    /// The image is built; its release is rolling out (see `BuildInfo::release`).
+    Releasing,
+    /// Built and released: the release serves.
     Succeeded,
     Failed,
     Canceled,
@@ -94,7 +96,7 @@ impl BuildState {
     }
 
     pub fn is_finished(self) -> bool {
-        !matches!(self, BuildState::Queued | BuildState::Building)
+        !matches!(self, BuildState::Queued | BuildState::Building | BuildState::Releasing)
     }
 }
 

@@ -150,7 +150,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(api_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown({
+            // Pushes hold their connection until their build ends: end the builds at once, or
+            // the graceful shutdown would wait for them.
+            let builds = builds.clone();
+            async move {
+                shutdown_signal().await;
+                builds.cancel_all();
+            }
+        })
         .await
         .context("serving the API")?;
     stop_hooks.cancel();

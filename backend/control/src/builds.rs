@@ -1,7 +1,8 @@
-//! Builds from git: one build per app at a time, run by a host's agent (the control plane never
-//! calls Docker), its log kept per build and followed live, then released with the release
-//! protocol. A pushed build is driven by the pusher's hook connection; a webhook's build runs on
-//! its own. Cleanup keeps the images releases may need and touches only Berth's own images.
+//! Builds from git: one build per app at a time (its release included), run by a host's agent
+//! (the control plane never calls Docker), its log kept per build and followed live, then
+//! released with the release protocol. A pushed build is driven by the pusher's hook connection;
+//! a webhook's build runs on its own. Cleanup keeps the images releases may need and touches only
+//! Berth's own images.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Orchestrator;
-use crate::repos::Repos;
+use crate::repos::{ObjectDirs, Repos, redact_url};
 
 mod log;
 
@@ -31,6 +32,8 @@ pub use log::{BuildLog, stored_lines};
 pub const KEPT_BUILDS: i64 = 20;
 /// Releases whose images are kept besides the serving one.
 pub const KEPT_RELEASE_IMAGES: usize = 5;
+/// A larger build context is refused (it is held in memory on its way to the engine).
+pub const MAX_CONTEXT_BYTES: usize = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub struct BuildsConfig {
@@ -44,8 +47,10 @@ pub struct BuildsConfig {
 
 /// Where a build's context comes from.
 pub enum Context {
-    /// Archived already (a push: from git's quarantine, while the hook waits).
-    Archive(Vec<u8>),
+    /// Archived already (a push: from git's quarantine, while the hook waits). `objects` is that
+    /// quarantine, kept into the repository once the image is built, so the branch can follow the
+    /// release even when the pusher is gone before git could move it.
+    Archive { tar: Vec<u8>, objects: ObjectDirs },
     /// Fetched from the app's git URL first (a webhook).
     Fetch { url: String, branch: String },
 }
@@ -98,6 +103,9 @@ struct Running {
     outcome: watch::Receiver<Option<Outcome>>,
 }
 
+/// Why a build did not release: the state it ends in and the reason.
+type Stop = (BuildState, String);
+
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Builds {
@@ -149,40 +157,42 @@ impl Builds {
 
     /// Records the build and starts it; refused when the app has an unfinished build (unless
     /// `replace`, which cancels that one first).
-    pub async fn start_build(&self, order: BuildOrder) -> Result<Started, StartError> {
+    pub async fn start_build(&self, mut order: BuildOrder) -> Result<Started, StartError> {
         let inner = &self.inner;
         let app = order.app.clone();
         let sha12: String = order.commit.chars().take(12).collect();
-        let template = format!("berth/{}-{}:{sha12}-{{build}}", app.team, app.name);
-        let new = NewBuild {
-            app_id: app.id,
-            commit: &order.commit,
-            git_ref: &order.git_ref,
-            pusher: &order.pusher,
-            trigger: order.trigger,
-            image_template: &template,
-        };
-        let row = match inner.store.insert_build(new).await.map_err(store_error)? {
+        // `team/app` as two path components: `team-app` could name two apps.
+        let template = format!("berth/{}/{}:{sha12}-{{build}}", app.team, app.name);
+        fn new<'a>(app_id: i64, order: &'a BuildOrder, template: &'a str) -> NewBuild<'a> {
+            NewBuild {
+                app_id,
+                commit: &order.commit,
+                git_ref: &order.git_ref,
+                pusher: &order.pusher,
+                trigger: order.trigger,
+                image_template: template,
+            }
+        }
+        let row = match inner.store.insert_build(new(app.id, &order, &template)).await.map_err(store_error)? {
             BuildInsert::Created(row) => row,
             BuildInsert::Busy(running) if order.replace => {
                 self.cancel(app.id, "replaced by a newer push").await;
-                let new = NewBuild {
-                    app_id: app.id,
-                    commit: &order.commit,
-                    git_ref: &order.git_ref,
-                    pusher: &order.pusher,
-                    trigger: order.trigger,
-                    image_template: &template,
-                };
-                match inner.store.insert_build(new).await.map_err(store_error)? {
+                match inner.store.insert_build(new(app.id, &order, &template)).await.map_err(store_error)? {
                     BuildInsert::Created(row) => row,
                     BuildInsert::Busy(_) => return Err(StartError::Busy(Box::new(running))),
                 }
             }
             BuildInsert::Busy(running) => return Err(StartError::Busy(Box::new(running))),
         };
-        let log_path = inner.config.logs_dir.join(app.id.to_string()).join(format!("{}.log", row.number));
-        let log = Arc::new(BuildLog::create(log_path).await?);
+        let log = match BuildLog::create(self.log_path(app.id, row.number)).await {
+            Ok(log) => Arc::new(log),
+            Err(error) => {
+                // The record must not keep the app locked.
+                let message = format!("{error:#}");
+                let _ = inner.store.finish_build(row.id, BuildState::Failed, Some(&message)).await;
+                return Err(StartError::Failed(error));
+            }
+        };
         let (outcome_tx, outcome) = watch::channel(None);
         let cancel = CancellationToken::new();
         inner.running.lock().expect("BUG: builds lock poisoned").insert(
@@ -192,10 +202,15 @@ impl Builds {
         let builds = self.clone();
         let (task_row, task_log) = (row.clone(), log.clone());
         inner.tasks.spawn(async move {
-            let result = builds.run(&order, &task_row, &task_log, &cancel).await;
+            let result = builds.run(&mut order, &task_row, &task_log, &cancel).await;
             let outcome = builds.conclude(&order.app, &task_row, &task_log, result).await;
             task_log.finish();
-            builds.inner.running.lock().expect("BUG: builds lock poisoned").remove(&order.app.id);
+            {
+                let mut running = builds.inner.running.lock().expect("BUG: builds lock poisoned");
+                if running.get(&order.app.id).is_some_and(|r| r.number == task_row.number) {
+                    running.remove(&order.app.id);
+                }
+            }
             outcome_tx.send_replace(Some(outcome));
             builds.clean_up(&order.app, &task_row).await;
         });
@@ -203,7 +218,8 @@ impl Builds {
     }
 
     /// Cancels the app's running build; returns its number once it has ended (its record says
-    /// canceled and the app is free), or `None` when none runs.
+    /// canceled and the app is free), or `None` when none runs. A release already rolling out
+    /// is not interrupted halfway: it completes on its own, and the build ends at once.
     pub async fn cancel(&self, app_id: i64, why: &str) -> Option<i64> {
         let (number, cancel, log, mut outcome) = {
             let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
@@ -216,23 +232,30 @@ impl Builds {
         Some(number)
     }
 
+    /// Cancels every running build without waiting (the server is stopping: the pushers'
+    /// connections end when their builds do).
+    pub fn cancel_all(&self) {
+        let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
+        for build in running.values() {
+            build.log.push("canceling: the server is stopping");
+            build.cancel.cancel();
+        }
+    }
+
     /// The live log of the app's build `number`, while it runs.
     pub fn live_log(&self, app_id: i64, number: i64) -> Option<Arc<BuildLog>> {
         let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
         running.get(&app_id).filter(|r| r.number == number).map(|r| r.log.clone())
     }
 
-    /// The stored log of a finished build.
+    /// The stored log of a build.
     pub fn log_path(&self, app_id: i64, number: i64) -> PathBuf {
         self.inner.config.logs_dir.join(app_id.to_string()).join(format!("{number}.log"))
     }
 
-    /// Waits for every running build task to end (they end when their builds do).
+    /// Cancels every running build and waits until their tasks have ended.
     pub async fn shutdown(&self) {
-        let ids: Vec<i64> = self.inner.running.lock().expect("BUG: builds lock poisoned").keys().copied().collect();
-        for id in ids {
-            self.cancel(id, "the server is stopping").await;
-        }
+        self.cancel_all();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
@@ -240,38 +263,50 @@ impl Builds {
     /// The build itself and its release; `Err` carries the state and reason it ended with.
     async fn run(
         &self,
-        order: &BuildOrder,
+        order: &mut BuildOrder,
         row: &BuildRow,
         log: &BuildLog,
         cancel: &CancellationToken,
-    ) -> Result<u32, (BuildState, String)> {
+    ) -> Result<u32, Stop> {
         let inner = &self.inner;
-        let app = &order.app;
+        let app = order.app.clone();
         let failed = |e: anyhow::Error| (BuildState::Failed, format!("{e:#}"));
+        let canceled = || (BuildState::Canceled, "canceled".to_string());
         let settings = inner.store.build_settings(app.id).await.map_err(|e| failed(e.into()))?;
         log.push(format!(
             "build {} of {}/{}: commit {} ({}) by {}",
             row.number, app.team, app.name, order.commit, order.git_ref, order.pusher
         ));
-        let context = match &order.context {
-            Context::Archive(bytes) => bytes.clone(),
+        let repo = inner.repos.path(&app.team, &app.name);
+        let placeholder = Context::Archive { tar: Vec::new(), objects: ObjectDirs::default() };
+        let (context, quarantine) = match std::mem::replace(&mut order.context, placeholder) {
+            Context::Archive { tar, objects } => (tar, Some(objects)),
             Context::Fetch { url, branch } => {
-                log.push(format!("fetching {} from {url}", order.commit));
-                let repo = inner.repos.ensure(&app.team, &app.name, branch).await.map_err(failed)?;
-                let fetch = inner.repos.fetch(&repo, url, branch, &order.commit);
+                log.push(format!("fetching {} from {}", order.commit, redact_url(&url)));
+                let repo = inner.repos.ensure(&app.team, &app.name, &branch).await.map_err(failed)?;
+                let fetch = inner.repos.fetch(&repo, &url, &branch, &order.commit);
                 tokio::select! {
                     result = fetch => result.map_err(failed)?,
-                    () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled".into())),
+                    () = cancel.cancelled() => return Err(canceled()),
                 }
-                let objects = Default::default();
-                inner
+                order.context = Context::Fetch { url, branch };
+                let objects = ObjectDirs::default();
+                let tar = inner
                     .repos
                     .archive(&repo, &order.commit, &settings.context_dir, &settings.dockerfile, &objects)
                     .await
-                    .map_err(failed)?
+                    .map_err(failed)?;
+                (tar, None)
             }
         };
-        let (host, runtime, _slot) = tokio::select! {
+        if context.len() > MAX_CONTEXT_BYTES {
+            return Err(failed(anyhow!(
+                "the build context is {} MiB; at most {} MiB (leave large files out with .dockerignore)",
+                context.len() >> 20,
+                MAX_CONTEXT_BYTES >> 20
+            )));
+        }
+        let (host, runtime, slot) = tokio::select! {
             chosen = self.build_host(log) => chosen.map_err(failed)?,
             () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled while waiting for a build slot".into())),
         };
@@ -314,45 +349,54 @@ impl Builds {
                 () = &mut deadline => {
                     return Err((BuildState::TimedOut, format!("the build took longer than {} s", timeout.as_secs())));
                 }
-                () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled".into())),
+                () = cancel.cancelled() => return Err(canceled()),
             }
         }
         drop(events);
-        if !inner.store.finish_build(row.id, BuildState::Succeeded, None).await.map_err(|e| failed(e.into()))? {
-            return Err((BuildState::Canceled, "canceled".into()));
+        // The host may build something else while the release rolls out.
+        drop(slot);
+        if !inner.store.set_build_releasing(row.id).await.map_err(|e| failed(e.into()))? {
+            return Err(canceled());
         }
         log.push(format!("built {}", row.image));
-        let release = self.release(order, row, log).await.map_err(|message| (BuildState::Succeeded, message))?;
-        if let Context::Fetch { branch, .. } = &order.context {
-            // A webhook's build: the repository's branch follows what is deployed, as a push's does.
-            let repo = inner.repos.path(&app.team, &app.name);
-            if let Err(error) = inner.repos.set_branch(&repo, branch, &order.commit).await {
-                log.push(format!("warning: could not move {branch} to the deployed commit: {error:#}"));
-            }
+        if let Some(objects) = &quarantine
+            && let Err(error) = inner.repos.keep_objects(&repo, objects).await
+        {
+            log.push(format!("warning: the pushed objects could not be kept: {error:#}"));
         }
-        Ok(release)
+        self.release(order, row, log, cancel).await
     }
 
-    /// A new release of the built image; waits until it serves or fails, logging its phases.
-    async fn release(&self, order: &BuildOrder, row: &BuildRow, log: &BuildLog) -> Result<u32, String> {
+    /// A new release of the built image; waits until it serves or fails, logging its phases. A
+    /// cancel ends the build at once; the release then completes on its own, and the branch
+    /// follows it if it serves.
+    async fn release(
+        &self,
+        order: &BuildOrder,
+        row: &BuildRow,
+        log: &BuildLog,
+        cancel: &CancellationToken,
+    ) -> Result<u32, Stop> {
         let inner = &self.inner;
         let app = &order.app;
-        let store_failed = |e: berth_store::StoreError| format!("database error: {e}");
+        let failed = |message: String| (BuildState::Failed, message);
+        let store_failed = |e: berth_store::StoreError| failed(format!("database error: {e}"));
         let mut spec = inner
             .store
             .base_spec(app.id)
             .await
             .map_err(store_failed)?
-            .ok_or_else(|| "the app has no spec to release".to_string())?;
+            .ok_or_else(|| failed("the app has no spec to release".into()))?;
         spec.image = row.image.clone();
         let number = inner.store.create_release(app.id, &spec, None).await.map_err(store_failed)?;
         inner.store.set_build_release(row.id, number).await.map_err(store_failed)?;
         inner.orchestrator.enqueue(app.id);
         log.push(format!("release {number} queued"));
+        let branch = order.git_ref.strip_prefix("refs/heads/").unwrap_or(&order.git_ref).to_string();
         let mut seen = 0;
         loop {
             let Some(release) = inner.store.release(app.id, number).await.map_err(store_failed)? else {
-                return Err(format!("release {number} disappeared (the app was deleted)"));
+                return Err(failed(format!("release {number} disappeared (the app was deleted)")));
             };
             let events = inner.store.release_events(release.id).await.map_err(store_failed)?;
             for event in events.iter().skip(seen) {
@@ -360,26 +404,63 @@ impl Builds {
             }
             seen = events.len();
             match release.state() {
-                ReleaseState::Serving | ReleaseState::Superseded => return Ok(number as u32),
+                ReleaseState::Serving | ReleaseState::Superseded => {
+                    if order.trigger == "webhook" {
+                        // No git push moves the branch: it follows what is deployed.
+                        self.follow_branch(app, &branch, &order.commit, log).await;
+                    }
+                    return Ok(number as u32);
+                }
                 ReleaseState::Failed => {
                     let why = release.message.unwrap_or_else(|| "failed".into());
-                    return Err(format!("release {number} failed: {why}"));
+                    return Err(failed(format!("release {number} failed: {why}")));
                 }
                 ReleaseState::Queued | ReleaseState::InProgress => {}
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = cancel.cancelled() => {
+                    // The pusher is gone before git could move the branch: move it here if
+                    // the release serves.
+                    let builds = self.clone();
+                    let (app, commit) = (app.clone(), order.commit.clone());
+                    inner.tasks.spawn(async move { builds.branch_after(app, number, branch, commit).await });
+                    return Err((
+                        BuildState::Canceled,
+                        format!("canceled while release {number} rolls out; the release completes on its own"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits for release `number` to finish; moves `branch` to `commit` if it serves.
+    async fn branch_after(&self, app: AppRow, number: i64, branch: String, commit: String) {
+        loop {
+            match self.inner.store.release(app.id, number).await {
+                Ok(Some(release)) if release.state() == ReleaseState::Serving => {
+                    let repo = self.inner.repos.path(&app.team, &app.name);
+                    if let Err(error) = self.inner.repos.set_branch(&repo, &branch, &commit).await {
+                        tracing::warn!(error = format!("{error:#}"), app = app.name, "moving the deploy branch");
+                    }
+                    return;
+                }
+                Ok(Some(release)) if !release.state().is_finished() => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn follow_branch(&self, app: &AppRow, branch: &str, commit: &str, log: &BuildLog) {
+        let repo = self.inner.repos.path(&app.team, &app.name);
+        if let Err(error) = self.inner.repos.set_branch(&repo, branch, commit).await {
+            log.push(format!("warning: could not move {branch} to the deployed commit: {error:#}"));
         }
     }
 
     /// Records how the build ended and says so in its log.
-    async fn conclude(
-        &self,
-        app: &AppRow,
-        row: &BuildRow,
-        log: &BuildLog,
-        result: Result<u32, (BuildState, String)>,
-    ) -> Outcome {
-        let store = &self.inner.store;
+    async fn conclude(&self, app: &AppRow, row: &BuildRow, log: &BuildLog, result: Result<u32, Stop>) -> Outcome {
         let outcome = match result {
             Ok(release) => {
                 let url = self.inner.orchestrator.app_url(&app.name);
@@ -391,18 +472,12 @@ impl Builds {
             }
             Err((state, message)) => Outcome { state, serving: None, message },
         };
-        if outcome.state != BuildState::Succeeded
-            && let Err(error) = store.finish_build(row.id, outcome.state, Some(&outcome.message)).await
-        {
+        if let Err(error) = self.inner.store.finish_build(row.id, outcome.state, Some(&outcome.message)).await {
             tracing::error!(%error, build = row.id, "recording a build's end");
         }
-        if outcome.state == BuildState::Succeeded && outcome.serving.is_none() {
-            // Built, but the release failed: the record keeps "succeeded" with the reason.
-            let _ = store.finish_build(row.id, BuildState::Succeeded, Some(&outcome.message)).await;
-        }
-        let verdict = match (outcome.state, outcome.serving) {
-            (BuildState::Succeeded, Some(_)) => "done",
-            _ => outcome.state.as_str(),
+        let verdict = match outcome.state {
+            BuildState::Succeeded => "done",
+            other => other.as_str(),
         };
         log.push(format!("build {} {verdict}: {}", row.number, outcome.message));
         outcome

@@ -21,6 +21,20 @@ pub struct ObjectDirs {
 pub struct Repos {
     root: PathBuf,
     hooks: PathBuf,
+    creating: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A URL as it may be shown: without a user name or password in it.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{host}{slash}{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 impl Repos {
@@ -50,7 +64,7 @@ impl Repos {
         tokio::fs::write(&hook, script).await.with_context(|| format!("writing {}", hook.display()))?;
         use std::os::unix::fs::PermissionsExt as _;
         tokio::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).await?;
-        Ok(Repos { root, hooks })
+        Ok(Repos { root, hooks, creating: Default::default() })
     }
 
     pub fn path(&self, team: &str, app: &str) -> PathBuf {
@@ -74,13 +88,24 @@ impl Repos {
         command
     }
 
-    /// The app's bare repository, created on first use, its settings applied every time.
+    /// The app's bare repository, created and configured on first use.
     pub async fn ensure(&self, team: &str, app: &str, deploy_branch: &str) -> anyhow::Result<PathBuf> {
         let repo = self.path(team, app);
         if !repo.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&repo).await?;
-            run(self.git(&repo).args(["init", "--quiet", "--bare", "."])).await?;
+            // Concurrent first requests for one app: the lock makes one of them create it.
+            let _creating = self.creating.lock().await;
+            if !repo.join("HEAD").exists() {
+                tokio::fs::create_dir_all(&repo).await?;
+                run(self.git(&repo).args(["init", "--quiet", "--bare", "."])).await?;
+                self.configure(&repo, deploy_branch).await?;
+            }
         }
+        Ok(repo)
+    }
+
+    /// Applies Berth's settings to a repository (at creation, and when the deploy branch
+    /// changes).
+    pub async fn configure(&self, repo: &Path, deploy_branch: &str) -> anyhow::Result<()> {
         for (key, value) in [
             ("receive.fsckObjects", "true"),
             ("receive.shallowUpdate", "true"),
@@ -89,10 +114,38 @@ impl Repos {
             ("receive.denyDeleteCurrent", "true"),
             ("core.hooksPath", &self.hooks.display().to_string()),
         ] {
-            run(self.git(&repo).args(["config", key, value])).await?;
+            run(self.git(repo).args(["config", key, value])).await?;
         }
-        run(self.git(&repo).args(["symbolic-ref", "HEAD", &format!("refs/heads/{deploy_branch}")])).await?;
-        Ok(repo)
+        run(self.git(repo).args(["symbolic-ref", "HEAD", &format!("refs/heads/{deploy_branch}")])).await?;
+        Ok(())
+    }
+
+    /// Copies the objects of a push's quarantine into the repository, so its commit stays even
+    /// if git discards the quarantine (the pusher went away before git could accept the push).
+    pub async fn keep_objects(&self, repo: &Path, objects: &ObjectDirs) -> anyhow::Result<()> {
+        let Some(quarantine) = objects.object_directory.as_deref().map(PathBuf::from) else { return Ok(()) };
+        let target = repo.join("objects");
+        let mut pending = vec![quarantine.clone()];
+        while let Some(dir) = pending.pop() {
+            let mut entries = tokio::fs::read_dir(&dir).await.with_context(|| format!("reading {}", dir.display()))?;
+            while let Some(entry) = entries.next_entry().await? {
+                let path = entry.path();
+                if entry.file_type().await?.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(&quarantine).context("a path outside the quarantine")?;
+                let destination = target.join(relative);
+                if destination.exists() {
+                    continue;
+                }
+                if let Some(parent) = destination.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                tokio::fs::copy(&path, &destination).await.with_context(|| format!("copying {}", path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// The commit `branch` points at, if it exists.
@@ -184,4 +237,17 @@ async fn run(command: &mut Command) -> anyhow::Result<()> {
         bail!("git failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(redact_url("https://user:s3cret@git.example.com/a/b.git"), "https://git.example.com/a/b.git");
+        assert_eq!(redact_url("https://git.example.com/a/b.git"), "https://git.example.com/a/b.git");
+        assert_eq!(redact_url("ssh://git@host:22/x"), "ssh://host:22/x");
+        assert_eq!(redact_url("git://host"), "git://host");
+    }
 }

@@ -133,7 +133,7 @@ impl Store {
     pub async fn insert_build(&self, build: NewBuild<'_>) -> Result<BuildInsert> {
         let mut tx = self.pool.begin().await?;
         if let Some(running) = sqlx::query_as::<_, BuildRow>(
-            "SELECT * FROM builds WHERE app_id = ? AND state IN ('queued', 'building') LIMIT 1",
+            "SELECT * FROM builds WHERE app_id = ? AND state IN ('queued', 'building', 'releasing') LIMIT 1",
         )
         .bind(build.app_id)
         .fetch_optional(&mut *tx)
@@ -187,7 +187,9 @@ impl Store {
 
     /// Builds no process owns any more: queued or building when the server starts.
     pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
-        sqlx::query_as("SELECT * FROM builds WHERE state IN ('queued', 'building')").fetch_all(&self.pool).await
+        sqlx::query_as("SELECT * FROM builds WHERE state IN ('queued', 'building', 'releasing')")
+            .fetch_all(&self.pool)
+            .await
     }
 
     pub async fn start_build(&self, id: i64, host: &str) -> Result<()> {
@@ -204,7 +206,7 @@ impl Store {
     pub async fn finish_build(&self, id: i64, state: BuildState, message: Option<&str>) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE builds SET state = ?, message = ?, finished_at = ? \
-             WHERE id = ? AND state IN ('queued', 'building')",
+             WHERE id = ? AND state IN ('queued', 'building', 'releasing')",
         )
         .bind(state.as_str())
         .bind(message)
@@ -213,6 +215,27 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The build's image exists; its release follows. False when the build ended meanwhile
+    /// (canceled).
+    pub async fn set_build_releasing(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE builds SET state = 'releasing' WHERE id = ? AND state = 'building'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// True when a webhook delivery built `commit` for the app before (a replayed delivery).
+    pub async fn webhook_built(&self, app_id: i64, commit: &str) -> Result<bool> {
+        let seen: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM builds WHERE app_id = ? AND trigger = 'webhook' AND commit_sha = ? LIMIT 1")
+                .bind(app_id)
+                .bind(commit)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(seen.is_some())
     }
 
     pub async fn set_build_release(&self, id: i64, release: i64) -> Result<()> {
@@ -227,7 +250,7 @@ impl Store {
     /// Deletes the app's build records beyond the newest `keep`; returns the deleted numbers.
     pub async fn trim_builds(&self, app_id: i64, keep: i64) -> Result<Vec<i64>> {
         sqlx::query_scalar(
-            "DELETE FROM builds WHERE app_id = ? AND state NOT IN ('queued', 'building') AND number <= \
+            "DELETE FROM builds WHERE app_id = ? AND state NOT IN ('queued', 'building', 'releasing') AND number <= \
              (SELECT MAX(number) FROM builds WHERE app_id = ?) - ? RETURNING number",
         )
         .bind(app_id)

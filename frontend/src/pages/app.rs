@@ -4,6 +4,7 @@
 use berth_wire::api::{
     AppDetail, AppMetrics, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, Rollback, Scale,
 };
+use berth_wire::builds::{BuildInfo, BuildLogLine, BuildState, GitInfo};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -118,6 +119,7 @@ pub fn AppPage() -> impl IntoView {
                             <Charts metrics=current_metrics usage/>
                             <Replicas current=current/>
                             <Releases ctx current=current/>
+                            <Builds ctx/>
                             <Logs ctx/>
                             <Danger ctx/>
                         }.into_any()
@@ -428,6 +430,130 @@ fn Releases(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
                 }
             }}
         </section>
+    }
+}
+
+/// How often the builds list is refreshed while the page is open.
+const BUILDS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Build log lines kept on the page.
+const BUILD_LOG_LINES: usize = 2000;
+
+/// Builds from git: the remote to push to, the builds (state, commit, who, duration, outcome)
+/// and the log of the newest build, live while it runs.
+#[component]
+fn Builds(ctx: Ctx) -> impl IntoView {
+    let git = Resource::new(
+        move || (ctx.team.get(), ctx.app.get()),
+        |(team, app)| api::get::<GitInfo>(format!("/api/v1/teams/{team}/apps/{app}/git")),
+    );
+    let initial = Resource::new(
+        move || (ctx.team.get(), ctx.app.get()),
+        |(team, app)| api::get::<Vec<BuildInfo>>(format!("/api/v1/teams/{team}/apps/{app}/builds")),
+    );
+    let builds: RwSignal<Option<Vec<BuildInfo>>> = RwSignal::new(None);
+    let log: RwSignal<Vec<BuildLogLine>> = RwSignal::new(Vec::new());
+    // In the browser only: refresh the list, so a build started by a push shows up.
+    Effect::new(move |_| {
+        let base = ctx.base();
+        let refresh = move || {
+            let url = format!("{base}/builds");
+            leptos::task::spawn_local(async move {
+                if let Ok(list) = api::get::<Vec<BuildInfo>>(url).await {
+                    builds.set(Some(list));
+                }
+            });
+        };
+        refresh();
+        if let Ok(handle) = set_interval_with_handle(refresh, BUILDS_EVERY) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+    // The newest build's log: followed from its first line whenever a newer build appears (a
+    // reconnecting stream resumes after its last line; lines are kept in index order).
+    let newest = Memo::new(move |_| builds.with(|b| b.as_ref().and_then(|b| b.first().map(|b| b.number))));
+    Effect::new(move |_| {
+        let Some(number) = newest.get() else { return };
+        log.set(Vec::new());
+        let url = format!("{}/builds/{number}/log", ctx.base());
+        api::subscribe(url, &["line"], move |_, data| {
+            if let Ok(line) = serde_json::from_str::<BuildLogLine>(&data) {
+                log.update(|all| {
+                    if line.index as usize == all.len() {
+                        all.push(line);
+                    }
+                });
+            }
+        });
+    });
+    view! {
+        <section aria-labelledby="builds-title" id="builds-panel">
+            <h2 id="builds-title">"Builds"</h2>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match git.await {
+                        Ok(info) => view! {
+                            <p>"Push to deploy: "<code id="git-remote">{format!("git push {} {}", info.remote_url, info.settings.deploy_branch)}</code></p>
+                        }.into_any(),
+                        Err(error) => view! { <ErrorNote error/> }.into_any(),
+                    }
+                })}
+            </Suspense>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    let first = initial.await.unwrap_or_default();
+                    view! {
+                        {move || {
+                            let list = builds.get().unwrap_or_else(|| first.clone());
+                            if list.is_empty() {
+                                return view! { <p class="empty">"No builds yet."</p> }.into_any();
+                            }
+                            view! {
+                                <div class="table-wrap">
+                                    <table id="builds">
+                                        <thead><tr><th>"#"</th><th>"State"</th><th>"Commit"</th><th>"By"</th><th>"Duration"</th><th>"Release"</th></tr></thead>
+                                        <tbody>
+                                            {list.into_iter().map(|b| {
+                                                let took = match (b.started_at, b.finished_at) {
+                                                    (Some(start), Some(end)) => format!("{} s", (end - start).max(0) / 1000),
+                                                    (Some(_), None) => "running".to_string(),
+                                                    _ => "-".to_string(),
+                                                };
+                                                view! {
+                                                    <tr data-build=b.number data-state=b.state.as_str()>
+                                                        <td>{format!("#{}", b.number)}</td>
+                                                        <td><span class=format!("badge {}", build_class(b.state))>{b.state.as_str().replace('_', " ")}</span>
+                                                            {b.message.clone().map(|m| view! { <div class="muted small build-message">{m}</div> })}</td>
+                                                        <td><code>{b.commit.chars().take(12).collect::<String>()}</code></td>
+                                                        <td>{b.pusher.clone()}</td>
+                                                        <td>{took}</td>
+                                                        <td>{b.release.map_or_else(|| "-".to_string(), |r| format!("#{r}"))}</td>
+                                                    </tr>
+                                                }
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </div>
+                            }.into_any()
+                        }}
+                    }
+                })}
+            </Suspense>
+            <pre class="logs" id="build-log" tabindex="0" aria-live="off" aria-label="Build log">
+                {move || log.with(|all| {
+                    let skip = all.len().saturating_sub(BUILD_LOG_LINES);
+                    all.iter().skip(skip).map(|l| format!("{}\n", l.line)).collect::<String>()
+                })}
+            </pre>
+        </section>
+    }
+}
+
+fn build_class(state: BuildState) -> &'static str {
+    match state {
+        BuildState::Succeeded => "ok",
+        BuildState::Failed | BuildState::TimedOut => "bad",
+        BuildState::Queued | BuildState::Building | BuildState::Releasing => "warn",
+        BuildState::Canceled => "",
     }
 }
 

@@ -96,16 +96,29 @@ pub(super) async fn log(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let (build, lines) = s.services.build_log(&p, &team, &app, number, q.from, q.follow || wants_events).await?;
+    // A browser's EventSource reconnects with the last event id it saw: resume after that line,
+    // and after the final `done` event answer 204, which stops it reconnecting.
+    let last_seen = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if wants_events && last_seen.as_deref() == Some("done") {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let from = match last_seen.and_then(|id| id.parse::<u64>().ok()) {
+        Some(last) if wants_events => last + 1,
+        _ => q.from,
+    };
+    let (build, lines) = s.services.build_log(&p, &team, &app, number, from, q.follow || wants_events).await?;
     if wants_events {
         let services = s.services.clone();
         let number = build.number;
         let events = lines
-            .map(|line| Ok::<_, Infallible>(Event::default().event("line").json_data(&line).expect("BUG: serialises")))
+            .map(|line| {
+                let event = Event::default().event("line").id(line.index.to_string());
+                Ok::<_, Infallible>(event.json_data(&line).expect("BUG: serialises"))
+            })
             .chain(futures::stream::once(async move {
                 // The build as it ended, so the page shows its outcome without another request.
                 let done = services.show_build(&p, &team, &app, number).await.ok();
-                Ok(Event::default().event("done").json_data(&done).expect("BUG: serialises"))
+                Ok(Event::default().event("done").id("done").json_data(&done).expect("BUG: serialises"))
             }));
         return Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response());
     }

@@ -24,6 +24,9 @@ use crate::services::{GitAccess, PushTicket, ServiceError};
 /// The environment variables Berth's pre-receive hook reads.
 pub const HOOK_SOCKET_ENV: &str = "BERTH_HOOK_SOCKET";
 pub const PUSH_SESSION_ENV: &str = "BERTH_PUSH_SESSION";
+/// A compressed request body is cut at this size once inflated (git compresses only small
+/// negotiation requests; packs are sent as they are).
+const MAX_INFLATED_BODY: u64 = 1 << 30;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -269,7 +272,9 @@ async fn rpc(
     let input = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     tokio::spawn(async move {
         let copied = if gzip {
-            let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(input);
+            use tokio::io::AsyncReadExt as _;
+            // A bounded inflation: a small gzip body may not become an endless one.
+            let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(input).take(MAX_INFLATED_BODY);
             tokio::io::copy(&mut decoder, &mut stdin).await
         } else {
             let mut input = input;

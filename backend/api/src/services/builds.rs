@@ -66,7 +66,7 @@ impl Drop for PushTicket {
 impl Pushes {
     fn blocked(&self, address: &str) -> bool {
         let mut failures = self.failures.lock().expect("BUG: git auth limiter poisoned");
-        let recent = failures.entry(address.to_string()).or_default();
+        let Some(recent) = failures.get_mut(address) else { return false };
         recent.retain(|at| at.elapsed() < Duration::from_secs(60));
         recent.len() >= GIT_AUTH_FAILURES_PER_MINUTE
     }
@@ -254,6 +254,9 @@ impl Services {
         let app = &push.app;
         let settings = self.store.build_settings(app.id).await.map_err(|e| format!("database error: {e}"))?;
         let Some(update) = deploy_update(&request.updates, &settings.deploy_branch)? else { return Ok(0) };
+        if !matches!(update.new.len(), 40 | 64) || !update.new.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{:?} is not a commit id", update.new));
+        }
         let options = parse_push_options(&request.options)?;
         let say = |text: String| {
             let out = out.clone();
@@ -276,7 +279,7 @@ impl Services {
             git_ref: update.name.clone(),
             pusher: push.principal.email.clone(),
             trigger: "push",
-            context: Context::Archive(context),
+            context: Context::Archive { tar: context, objects },
             no_cache: options.no_cache,
             replace: options.replace,
         };
@@ -386,7 +389,8 @@ impl Services {
         }
         validate_settings(&settings)?;
         self.store.set_build_settings(app.id, &settings).await?;
-        self.builds.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
+        let repo = self.builds.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
+        self.builds.repos().configure(&repo, &settings.deploy_branch).await?;
         self.git_info(principal, team, name).await
     }
 

@@ -258,10 +258,16 @@ impl Services {
         if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid("after", "the pushed commit is not a 40-digit hex id"));
         }
-        if let Some(delivery) = delivery
-            && self.store.delivery_seen(&hook.id, delivery).await?
-        {
+        // The delivery id is not signed: a replay may carry a fresh one. So a commit is built
+        // once per app by webhooks, whatever the delivery says.
+        let Some(delivery) = delivery else {
+            return Err(invalid("delivery", "the delivery has no id header; Berth acts on identified deliveries only"));
+        };
+        if self.store.delivery_seen(&hook.id, delivery).await? {
             return Ok(WebhookAnswer::Ignored(format!("delivery {delivery} was accepted before (a redelivery)")));
+        }
+        if self.store.webhook_built(app.id, &commit).await? {
+            return Ok(WebhookAnswer::Ignored(format!("commit {commit} was built for an earlier delivery")));
         }
         let Some(url) = settings.git_url.clone() else {
             return Err(invalid("git_url", format!("{} has no git URL to fetch the commit from", app.name)));

@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 /// Longer lines are cut (a builder printing a minified file on one line).
 const MAX_LINE: usize = 8 * 1024;
-/// Lines beyond this are dropped (and counted) so a runaway build cannot exhaust memory.
-const MAX_LINES: usize = 200_000;
+/// Lines beyond these budgets are dropped (and counted) so a runaway build cannot exhaust memory.
+const MAX_LINES: usize = 100_000;
+const MAX_BYTES: usize = 32 << 20;
 
 pub struct BuildLog {
     path: PathBuf,
@@ -26,6 +27,7 @@ pub struct BuildLog {
 
 struct State {
     lines: Vec<String>,
+    bytes: usize,
     dropped: u64,
     file: Option<std::fs::File>,
 }
@@ -38,7 +40,7 @@ impl BuildLog {
         let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(BuildLog {
             path,
-            state: Mutex::new(State { lines: Vec::new(), dropped: 0, file: Some(file) }),
+            state: Mutex::new(State { lines: Vec::new(), bytes: 0, dropped: 0, file: Some(file) }),
             progress: watch::Sender::new((0, false)),
         })
     }
@@ -54,10 +56,11 @@ impl BuildLog {
             line.push_str(" [line cut]");
         }
         let mut state = self.state.lock().expect("BUG: build log lock poisoned");
-        if state.lines.len() >= MAX_LINES {
+        if state.lines.len() >= MAX_LINES || state.bytes + line.len() > MAX_BYTES {
             state.dropped += 1;
             return;
         }
+        state.bytes += line.len();
         if let Some(file) = &mut state.file
             && writeln!(file, "{line}").is_err()
         {
