@@ -284,6 +284,7 @@ async fn the_builds_panel_shows_pushes_and_their_live_log() -> anyhow::Result<()
     repo.commit("g1", "RUN [\"/hello\", \"sleep\", \"6\"]\n")?;
     repo.run(&["push", "-o", "berth.detach", "berth", "main"])?;
     browser.wait_for("#builds tr[data-build='1'][data-state='building']").await?;
+    browser.client().execute("document.querySelector('#builds-panel').scrollIntoView();", vec![]).await?;
     browser.wait_text("#build-log", "Step 1/").await?;
     let running = browser.wait_for("#builds tr[data-build='1']").await?.attr("data-state").await?;
     assert_eq!(running.as_deref(), Some("building"), "the log must be live while the build runs");
