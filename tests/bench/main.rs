@@ -150,7 +150,9 @@ async fn builds(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Resu
     for (round, version) in ["b1", "b2"].iter().enumerate() {
         std::fs::write(
             repo.join("Dockerfile"),
-            format!("FROM scratch\nCOPY hello /hello\n{stamps}ENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/hello\"]\n"),
+            format!(
+                "FROM scratch\nCOPY hello /hello\n{stamps}ENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/hello\"]\n"
+            ),
         )?;
         git(&["add", "-A"])?;
         git(&["commit", "-q", "-m", version])?;
@@ -178,7 +180,9 @@ async fn builds(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Resu
         }
         figures.push((round, took, delays));
     }
-    println!("\ngit push to serving (2 replicas, Dockerfile FROM scratch + a static binary, 3 build steps that print the time + 3 of 1 s):");
+    println!(
+        "\ngit push to serving (2 replicas, Dockerfile FROM scratch + a static binary, 3 build steps that print the time + 3 of 1 s):"
+    );
     for (round, took, delays) in figures {
         let label = if round == 0 { "first push (cold)" } else { "second push (cache warm)" };
         println!(

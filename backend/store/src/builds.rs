@@ -229,12 +229,13 @@ impl Store {
 
     /// True when a webhook delivery built `commit` for the app before (a replayed delivery).
     pub async fn webhook_built(&self, app_id: i64, commit: &str) -> Result<bool> {
-        let seen: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM builds WHERE app_id = ? AND trigger = 'webhook' AND commit_sha = ? LIMIT 1")
-                .bind(app_id)
-                .bind(commit)
-                .fetch_optional(&self.pool)
-                .await?;
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM builds WHERE app_id = ? AND trigger = 'webhook' AND commit_sha = ? LIMIT 1",
+        )
+        .bind(app_id)
+        .bind(commit)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(seen.is_some())
     }
 
