@@ -396,3 +396,29 @@ async fn a_signed_webhook_builds_the_pushed_commit() -> anyhow::Result<()> {
     assert_eq!(builds.as_array().map(Vec::len), Some(1), "{builds}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_host_builds_and_its_image_reaches_the_other_host() -> anyhow::Result<()> {
+    // A control plane without an agent of its own: every build runs on a joined host.
+    let cluster = berth_tests::Cluster::start_with(2, &[], &[2]).await?;
+    cluster.fixture.track_built_app("main/farbuilt");
+    let api = cluster.server.api();
+    api.create_app(json!({ "name": "farbuilt", "port": 8080, "replicas": 2, "health_path": "/up" })).await?;
+    let repo = repo(&cluster.fixture, &cluster.server, "farbuilt", "far").await?;
+    repo.commit("r1", "")?;
+    let (ok, lines, _) = Push::start(&repo, &["push", "berth", "main"])?.finish().await?;
+    let output = text(&lines);
+    assert!(ok, "the push failed:\n{output}\n{}", cluster.server.log());
+    assert!(output.contains("Step 1/"), "the remote builder's output reaches the pusher:\n{output}");
+    let (_, build) = api.call(reqwest::Method::GET, "/farbuilt/builds/1", None).await?;
+    let names: Vec<&str> = cluster.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert!(names.contains(&build["host"].as_str().unwrap_or_default()), "built on a joined host: {build}");
+    // The replicas are spread over both hosts: one of them got the image shipped from the other.
+    let detail = api.show("farbuilt").await?;
+    let hosts: std::collections::BTreeSet<&str> = detail.replicas.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts.len(), 2, "{:?}", detail.replicas);
+    assert!(detail.replicas.iter().all(|r| r.ready), "{:?}", detail.replicas);
+    let (status, body) = get(cluster.server.ingress, &host("farbuilt"), "/").await?;
+    assert_eq!((status, body.starts_with("hello from r1 ")), (200, true), "{body}");
+    Ok(())
+}

@@ -133,6 +133,36 @@ pub enum ControlMessage {
     /// Upload a container's logs to `/api/v1/agents/transfers/{transfer}` as lines of
     /// `LogChunk` JSON: the last `tail` lines, then new ones while `follow`.
     Logs { transfer: String, container_id: String, tail: u32, follow: bool },
+    /// Build an image: download its context (a tar) from
+    /// `/api/v1/agents/transfers/{transfer}/context`, then upload the build's progress to
+    /// `/api/v1/agents/transfers/{transfer}` as lines of `BuildUpdate` JSON. The build is
+    /// canceled when the control plane stops reading.
+    Build { transfer: String, build: BuildRequest },
+    /// Remove this app's Berth-built images except `keep` (those of releases that may run), and
+    /// prune the build cache down to `cache_max_bytes` if it is larger.
+    CleanImages { app: String, keep: Vec<String>, cache_max_bytes: u64 },
+}
+
+/// What an agent builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub tag: String,
+    pub dockerfile: String,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub no_cache: bool,
+}
+
+/// One step of a build on an agent, as uploaded: lines, then `built` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildUpdate {
+    Line { line: String },
+    Built,
+    Failed { error: String },
 }
 
 /// One log line as an agent uploads it.

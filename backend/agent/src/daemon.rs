@@ -228,6 +228,19 @@ async fn session(
                         ControlMessage::ExportImage { transfer, image } => {
                             tokio::spawn(export_image(base.to_string(), membership.credential.clone(), handle.clone(), transfer, image, outgoing.clone()));
                         }
+                        ControlMessage::Build { transfer, build } => {
+                            tokio::spawn(run_build(base.to_string(), membership.credential.clone(), handle.clone(), transfer, build));
+                        }
+                        ControlMessage::CleanImages { app, keep, cache_max_bytes } => {
+                            let runtime = handle.runtime().clone();
+                            tokio::spawn(async move {
+                                let keep = keep.into_iter().collect();
+                                match crate::builds::clean_images(runtime.as_ref(), &app, &keep, cache_max_bytes).await {
+                                    Ok(cleaned) => tracing::info!(app, removed = ?cleaned.images, cache = cleaned.cache_bytes, "cleaned built images"),
+                                    Err(error) => tracing::warn!(app, error = format!("{error:#}"), "cleaning built images"),
+                                }
+                            });
+                        }
                     },
                     Message::Close(_) => return Ok(()),
                     _ => {}
@@ -270,6 +283,38 @@ async fn export_image(
     }
     tracing::info!(image, "uploading an image another host needs");
     upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(handle.export_image(&image))).await;
+}
+
+/// Builds an image the control plane asked for: downloads the context, uploads the progress for
+/// as long as the control plane reads it (when it stops, the upload fails, the build stream is
+/// dropped and the engine cancels the build).
+async fn run_build(
+    base: String,
+    credential: String,
+    handle: AgentHandle,
+    transfer: String,
+    build: berth_wire::agent::BuildRequest,
+) {
+    let context = reqwest::Client::new()
+        .get(format!("{base}/api/v1/agents/transfers/{transfer}/context"))
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    let context = match context {
+        Ok(response) => response.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed(),
+        Err(error) => {
+            tracing::warn!(transfer, %error, "downloading a build context");
+            let failed = berth_wire::agent::BuildUpdate::Failed { error: format!("the build host could not download the context: {error}") };
+            let mut json = serde_json::to_vec(&failed).expect("BUG: build updates serialise");
+            json.push(b'\n');
+            upload(&base, &credential, &transfer, reqwest::Body::from(json)).await;
+            return;
+        }
+    };
+    tracing::info!(image = build.tag, "building an image");
+    let lines = crate::builds::build_lines(handle.runtime().as_ref(), build, context);
+    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
 }
 
 /// Uploads a container's log lines as JSON lines for as long as the control plane reads them.

@@ -4,13 +4,15 @@
 //! - `runtime`: the `ContainerRuntime` seam; `docker` is the real one, `memory` (feature
 //!   `memory-runtime`) an in-process one for tests.
 //! - `actor`: the agent itself (desired list in, observed map out), with `probe` and `usage`.
-//! - `images`: where an image comes from when it is neither local nor pullable.
+//! - `images`: where an image comes from when it is neither local nor pullable; `builds`: image
+//!   builds and the cleanup of built images.
 //! - `daemon`: `berth agent`, the agent on a host of its own, joined to a control plane over HTTP
 //!   and a WebSocket.
 //!
 //! This crate knows nothing of the store, the API or the dashboard: it speaks only `berth-wire`.
 
 pub mod actor;
+pub mod builds;
 pub mod daemon;
 pub mod docker;
 pub mod images;

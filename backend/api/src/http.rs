@@ -111,6 +111,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/agents/connect", Agent, agents::connect),
         endpoint(Method::GET, "/api/v1/agents/images", Agent, agents::fetch_image),
         endpoint(Method::PUT, "/api/v1/agents/transfers/{transfer}", Agent, agents::upload),
+        endpoint(Method::GET, "/api/v1/agents/transfers/{transfer}/context", Agent, agents::build_context),
         endpoint(Method::POST, "/api/v1/login", Public, identity::login),
         endpoint(Method::GET, "/api/v1/auth/providers", Public, identity::sign_in_providers),
         endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start),

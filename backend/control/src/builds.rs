@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use berth_agent::ContainerRuntime;
 use berth_agent::runtime::{BuildEvent, BuildSpec};
 use berth_store::{AppRow, BuildInsert, BuildRow, NewBuild, Store};
 use berth_wire::api::ReleaseState;
@@ -24,8 +23,10 @@ use tokio_util::task::TaskTracker;
 use crate::Orchestrator;
 use crate::repos::{ObjectDirs, Repos, redact_url};
 
+mod hosts;
 mod log;
 
+use hosts::BuildTarget;
 pub use log::{BuildLog, stored_lines};
 
 /// Build records (and their logs) kept per app.
@@ -306,11 +307,11 @@ impl Builds {
                 MAX_CONTEXT_BYTES >> 20
             )));
         }
-        let (host, runtime, slot) = tokio::select! {
+        let (host, target, slot) = tokio::select! {
             chosen = self.build_host(log) => chosen.map_err(failed)?,
             () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled while waiting for a build slot".into())),
         };
-        if let Some(disk) = runtime.disk().await {
+        if let Some(disk) = target.disk().await {
             let needed = inner.config.min_free_bytes.max(disk.total / 20);
             if disk.free < needed {
                 return Err(failed(anyhow!(
@@ -333,8 +334,11 @@ impl Builds {
             ]),
             no_cache: order.no_cache,
         };
-        let context = futures::stream::iter([Ok(bytes::Bytes::from(context))]).boxed();
-        let mut events = runtime.build(spec, context);
+        let started = target.build(inner.orchestrator.links(), spec, bytes::Bytes::from(context));
+        let mut events = tokio::select! {
+            events = started => events.map_err(failed)?,
+            () = cancel.cancelled() => return Err(canceled()),
+        };
         let timeout = Duration::from_secs(settings.timeout_secs.max(1));
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -516,25 +520,7 @@ impl Builds {
             }
         }
         let owner = format!("{}/{}", app.team, app.name);
-        for link in inner.orchestrator.links().all() {
-            let Some(agent) = link.local_agent() else { continue };
-            let runtime = agent.runtime();
-            for image in runtime.images(labels::IMAGE_APP, &owner).await? {
-                if image.tags.iter().any(|t| keep.contains(t)) {
-                    continue;
-                }
-                let name = image.tags.first().cloned().unwrap_or(image.id.clone());
-                match runtime.remove_image(&name).await {
-                    Ok(()) => tracing::info!(image = name, "removed an image no release needs"),
-                    Err(error) => tracing::debug!(%error, image = name, "image kept"),
-                }
-            }
-            let cache = runtime.build_cache_bytes().await.unwrap_or(0);
-            if cache > inner.config.cache_max_bytes {
-                let freed = runtime.prune_build_cache(inner.config.cache_max_bytes).await?;
-                tracing::info!(cache, freed, host = link.name, "pruned the build cache");
-            }
-        }
+        hosts::clean_images(inner.orchestrator.links(), &owner, &keep, inner.config.cache_max_bytes).await;
         Ok(())
     }
 
@@ -543,7 +529,7 @@ impl Builds {
     async fn build_host(
         &self,
         log: &BuildLog,
-    ) -> anyhow::Result<(String, Arc<dyn ContainerRuntime>, tokio::sync::OwnedSemaphorePermit)> {
+    ) -> anyhow::Result<(String, BuildTarget, tokio::sync::OwnedSemaphorePermit)> {
         let inner = &self.inner;
         let hosts = inner.store.hosts().await?;
         let mut candidates: Vec<_> = hosts
@@ -551,15 +537,20 @@ impl Builds {
             .filter(|h| h.state() == berth_wire::api::HostState::Up)
             .filter_map(|h| {
                 let link = inner.orchestrator.links().get(&h.name)?;
-                let runtime = link.local_agent()?.runtime().clone();
-                Some((h, runtime))
+                let target = match link.local_agent() {
+                    Some(agent) => BuildTarget::Local(agent.runtime().clone()),
+                    None => BuildTarget::Remote(link),
+                };
+                Some((h, target))
             })
             .collect();
-        candidates.sort_by_key(|(h, _)| !h.labels().contains_key("builder"));
-        let (host, runtime) = candidates
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("no host can build: builds run on the server's own host, and it is not up"))?;
+        // Hosts labelled `builder` first; then the server's own host (its image needs no
+        // shipping to run there).
+        candidates.sort_by_key(|(h, target)| {
+            (!h.labels().contains_key("builder"), !matches!(target, BuildTarget::Local(_)))
+        });
+        let (host, target) =
+            candidates.into_iter().next().ok_or_else(|| anyhow!("no host can build: no host is up"))?;
         let slots: usize = host.labels().get("build-slots").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         let semaphore = inner
             .slots
@@ -575,7 +566,7 @@ impl Builds {
                 semaphore.acquire_owned().await.context("build slots closed")?
             }
         };
-        Ok((host.name, runtime, permit))
+        Ok((host.name, target, permit))
     }
 }
 

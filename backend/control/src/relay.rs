@@ -20,6 +20,9 @@ enum Answer {
 #[derive(Default)]
 pub struct Relay {
     transfers: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
+    /// Bytes the control plane offers one agent for an open transfer (a build's context): the
+    /// host allowed to take them, and them.
+    offers: Mutex<HashMap<String, (String, bytes::Bytes)>>,
 }
 
 /// An open transfer; closed when dropped.
@@ -46,6 +49,20 @@ impl Relay {
         let (done, finished) = oneshot::channel();
         sender.send(Answer::Upload { stream, done }).map_err(|_| anyhow::anyhow!("the transfer was abandoned"))?;
         finished.await.context("the reader stopped reading")
+    }
+
+    /// Offers `bytes` to agent `host` for the open transfer `transfer` (until it is closed).
+    pub fn offer(&self, transfer: &str, host: &str, bytes: bytes::Bytes) {
+        self.offers.lock().expect("BUG: offer table poisoned").insert(transfer.into(), (host.into(), bytes));
+    }
+
+    /// What was offered to `host` for `transfer`, once; `None` for any other host.
+    pub fn take_offer(&self, transfer: &str, host: &str) -> Option<bytes::Bytes> {
+        let mut offers = self.offers.lock().expect("BUG: offer table poisoned");
+        if offers.get(transfer).is_some_and(|(to, _)| to == host) {
+            return offers.remove(transfer).map(|(_, bytes)| bytes);
+        }
+        None
     }
 
     /// An agent says it cannot answer the transfer.
@@ -75,6 +92,7 @@ impl Transfer<'_> {
 impl Drop for Transfer<'_> {
     fn drop(&mut self) {
         self.relay.transfers.lock().expect("BUG: transfer table poisoned").remove(&self.id);
+        self.relay.offers.lock().expect("BUG: offer table poisoned").remove(&self.id);
     }
 }
 

@@ -38,6 +38,16 @@ pub(super) async fn fetch_image(
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response())
 }
 
+/// An agent downloads the context of a build the control plane asked it to run.
+pub(super) async fn build_context(
+    AgentHost(host): AgentHost,
+    State(s): State<AppState>,
+    Path(transfer): Path<String>,
+) -> ApiResult<Response> {
+    let context = s.services.build_context(&host, &transfer)?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], context).into_response())
+}
+
 /// An agent uploads what the control plane asked for (an image, a log stream).
 pub(super) async fn upload(
     AgentHost(_): AgentHost,
