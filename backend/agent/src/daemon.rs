@@ -305,7 +305,9 @@ async fn run_build(
         Ok(response) => response.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed(),
         Err(error) => {
             tracing::warn!(transfer, %error, "downloading a build context");
-            let failed = berth_wire::agent::BuildUpdate::Failed { error: format!("the build host could not download the context: {error}") };
+            let failed = berth_wire::agent::BuildUpdate::Failed {
+                error: format!("the build host could not download the context: {error}"),
+            };
             let mut json = serde_json::to_vec(&failed).expect("BUG: build updates serialise");
             json.push(b'\n');
             upload(&base, &credential, &transfer, reqwest::Body::from(json)).await;

@@ -546,9 +546,8 @@ impl Builds {
             .collect();
         // Hosts labelled `builder` first; then the server's own host (its image needs no
         // shipping to run there).
-        candidates.sort_by_key(|(h, target)| {
-            (!h.labels().contains_key("builder"), !matches!(target, BuildTarget::Local(_)))
-        });
+        candidates
+            .sort_by_key(|(h, target)| (!h.labels().contains_key("builder"), !matches!(target, BuildTarget::Local(_))));
         let (host, target) =
             candidates.into_iter().next().ok_or_else(|| anyhow!("no host can build: no host is up"))?;
         let slots: usize = host.labels().get("build-slots").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);

@@ -81,7 +81,9 @@ pub async fn clean_images(links: &HostLinks, app: &str, keep: &HashSet<String>, 
                         tracing::info!(app, host = link.name, removed = ?cleaned.images, cache = cleaned.cache_bytes, "cleaned built images");
                     }
                     Ok(_) => {}
-                    Err(error) => tracing::warn!(app, host = link.name, error = format!("{error:#}"), "cleaning built images"),
+                    Err(error) => {
+                        tracing::warn!(app, host = link.name, error = format!("{error:#}"), "cleaning built images")
+                    }
                 }
             }
             None => {
