@@ -4,7 +4,7 @@
 use berth_wire::api::{
     AppDetail, AppMetrics, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, Rollback, Scale,
 };
-use berth_wire::builds::{BuildInfo, BuildLogLine, BuildState, GitInfo};
+use berth_wire::builds::{BuildInfo, BuildLogLine, BuildState, GitInfo, WebhookDelivery};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -451,15 +451,19 @@ fn Builds(ctx: Ctx) -> impl IntoView {
         |(team, app)| api::get::<Vec<BuildInfo>>(format!("/api/v1/teams/{team}/apps/{app}/builds")),
     );
     let builds: RwSignal<Option<Vec<BuildInfo>>> = RwSignal::new(None);
+    let deliveries: RwSignal<Vec<WebhookDelivery>> = RwSignal::new(Vec::new());
     let log: RwSignal<Vec<BuildLogLine>> = RwSignal::new(Vec::new());
     // In the browser only: refresh the list, so a build started by a push shows up.
     Effect::new(move |_| {
         let base = ctx.base();
         let refresh = move || {
-            let url = format!("{base}/builds");
+            let (url, hooks) = (format!("{base}/builds"), format!("{base}/webhook-deliveries"));
             leptos::task::spawn_local(async move {
                 if let Ok(list) = api::get::<Vec<BuildInfo>>(url).await {
                     builds.set(Some(list));
+                }
+                if let Ok(list) = api::get::<Vec<WebhookDelivery>>(hooks).await {
+                    deliveries.set(list);
                 }
             });
         };
@@ -538,6 +542,28 @@ fn Builds(ctx: Ctx) -> impl IntoView {
                     }
                 })}
             </Suspense>
+            {move || {
+                let list = deliveries.get();
+                (!list.is_empty()).then(|| view! {
+                    <h3>"Webhook deliveries"</h3>
+                    <div class="table-wrap">
+                        <table id="webhook-deliveries">
+                            <thead><tr><th>"When"</th><th>"Verdict"</th><th>"Delivery"</th><th>"Reason"</th><th>"Build"</th></tr></thead>
+                            <tbody>
+                                {list.into_iter().map(|d| view! {
+                                    <tr data-verdict=d.verdict.clone()>
+                                        <td>{format_time(d.at)}</td>
+                                        <td><span class=format!("badge {}", match d.verdict.as_str() { "accepted" => "ok", "refused" => "bad", _ => "" })>{d.verdict.clone()}</span></td>
+                                        <td><code>{d.delivery.clone().unwrap_or_else(|| "-".into())}</code></td>
+                                        <td>{d.reason.clone()}</td>
+                                        <td>{d.build.map_or_else(|| "-".to_string(), |b| format!("#{b}"))}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    </div>
+                })
+            }}
             <pre class="logs" id="build-log" tabindex="0" aria-live="off" aria-label="Build log">
                 {move || log.with(|all| {
                     let skip = all.len().saturating_sub(BUILD_LOG_LINES);

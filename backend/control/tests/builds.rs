@@ -1,0 +1,199 @@
+//! The build coordinator inside one process: a real store, the real orchestrator and ingress
+//! table, an agent on the in-memory runtime whose "builds" run the Dockerfile's steps (`RUN false`
+//! fails, `RUN sleep N` takes N seconds). No Docker, no git client.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::memory::MemoryRuntime;
+use berth_agent::{AgentConfig, ContainerRuntime, EndpointMode, ProbeConfig};
+use berth_control::builds::{BuildOrder, Builds, BuildsConfig, Context, Outcome, StartError, Started};
+use berth_control::repos::{ObjectDirs, Repos};
+use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
+use berth_ingress::{Ingress, IngressConfig};
+use berth_store::{AppRow, Store};
+use berth_wire::AppSpec;
+use berth_wire::api::ReleaseState;
+use berth_wire::builds::BuildState;
+
+struct Plane {
+    _dir: tempfile::TempDir,
+    store: Store,
+    runtime: Arc<MemoryRuntime>,
+    builds: Builds,
+    app: AppRow,
+}
+
+async fn plane() -> Plane {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let store = Store::open(dir.path()).await.expect("opening the store");
+    store.bootstrap("token hash", "password hash").await.unwrap();
+    let team_id = store.team_id("main").await.unwrap().expect("team main");
+    let runtime = MemoryRuntime::new();
+    store.register_local_host("h1", "local", &runtime.capacity().await).await.unwrap();
+    let links = HostLinks::default();
+    let mut agent_config = AgentConfig::new("h1", EndpointMode::Published(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    agent_config.probe = ProbeConfig {
+        interval_starting: Duration::from_millis(10),
+        interval_ready: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+        ready_after: 2,
+        unready_after: 3,
+    };
+    let link = HostLink::new("h1");
+    let desired = link.desired_receiver();
+    links.add(link.attach_local(berth_agent::spawn(runtime.clone(), agent_config, desired)));
+    let config = OrchestratorConfig {
+        deploy_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(2),
+        stop_grace_secs: 1,
+        ..OrchestratorConfig::new("localhost", 80)
+    };
+    let ingress = Ingress::new(IngressConfig::default());
+    let orchestrator = Orchestrator::start(store.clone(), ingress, links, config).await.unwrap();
+    let program = std::env::current_exe().unwrap();
+    let repos = Repos::open(dir.path(), &program).await.expect("git is installed");
+    let builds_config =
+        BuildsConfig { logs_dir: dir.path().join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 1 << 20 };
+    let builds = Builds::start(store.clone(), orchestrator, repos, builds_config).await.unwrap();
+    let spec = AppSpec {
+        image: String::new(),
+        port: 8080,
+        replicas: 1,
+        env: BTreeMap::new(),
+        health_path: Some("/up".into()),
+        cpu_millis: None,
+        memory_mb: None,
+        constraints: BTreeMap::new(),
+        privileges: Default::default(),
+    };
+    let app_id = store.create_app(team_id, "web", &spec).await.unwrap();
+    let app = store.app_by_id(app_id).await.unwrap().unwrap();
+    Plane { _dir: dir, store, runtime, builds, app }
+}
+
+/// A context holding only a Dockerfile.
+fn context(dockerfile: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "Dockerfile", dockerfile.as_bytes()).unwrap();
+    builder.into_inner().unwrap()
+}
+
+impl Plane {
+    fn order(&self, commit_digit: char, dockerfile: &str, replace: bool) -> BuildOrder {
+        BuildOrder {
+            app: self.app.clone(),
+            commit: commit_digit.to_string().repeat(40),
+            git_ref: "refs/heads/main".into(),
+            pusher: "dev@example.com".into(),
+            trigger: "push",
+            context: Context::Archive { tar: context(dockerfile), objects: ObjectDirs::default() },
+            no_cache: false,
+            replace,
+        }
+    }
+
+    async fn start(&self, commit_digit: char, dockerfile: &str) -> Started {
+        match self.builds.start_build(self.order(commit_digit, dockerfile, false)).await {
+            Ok(started) => started,
+            Err(_) => panic!("the build did not start"),
+        }
+    }
+
+    async fn state(&self, number: i64) -> BuildState {
+        self.store.build(self.app.id, number).await.unwrap().expect("the build exists").state()
+    }
+}
+
+async fn outcome(started: &mut Started) -> Outcome {
+    let waited = tokio::time::timeout(Duration::from_secs(20), started.outcome.wait_for(Option::is_some)).await;
+    waited.expect("the build ends").expect("the outcome is sent").clone().expect("checked")
+}
+
+async fn wait_state(plane: &Plane, number: i64, want: BuildState) {
+    for _ in 0..200 {
+        if plane.state(number).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("build {number} never became {want:?} (it is {:?})", plane.state(number).await);
+}
+
+#[tokio::test]
+async fn a_built_image_is_released_and_serves() {
+    let plane = plane().await;
+    let mut started = plane.start('a', "FROM scratch\nCOPY app /app\n").await;
+    let outcome = outcome(&mut started).await;
+    assert_eq!((outcome.state, outcome.serving), (BuildState::Succeeded, Some(1)), "{}", outcome.message);
+    let release = plane.store.release(plane.app.id, 1).await.unwrap().expect("release 1");
+    assert_eq!(release.state(), ReleaseState::Serving);
+    assert_eq!(release.spec().image, format!("berth/main/web:{}-1", "a".repeat(12)));
+    let lines: Vec<String> = started.log.lines_from(0).into_iter().map(|l| l.line).collect();
+    assert!(lines[0].starts_with("build 1 of main/web"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "Step 2/2 : COPY app /app"), "{lines:?}");
+    assert!(lines.last().unwrap().starts_with("build 1 done: release 1 serves"), "{lines:?}");
+    let build = plane.store.build(plane.app.id, 1).await.unwrap().unwrap();
+    assert_eq!((build.state(), build.release_number, build.host.as_deref()), (BuildState::Succeeded, Some(1), Some("h1")));
+}
+
+#[tokio::test]
+async fn a_failing_build_fails_and_its_image_never_exists() {
+    let plane = plane().await;
+    let mut started = plane.start('b', "FROM scratch\nRUN false\n").await;
+    let outcome = outcome(&mut started).await;
+    assert_eq!(outcome.state, BuildState::Failed);
+    assert!(outcome.message.contains("non-zero code"), "{}", outcome.message);
+    assert!(plane.store.releases(plane.app.id).await.unwrap().is_empty(), "a failed build makes no release");
+    assert!(!plane.runtime.has_image(&started.row.image).await.unwrap());
+}
+
+#[tokio::test]
+async fn one_build_per_app_a_cancel_frees_it_at_once_and_replace_cancels_the_running_one() {
+    let plane = plane().await;
+    let slow = plane.start('c', "FROM scratch\nRUN sleep 60\n").await;
+    wait_state(&plane, 1, BuildState::Building).await;
+    match plane.builds.start_build(plane.order('d', "FROM scratch\n", false)).await {
+        Err(StartError::Busy(running)) => assert_eq!(running.number, 1),
+        _ => panic!("a second build of the app must be refused"),
+    }
+    // Cancel returns once the record says canceled: the app is free at once.
+    assert_eq!(plane.builds.cancel(plane.app.id, "test").await, Some(1));
+    assert_eq!(plane.state(1).await, BuildState::Canceled);
+    drop(slow);
+    let _second = plane.start('e', "FROM scratch\nRUN sleep 60\n").await;
+    wait_state(&plane, 2, BuildState::Building).await;
+    // `replace` cancels the running build and starts its own.
+    let mut third = match plane.builds.start_build(plane.order('f', "FROM scratch\n", true)).await {
+        Ok(started) => started,
+        Err(_) => panic!("replace must start the build"),
+    };
+    assert_eq!(plane.state(2).await, BuildState::Canceled);
+    assert_eq!(third.row.number, 3);
+    assert_eq!(outcome(&mut third).await.state, BuildState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_build_past_its_timeout_is_timed_out() {
+    let plane = plane().await;
+    let mut settings = plane.store.build_settings(plane.app.id).await.unwrap();
+    settings.timeout_secs = 1;
+    plane.store.set_build_settings(plane.app.id, &settings).await.unwrap();
+    let mut started = plane.start('g', "FROM scratch\nRUN sleep 30\n").await;
+    let outcome = outcome(&mut started).await;
+    assert_eq!(outcome.state, BuildState::TimedOut, "{}", outcome.message);
+    assert_eq!(plane.state(1).await, BuildState::TimedOut);
+    // The app is free again.
+    let mut next = plane.start('h', "FROM scratch\n").await;
+    assert_eq!(outcome_of(&mut next).await, BuildState::Succeeded);
+}
+
+async fn outcome_of(started: &mut Started) -> BuildState {
+    outcome(started).await.state
+}
