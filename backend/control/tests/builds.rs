@@ -140,7 +140,10 @@ async fn a_built_image_is_released_and_serves() {
     assert!(lines.iter().any(|l| l == "Step 2/2 : COPY app /app"), "{lines:?}");
     assert!(lines.last().unwrap().starts_with("build 1 done: release 1 serves"), "{lines:?}");
     let build = plane.store.build(plane.app.id, 1).await.unwrap().unwrap();
-    assert_eq!((build.state(), build.release_number, build.host.as_deref()), (BuildState::Succeeded, Some(1), Some("h1")));
+    assert_eq!(
+        (build.state(), build.release_number, build.host.as_deref()),
+        (BuildState::Succeeded, Some(1), Some("h1"))
+    );
 }
 
 #[tokio::test]
