@@ -177,7 +177,7 @@ impl Builds {
         let row = match inner.store.insert_build(new(app.id, &order, &template)).await.map_err(store_error)? {
             BuildInsert::Created(row) => row,
             BuildInsert::Busy(running) if order.replace => {
-                self.cancel(app.id, "replaced by a newer push").await;
+                self.cancel(app.id, None, "replaced by a newer push").await;
                 match inner.store.insert_build(new(app.id, &order, &template)).await.map_err(store_error)? {
                     BuildInsert::Created(row) => row,
                     BuildInsert::Busy(_) => return Err(StartError::Busy(Box::new(running))),
@@ -185,7 +185,7 @@ impl Builds {
             }
             BuildInsert::Busy(running) => return Err(StartError::Busy(Box::new(running))),
         };
-        let log = match BuildLog::create(self.log_path(app.id, row.number)).await {
+        let log = match BuildLog::create(self.log_path(app.id, row.number)) {
             Ok(log) => Arc::new(log),
             Err(error) => {
                 // The record must not keep the app locked.
@@ -221,10 +221,12 @@ impl Builds {
     /// Cancels the app's running build; returns its number once it has ended (its record says
     /// canceled and the app is free), or `None` when none runs. A release already rolling out
     /// is not interrupted halfway: it completes on its own, and the build ends at once.
-    pub async fn cancel(&self, app_id: i64, why: &str) -> Option<i64> {
+    /// With `only`, the build is canceled only if it is that one (a push cancels its own build,
+    /// never the next push's).
+    pub async fn cancel(&self, app_id: i64, only: Option<i64>, why: &str) -> Option<i64> {
         let (number, cancel, log, mut outcome) = {
             let running = self.inner.running.lock().expect("BUG: builds lock poisoned");
-            let build = running.get(&app_id)?;
+            let build = running.get(&app_id).filter(|b| only.is_none_or(|n| n == b.number))?;
             (build.number, build.cancel.clone(), build.log.clone(), build.outcome.clone())
         };
         log.push(format!("canceling: {why}"));
@@ -287,8 +289,9 @@ impl Builds {
                 let repo = inner.repos.ensure(&app.team, &app.name, &branch).await.map_err(failed)?;
                 let fetch = inner.repos.fetch(&repo, &url, &branch, &order.commit);
                 tokio::select! {
-                    result = fetch => result.map_err(failed)?,
+                    biased;
                     () = cancel.cancelled() => return Err(canceled()),
+                    result = fetch => result.map_err(failed)?,
                 }
                 order.context = Context::Fetch { url, branch };
                 let objects = ObjectDirs::default();
@@ -308,8 +311,9 @@ impl Builds {
             )));
         }
         let (host, target, slot) = tokio::select! {
-            chosen = self.build_host(log) => chosen.map_err(failed)?,
+            biased;
             () = cancel.cancelled() => return Err((BuildState::Canceled, "canceled while waiting for a build slot".into())),
+            chosen = self.build_host(log) => chosen.map_err(failed)?,
         };
         if let Some(disk) = target.disk().await {
             let needed = inner.config.min_free_bytes.max(disk.total / 20);
@@ -336,14 +340,17 @@ impl Builds {
         };
         let started = target.build(inner.orchestrator.links(), spec, bytes::Bytes::from(context));
         let mut events = tokio::select! {
-            events = started => events.map_err(failed)?,
+            biased;
             () = cancel.cancelled() => return Err(canceled()),
+            events = started => events.map_err(failed)?,
         };
         let timeout = Duration::from_secs(settings.timeout_secs.max(1));
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(canceled()),
                 event = events.next() => match event {
                     Some(BuildEvent::Line(line)) => log.push(line),
                     Some(BuildEvent::Built) => break,
@@ -353,7 +360,6 @@ impl Builds {
                 () = &mut deadline => {
                     return Err((BuildState::TimedOut, format!("the build took longer than {} s", timeout.as_secs())));
                 }
-                () = cancel.cancelled() => return Err(canceled()),
             }
         }
         drop(events);
@@ -367,6 +373,10 @@ impl Builds {
             && let Err(error) = inner.repos.keep_objects(&repo, objects).await
         {
             log.push(format!("warning: the pushed objects could not be kept: {error:#}"));
+        }
+        // Canceled while the image was finishing: nothing is released.
+        if cancel.is_cancelled() {
+            return Err(canceled());
         }
         self.release(order, row, log, cancel).await
     }
@@ -409,7 +419,7 @@ impl Builds {
             seen = events.len();
             match release.state() {
                 ReleaseState::Serving | ReleaseState::Superseded => {
-                    if order.trigger == "webhook" {
+                    if order.trigger == "webhook" && !self.superseded(app.id, row.number).await {
                         // No git push moves the branch: it follows what is deployed.
                         self.follow_branch(app, &branch, &order.commit, log).await;
                     }
@@ -427,8 +437,8 @@ impl Builds {
                     // The pusher is gone before git could move the branch: move it here if
                     // the release serves.
                     let builds = self.clone();
-                    let (app, commit) = (app.clone(), order.commit.clone());
-                    inner.tasks.spawn(async move { builds.branch_after(app, number, branch, commit).await });
+                    let (app, commit, build) = (app.clone(), order.commit.clone(), row.number);
+                    inner.tasks.spawn(async move { builds.branch_after(app, build, number, branch, commit).await });
                     return Err((
                         BuildState::Canceled,
                         format!("canceled while release {number} rolls out; the release completes on its own"),
@@ -438,11 +448,21 @@ impl Builds {
         }
     }
 
-    /// Waits for release `number` to finish; moves `branch` to `commit` if it serves.
-    async fn branch_after(&self, app: AppRow, number: i64, branch: String, commit: String) {
+    /// True when the app has a build newer than `number`: the branch is that build's to move.
+    async fn superseded(&self, app_id: i64, number: i64) -> bool {
+        let newest = self.inner.store.builds(app_id, 1).await.ok().and_then(|b| b.first().map(|b| b.number));
+        newest.is_some_and(|newest| newest > number)
+    }
+
+    /// Waits for release `number` (of build `build`) to finish; moves `branch` to `commit` if it
+    /// serves and no newer build came since.
+    async fn branch_after(&self, app: AppRow, build: i64, number: i64, branch: String, commit: String) {
         loop {
             match self.inner.store.release(app.id, number).await {
                 Ok(Some(release)) if release.state() == ReleaseState::Serving => {
+                    if self.superseded(app.id, build).await {
+                        return;
+                    }
                     let repo = self.inner.repos.path(&app.team, &app.name);
                     if let Err(error) = self.inner.repos.set_branch(&repo, &branch, &commit).await {
                         tracing::warn!(error = format!("{error:#}"), app = app.name, "moving the deploy branch");

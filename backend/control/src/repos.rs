@@ -122,28 +122,43 @@ impl Repos {
 
     /// Copies the objects of a push's quarantine into the repository, so its commit stays even
     /// if git discards the quarantine (the pusher went away before git could accept the push).
+    /// Only regular files under the repository's own `objects/` are copied, each to a temporary
+    /// name then renamed (a copy cut short leaves nothing git would read), packs before their
+    /// indexes.
     pub async fn keep_objects(&self, repo: &Path, objects: &ObjectDirs) -> anyhow::Result<()> {
-        let Some(quarantine) = objects.object_directory.as_deref().map(PathBuf::from) else { return Ok(()) };
-        let target = repo.join("objects");
+        let Some(given) = objects.object_directory.as_deref() else { return Ok(()) };
+        let target = tokio::fs::canonicalize(repo.join("objects")).await.context("the repository's objects")?;
+        let quarantine = tokio::fs::canonicalize(given).await.with_context(|| format!("the quarantine {given}"))?;
+        if !quarantine.starts_with(&target) || quarantine == target {
+            anyhow::bail!("{given} is not a quarantine inside the repository");
+        }
+        let mut files = Vec::new();
         let mut pending = vec![quarantine.clone()];
         while let Some(dir) = pending.pop() {
             let mut entries = tokio::fs::read_dir(&dir).await.with_context(|| format!("reading {}", dir.display()))?;
             while let Some(entry) = entries.next_entry().await? {
-                let path = entry.path();
-                if entry.file_type().await?.is_dir() {
-                    pending.push(path);
-                    continue;
+                let kind = tokio::fs::symlink_metadata(entry.path()).await?.file_type();
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
                 }
-                let relative = path.strip_prefix(&quarantine).context("a path outside the quarantine")?;
-                let destination = target.join(relative);
-                if destination.exists() {
-                    continue;
-                }
-                if let Some(parent) = destination.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
-                }
-                tokio::fs::copy(&path, &destination).await.with_context(|| format!("copying {}", path.display()))?;
             }
+        }
+        // A pack before its index: git reads a pack through its `.idx`.
+        files.sort_by_key(|path| path.extension().is_none_or(|e| e != "pack"));
+        for path in files {
+            let relative = path.strip_prefix(&quarantine).context("a path outside the quarantine")?;
+            let destination = target.join(relative);
+            if tokio::fs::symlink_metadata(&destination).await.is_ok() {
+                continue;
+            }
+            let parent = destination.parent().context("an object path has a parent")?;
+            tokio::fs::create_dir_all(parent).await?;
+            let name = destination.file_name().context("an object path has a name")?.to_string_lossy();
+            let temporary = parent.join(format!("tmp_berth_{name}"));
+            tokio::fs::copy(&path, &temporary).await.with_context(|| format!("copying {}", path.display()))?;
+            tokio::fs::rename(&temporary, &destination).await?;
         }
         Ok(())
     }

@@ -147,14 +147,15 @@ async fn a_built_image_is_released_and_serves() {
 }
 
 #[tokio::test]
-async fn a_failing_build_fails_and_its_image_never_exists() {
+async fn a_failing_build_fails_with_the_builders_error_and_releases_nothing() {
     let plane = plane().await;
     let mut started = plane.start('b', "FROM scratch\nRUN false\n").await;
     let outcome = outcome(&mut started).await;
     assert_eq!(outcome.state, BuildState::Failed);
     assert!(outcome.message.contains("non-zero code"), "{}", outcome.message);
     assert!(plane.store.releases(plane.app.id).await.unwrap().is_empty(), "a failed build makes no release");
-    assert!(!plane.runtime.has_image(&started.row.image).await.unwrap());
+    let last = started.log.lines_from(0).pop().expect("the log has lines").line;
+    assert!(last.starts_with("build 1 failed: The command"), "{last}");
 }
 
 #[tokio::test]
@@ -167,7 +168,8 @@ async fn one_build_per_app_a_cancel_frees_it_at_once_and_replace_cancels_the_run
         _ => panic!("a second build of the app must be refused"),
     }
     // Cancel returns once the record says canceled: the app is free at once.
-    assert_eq!(plane.builds.cancel(plane.app.id, "test").await, Some(1));
+    assert_eq!(plane.builds.cancel(plane.app.id, Some(2), "not this one").await, None, "only the named build");
+    assert_eq!(plane.builds.cancel(plane.app.id, Some(1), "test").await, Some(1));
     assert_eq!(plane.state(1).await, BuildState::Canceled);
     drop(slow);
     let _second = plane.start('e', "FROM scratch\nRUN sleep 60\n").await;

@@ -34,7 +34,6 @@ impl Services {
             .map_err(|e| ServiceError::NotFound(format!("{e:#}")))
     }
 
-    /// An agent's upload into a transfer the control plane opened; returns once it was read.
     /// The build context the control plane offered `host` for `transfer` (once).
     pub fn build_context(&self, host: &str, transfer: &str) -> Result<bytes::Bytes> {
         self.orchestrator
@@ -44,6 +43,7 @@ impl Services {
             .ok_or_else(|| ServiceError::NotFound(format!("no build context for host {host} in transfer {transfer}")))
     }
 
+    /// An agent's upload into a transfer the control plane opened; returns once it was read.
     pub async fn agent_upload(&self, transfer: &str, stream: ByteStream) -> Result<()> {
         let relay = self.orchestrator.links().relay();
         relay.deliver(transfer, stream).await.map_err(|e| ServiceError::NotFound(format!("{e:#}")))

@@ -322,7 +322,7 @@ impl Services {
                 line = lines.next() => match line {
                     Some(line) => {
                         if !say(line.line).await {
-                            self.builds.cancel(app.id, "the pusher's hook went away").await;
+                            self.builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
                             return Ok(1);
                         }
                     }
@@ -332,11 +332,11 @@ impl Services {
                     say(format!("build {number}: still working ({} s)", began.elapsed().as_secs())).await;
                 }
                 () = push.gone.cancelled() => {
-                    self.builds.cancel(app.id, "the push was interrupted").await;
+                    self.builds.cancel(app.id, Some(number), "the push was interrupted").await;
                     return Ok(1);
                 }
                 () = out.closed() => {
-                    self.builds.cancel(app.id, "the pusher's hook went away").await;
+                    self.builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
                     return Ok(1);
                 }
             }
@@ -456,7 +456,7 @@ impl Services {
     async fn cancel_build_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<BuildInfo> {
         let app = self.find_git_app(principal, team, name, Action::DeployApps).await?;
         let why = format!("canceled by {}", principal.email);
-        let Some(number) = self.builds.cancel(app.id, &why).await else {
+        let Some(number) = self.builds.cancel(app.id, None, &why).await else {
             return Err(ServiceError::Conflict(format!("{name} has no running build")));
         };
         Ok(self.find_build(&app, Some(number as u32)).await?.info())

@@ -33,9 +33,11 @@ struct State {
 }
 
 impl BuildLog {
-    pub async fn create(path: PathBuf) -> anyhow::Result<BuildLog> {
+    /// Creates the log's file (synchronously: a directory and an empty file, and the caller
+    /// must not be interrupted between recording a build and registering it).
+    pub fn create(path: PathBuf) -> anyhow::Result<BuildLog> {
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(BuildLog {
