@@ -185,12 +185,16 @@ async fn builds(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Resu
     );
     for (round, took, delays) in figures {
         let label = if round == 0 { "first push (cold)" } else { "second push (cache warm)" };
-        println!(
-            "  {label:<26} {:>6} ms   build output to pusher: {} ms (each of {} lines)",
-            took.as_millis(),
-            delays.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
-            delays.len()
-        );
+        let delays = if delays.is_empty() {
+            "none printed (the steps came from the cache)".to_string()
+        } else {
+            format!(
+                "{} ms (each of {} lines)",
+                delays.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                delays.len()
+            )
+        };
+        println!("  {label:<26} {:>6} ms   build output to pusher: {delays}", took.as_millis());
     }
     api.delete(BUILT).await?;
     Ok(())

@@ -135,6 +135,7 @@ async fn a_built_image_is_released_and_serves() {
     let release = plane.store.release(plane.app.id, 1).await.unwrap().expect("release 1");
     assert_eq!(release.state(), ReleaseState::Serving);
     assert_eq!(release.spec().image, format!("berth/main/web:{}-1", "a".repeat(12)));
+    assert!(plane.runtime.has_image(&release.spec().image).await.unwrap(), "the host's runtime built it");
     let lines: Vec<String> = started.log.lines_from(0).into_iter().map(|l| l.line).collect();
     assert!(lines[0].starts_with("build 1 of main/web"), "{lines:?}");
     assert!(lines.iter().any(|l| l == "Step 2/2 : COPY app /app"), "{lines:?}");
