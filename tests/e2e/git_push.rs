@@ -285,6 +285,13 @@ async fn git_push_builds_and_releases_the_pushed_commit() -> anyhow::Result<()> 
     }
     let logs = server.cli(&["builds", "logs", "pushed", "3"])?;
     assert!(String::from_utf8_lossy(&logs.stdout).contains("missing-file"));
+
+    // Deleting the app takes its repository, build logs and images with it.
+    api.delete("pushed").await?;
+    assert!(!server.data_dir.join("git/main/pushed.git").exists());
+    let label = format!("label={}=main/pushed", berth_wire::labels::IMAGE_APP);
+    let images = std::process::Command::new("docker").args(["images", "-q", "--filter", &label]).output()?;
+    assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "", "the app's images are removed");
     Ok(())
 }
 

@@ -256,6 +256,22 @@ impl Builds {
         self.inner.config.logs_dir.join(app_id.to_string()).join(format!("{number}.log"))
     }
 
+    /// An app is being deleted: its running build is canceled, then its repository, build logs
+    /// and built images go (images still used by a container stay until the engine lets them).
+    pub async fn forget_app(&self, app: &AppRow) {
+        self.cancel(app.id, None, "the app is being deleted").await;
+        let repo = self.inner.repos.path(&app.team, &app.name);
+        for dir in [repo, self.inner.config.logs_dir.join(app.id.to_string())] {
+            if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, dir = %dir.display(), "removing a deleted app's files");
+            }
+        }
+        let owner = format!("{}/{}", app.team, app.name);
+        hosts::clean_images(self.inner.orchestrator.links(), &owner, &HashSet::new(), u64::MAX).await;
+    }
+
     /// Cancels every running build and waits until their tasks have ended.
     pub async fn shutdown(&self) {
         self.cancel_all();

@@ -262,7 +262,10 @@ impl Services {
     /// Deletes the app; returns once its routes, containers and records are gone.
     async fn delete_app_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<()> {
         let app = self.find_app(principal, team, name, Action::DeleteApps).await?;
+        // No build may release into an app being deleted.
+        self.builds.cancel(app.id, None, "the app is being deleted").await;
         self.orchestrator.delete(app.id).await?;
+        self.builds.forget_app(&app).await;
         Ok(())
     }
 
