@@ -203,3 +203,34 @@ async fn a_build_past_its_timeout_is_timed_out() {
 async fn outcome_of(started: &mut Started) -> BuildState {
     outcome(started).await.state
 }
+
+#[tokio::test]
+async fn a_host_runs_one_build_at_a_time_and_the_next_waits_for_its_slot() {
+    let plane = plane().await;
+    let team_id = plane.store.team_id("main").await.unwrap().unwrap();
+    let spec = plane.store.base_spec(plane.app.id).await.unwrap().unwrap();
+    let other_id = plane.store.create_app(team_id, "api", &spec).await.unwrap();
+    let other = plane.store.app_by_id(other_id).await.unwrap().unwrap();
+    let _slow = plane.start('a', "FROM scratch\nRUN sleep 60\n").await;
+    wait_state(&plane, 1, BuildState::Building).await;
+    // The other app's build waits for the host's only slot, and says so.
+    let mut order = plane.order('b', "FROM scratch\n", false);
+    order.app = other.clone();
+    let mut waiting = match plane.builds.start_build(order).await {
+        Ok(started) => started,
+        Err(_) => panic!("another app's build is accepted"),
+    };
+    for _ in 0..100 {
+        if waiting.log.lines_from(0).iter().any(|l| l.line == "waiting for a build slot on h1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<String> = waiting.log.lines_from(0).into_iter().map(|l| l.line).collect();
+    assert!(lines.iter().any(|l| l == "waiting for a build slot on h1"), "{lines:?}");
+    let queued = plane.store.build(other.id, 1).await.unwrap().unwrap();
+    assert_eq!(queued.state(), BuildState::Queued);
+    // The slot frees when the first build ends; the waiting one then builds and releases.
+    plane.builds.cancel(plane.app.id, None, "test").await;
+    assert_eq!(outcome(&mut waiting).await.state, BuildState::Succeeded);
+}
