@@ -349,6 +349,12 @@ async fn a_signed_webhook_builds_the_pushed_commit() -> anyhow::Result<()> {
     repo.commit("w2-not-pushed-yet", "")?;
     let daemon = GitDaemon::start(&fixture.dir).await?;
     let git_url = format!("git://127.0.0.1:{}/upstream", daemon.port);
+    // Credentials in a git URL are kept for fetching but never shown.
+    let with_secret = "https://someone:s3cret@git.example.com/acme/hooked.git";
+    let (status, body) =
+        api.call(reqwest::Method::PATCH, "/hooked/git", Some(json!({ "git_url": with_secret }))).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["settings"]["git_url"], "https://git.example.com/acme/hooked.git", "{body}");
     let (status, body) = api.call(reqwest::Method::PATCH, "/hooked/git", Some(json!({ "git_url": git_url }))).await?;
     assert_eq!(status, 200, "{body}");
     let (status, hook) = api

@@ -53,11 +53,6 @@ impl DockerRuntime {
     }
 }
 
-/// A receiver as a stream.
-fn tokio_stream_from<T: Send + 'static>(mut received: tokio::sync::mpsc::Receiver<T>) -> BoxStream<'static, T> {
-    futures::stream::poll_fn(move |cx| received.poll_recv(cx)).boxed()
-}
-
 /// A build's error as the builder said it (the step's output is in the lines before).
 fn build_error(error: bollard::errors::Error) -> String {
     match error {
@@ -368,7 +363,7 @@ impl ContainerRuntime for DockerRuntime {
             };
             let _ = events.send(outcome).await;
         });
-        tokio_stream_from(received)
+        crate::runtime::receiver_stream(received)
     }
 
     fn images<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<Vec<ImageSummary>>> {

@@ -477,11 +477,7 @@ impl ContainerRuntime for MemoryRuntime {
             .await;
             let _ = events.send(outcome.map_or_else(BuildEvent::Failed, |()| BuildEvent::Built)).await;
         });
-        futures::stream::poll_fn({
-            let mut received = received;
-            move |cx| received.poll_recv(cx)
-        })
-        .boxed()
+        crate::runtime::receiver_stream(received)
     }
 
     fn images<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<Vec<ImageSummary>>> {

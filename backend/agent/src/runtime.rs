@@ -16,6 +16,15 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 /// Log lines `(stream, line)` of one container.
 pub type LogStream = BoxStream<'static, (String, String)>;
 
+/// A bounded channel's receiving end as a stream (runtimes run builds in a task of their own and
+/// hand out its events this way; dropping the stream tells the task to stop).
+pub(crate) fn receiver_stream<T: Send + 'static>(
+    mut received: tokio::sync::mpsc::Receiver<T>,
+) -> BoxStream<'static, T> {
+    use futures::StreamExt as _;
+    futures::stream::poll_fn(move |cx| received.poll_recv(cx)).boxed()
+}
+
 /// A failed runtime call. The agent branches on the kind: a missing container or image is
 /// expected (created anew, pulled), a conflict may be its own container.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -49,7 +49,7 @@ pub(super) async fn show(
     Path((team, app, number)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let number = parse_number(&number)?;
-    Ok(Json(s.services.show_build(&p, &team, &app, number.unwrap_or(0)).await?))
+    Ok(Json(s.services.show_build(&p, &team, &app, number).await?))
 }
 
 pub(super) async fn cancel(
@@ -117,7 +117,7 @@ pub(super) async fn log(
             })
             .chain(futures::stream::once(async move {
                 // The build as it ended, so the page shows its outcome without another request.
-                let done = services.show_build(&p, &team, &app, number).await.ok();
+                let done = services.show_build(&p, &team, &app, Some(number)).await.ok();
                 Ok(Event::default().event("done").id("done").json_data(&done).expect("BUG: serialises"))
             }));
         return Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response());

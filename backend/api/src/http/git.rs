@@ -29,10 +29,7 @@ pub const PUSH_SESSION_ENV: &str = "BERTH_PUSH_SESSION";
 const MAX_INFLATED_BODY: u64 = 1 << 30;
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/git/{team}/{repo}/info/refs", get(info_refs))
-        .route("/git/{team}/{repo}/git-receive-pack", post(receive_pack))
-        .route("/git/{team}/{repo}/git-upload-pack", post(upload_pack))
+    Router::new().route("/git/{team}/{repo}/info/refs", get(info_refs)).route("/git/{team}/{repo}/{service}", post(rpc))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,26 +185,6 @@ async fn info_refs(
         .into_response()
 }
 
-async fn receive_pack(
-    State(state): State<AppState>,
-    ClientAddress(address): ClientAddress,
-    Path((team, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    rpc(state, address, team, repo, headers, body, Service::ReceivePack).await
-}
-
-async fn upload_pack(
-    State(state): State<AppState>,
-    ClientAddress(address): ClientAddress,
-    Path((team, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    rpc(state, address, team, repo, headers, body, Service::UploadPack).await
-}
-
 /// What must live exactly as long as the response: the git process (its whole process group,
 /// hook included, is killed when the response is dropped) and the push's registration.
 struct Running {
@@ -224,15 +201,17 @@ impl Drop for Running {
     }
 }
 
+/// `POST .../git-receive-pack` (a push) and `POST .../git-upload-pack` (a fetch).
 async fn rpc(
-    state: AppState,
-    address: Option<String>,
-    team: String,
-    repo: String,
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    Path((team, repo, service)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
-    service: Service,
 ) -> Response {
+    let Some(service) = Service::parse(&service) else {
+        return (StatusCode::NOT_FOUND, format!("no git service {service:?}\n")).into_response();
+    };
     let access = match access(&state, &headers, address, &team, &repo, service).await {
         Ok(access) => access,
         Err(response) => return response,

@@ -16,7 +16,14 @@ use crate::auth::{Action, Principal};
 use crate::clock::now_ms;
 
 impl Services {
-    async fn find_app(&self, principal: &Principal, team: &str, name: &str, action: Action) -> Result<AppRow> {
+    /// The app `name` of `team`, if the principal may do `action` there; deleting apps are gone.
+    pub(super) async fn find_app(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        action: Action,
+    ) -> Result<AppRow> {
         let team_id = principal.require(team, action)?;
         match self.store.app(team_id, name).await? {
             Some(app) if !app.deleting => Ok(app),
@@ -164,8 +171,13 @@ impl Services {
         change: Deploy,
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
+        // The latest release's spec, or the initial one of an app built from git that has none.
         let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
-        let mut spec = self.store.base_spec(app.id).await?.ok_or_else(|| {
+        let base = match &latest {
+            Some(spec) => Some(spec.clone()),
+            None => self.store.base_spec(app.id).await?,
+        };
+        let mut spec = base.ok_or_else(|| {
             ServiceError::Internal(anyhow::anyhow!("app {name} has neither a release nor an initial spec"))
         })?;
         if let Some(image) = change.image {

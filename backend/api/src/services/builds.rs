@@ -151,10 +151,7 @@ fn validate_settings(settings: &BuildSettings) -> Result<()> {
         }
     }
     for (key, value) in &settings.build_args {
-        let key_ok = !key.is_empty()
-            && key.len() <= 200
-            && key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let key_ok = key.len() <= 200 && super::validate::valid_variable_name(key);
         if !key_ok || value.contains('\0') || value.len() > 4096 {
             return Err(invalid("build_args", format!("{key:?} is not a valid build argument")));
         }
@@ -172,14 +169,6 @@ fn validate_settings(settings: &BuildSettings) -> Result<()> {
 }
 
 impl Services {
-    async fn find_git_app(&self, principal: &Principal, team: &str, name: &str, action: Action) -> Result<AppRow> {
-        let team_id = principal.require(team, action)?;
-        match self.store.app(team_id, name).await? {
-            Some(app) if !app.deleting => Ok(app),
-            _ => Err(ServiceError::NotFound(format!("app {name} not found in team {team}"))),
-        }
-    }
-
     /// Checks a git request's credential (an API token as the Basic password) and role: Deployer
     /// or above to push, Viewer to fetch. Failures are counted per address and audited.
     pub async fn git_access(
@@ -210,7 +199,7 @@ impl Services {
         };
         principal.address = address;
         let action = if push { Action::DeployApps } else { Action::ViewApps };
-        let found = self.find_git_app(&principal, team, app, action).await;
+        let found = self.find_app(&principal, team, app, action).await;
         if let Err(error) = &found
             && matches!(error, ServiceError::Forbidden(_) | ServiceError::NotFound(_))
         {
@@ -349,10 +338,12 @@ impl Services {
     }
 
     pub async fn git_info(&self, principal: &Principal, team: &str, name: &str) -> Result<GitInfo> {
-        let app = self.find_git_app(principal, team, name, Action::ViewApps).await?;
-        let settings = self.store.build_settings(app.id).await?;
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        let mut settings = self.store.build_settings(app.id).await?;
         let repo = self.builds.repos().path(&app.team, &app.name);
         let deployed_commit = self.builds.repos().branch_commit(&repo, &settings.deploy_branch).await;
+        // Viewers read this: a user name or password in the URL is never shown.
+        settings.git_url = settings.git_url.map(|url| berth_control::repos::redact_url(&url));
         Ok(GitInfo {
             remote_url: format!("{}/git/{}/{}.git", self.public_url, app.team, app.name),
             settings,
@@ -367,7 +358,7 @@ impl Services {
         name: &str,
         change: BuildSettingsChange,
     ) -> Result<GitInfo> {
-        let app = self.find_git_app(principal, team, name, Action::DeployApps).await?;
+        let app = self.find_app(principal, team, name, Action::DeployApps).await?;
         let mut settings = self.store.build_settings(app.id).await?;
         if let Some(branch) = change.deploy_branch {
             settings.deploy_branch = branch.trim().to_string();
@@ -408,7 +399,7 @@ impl Services {
 
     /// The app's builds, newest first (the last 20 are kept).
     pub async fn list_builds(&self, principal: &Principal, team: &str, name: &str) -> Result<Vec<BuildInfo>> {
-        let app = self.find_git_app(principal, team, name, Action::ViewApps).await?;
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         Ok(self.store.builds(app.id, berth_control::builds::KEPT_BUILDS).await?.iter().map(BuildRow::info).collect())
     }
 
@@ -423,9 +414,16 @@ impl Services {
         })
     }
 
-    pub async fn show_build(&self, principal: &Principal, team: &str, name: &str, number: u32) -> Result<BuildInfo> {
-        let app = self.find_git_app(principal, team, name, Action::ViewApps).await?;
-        Ok(self.find_build(&app, Some(number)).await?.info())
+    /// Build `number` of the app (`None`: the newest).
+    pub async fn show_build(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+        number: Option<u32>,
+    ) -> Result<BuildInfo> {
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        Ok(self.find_build(&app, number).await?.info())
     }
 
     /// A build's log from line `from`: the stored lines, or, while it runs and `follow`, the live
@@ -439,7 +437,7 @@ impl Services {
         from: u64,
         follow: bool,
     ) -> Result<(BuildInfo, BoxStream<'static, BuildLogLine>)> {
-        let app = self.find_git_app(principal, team, name, Action::ViewApps).await?;
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         let build = self.find_build(&app, number).await?;
         if let Some(live) = self.builds.live_log(app.id, build.number) {
             let lines = if follow { live.follow(from) } else { futures::stream::iter(live.lines_from(from)).boxed() };
@@ -454,7 +452,7 @@ impl Services {
     }
 
     async fn cancel_build_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<BuildInfo> {
-        let app = self.find_git_app(principal, team, name, Action::DeployApps).await?;
+        let app = self.find_app(principal, team, name, Action::DeployApps).await?;
         let why = format!("canceled by {}", principal.email);
         let Some(number) = self.builds.cancel(app.id, None, &why).await else {
             return Err(ServiceError::Conflict(format!("{name} has no running build")));

@@ -21,6 +21,14 @@ pub fn validate_app_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A shell-style variable name (environment variables, build arguments): letters, digits and
+/// `_`, not starting with a digit.
+pub fn valid_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 pub fn validate_spec(spec: &AppSpec) -> Result<()> {
     let image = spec.image.as_str();
     if image.is_empty() || image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -33,10 +41,7 @@ pub fn validate_spec(spec: &AppSpec) -> Result<()> {
         return Err(invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
     }
     for (key, value) in &spec.env {
-        let mut chars = key.chars();
-        let valid_key = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_key {
+        if !valid_variable_name(key) {
             return Err(invalid(
                 "env",
                 format!("{key:?} is not a valid variable name (letters, digits, '_'; not starting with a digit)"),

@@ -109,9 +109,7 @@ impl Services {
         name: &str,
         input: CreateWebhook,
     ) -> Result<WebhookInfo> {
-        let team_id = principal.require(team, Action::DeployApps)?;
-        let app = self.store.app(team_id, name).await?.filter(|a| !a.deleting);
-        let app = app.ok_or_else(|| ServiceError::NotFound(format!("app {name} not found in team {team}")))?;
+        let app = self.find_app(principal, team, name, Action::DeployApps).await?;
         let repository = input.repository.trim();
         let valid = !repository.is_empty()
             && repository.len() <= 300
@@ -150,17 +148,13 @@ impl Services {
     }
 
     pub async fn list_webhooks(&self, principal: &Principal, team: &str, name: &str) -> Result<Vec<WebhookInfo>> {
-        let team_id = principal.require(team, Action::ViewApps)?;
-        let app = self.store.app(team_id, name).await?.filter(|a| !a.deleting);
-        let app = app.ok_or_else(|| ServiceError::NotFound(format!("app {name} not found in team {team}")))?;
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         Ok(self.store.webhooks(app.id).await?.iter().map(webhook_info).collect())
     }
 
     pub async fn delete_webhook(&self, principal: &Principal, team: &str, name: &str, id: &str) -> Result<()> {
         let result = async {
-            let team_id = principal.require(team, Action::DeployApps)?;
-            let app = self.store.app(team_id, name).await?.filter(|a| !a.deleting);
-            let app = app.ok_or_else(|| ServiceError::NotFound(format!("app {name} not found in team {team}")))?;
+            let app = self.find_app(principal, team, name, Action::DeployApps).await?;
             if !self.store.delete_webhook(app.id, id).await? {
                 return Err(ServiceError::NotFound(format!("webhook {id} of {name} not found")));
             }
@@ -177,9 +171,7 @@ impl Services {
         team: &str,
         name: &str,
     ) -> Result<Vec<WebhookDelivery>> {
-        let team_id = principal.require(team, Action::ViewApps)?;
-        let app = self.store.app(team_id, name).await?.filter(|a| !a.deleting);
-        let app = app.ok_or_else(|| ServiceError::NotFound(format!("app {name} not found in team {team}")))?;
+        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         Ok(self.store.deliveries(app.id).await?)
     }
 
