@@ -102,7 +102,10 @@ impl Plane {
     async fn start(&self, commit_digit: char, dockerfile: &str) -> Started {
         match self.builds.start_build(self.order(commit_digit, dockerfile, false)).await {
             Ok(started) => started,
-            Err(_) => panic!("the build did not start"),
+            Err(StartError::Busy(running)) => {
+                panic!("the build did not start: build {} is {:?}", running.number, running.state())
+            }
+            Err(StartError::Failed(error)) => panic!("the build did not start: {error:#}"),
         }
     }
 
@@ -195,13 +198,10 @@ async fn a_build_past_its_timeout_is_timed_out() {
     let outcome = outcome(&mut started).await;
     assert_eq!(outcome.state, BuildState::TimedOut, "{}", outcome.message);
     assert_eq!(plane.state(1).await, BuildState::TimedOut);
-    // The app is free again.
-    let mut next = plane.start('h', "FROM scratch\n").await;
-    assert_eq!(outcome_of(&mut next).await, BuildState::Succeeded);
-}
-
-async fn outcome_of(started: &mut Started) -> BuildState {
-    outcome(started).await.state
+    // The app is free again: the next build is accepted and runs.
+    let next = plane.start('h', "FROM scratch\nRUN sleep 60\n").await;
+    assert_eq!(next.row.number, 2);
+    wait_state(&plane, 2, BuildState::Building).await;
 }
 
 #[tokio::test]
