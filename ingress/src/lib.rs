@@ -1,9 +1,11 @@
-//! Berth's ingress: an HTTP/1.1 reverse proxy that routes by Host to ready endpoints.
+//! Berth's ingress: a reverse proxy that routes by Host to ready endpoints, over HTTP/1.1 and
+//! HTTP/2, in clear and over TLS (rustls, certificates picked by SNI).
 //!
-//! The control plane pushes whole route tables with [`Ingress::apply`]; requests read the current
-//! table without locking (`ArcSwap`). Before the control plane stops an endpoint it calls
+//! The control plane pushes whole route tables with [`Ingress::apply`] and whole certificate
+//! tables with [`Ingress::set_certificates`]; requests and handshakes read the current tables
+//! without locking (`ArcSwap`). Before the control plane stops an endpoint it calls
 //! [`Ingress::drain`], which returns once no request is in flight to it. This crate knows nothing
-//! of apps, releases or the database.
+//! of apps, releases, ACME accounts or the database.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,51 +14,29 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
+mod config;
+mod host;
 mod metrics;
 mod proxy;
+mod proxy_protocol;
 mod route_table;
+mod tls;
 
+pub use config::{IngressConfig, IpNet, parse_cidr};
+use host::host_key;
 pub use metrics::{RouteMetrics, TrafficSecond};
-pub use route_table::{Endpoint, RouteSpec};
+use proxy::Conn;
+pub use proxy_protocol::ProxyHeaderError;
+pub use route_table::{Endpoint, RouteOptions, RouteSpec};
 use route_table::{Route, Table};
-
-/// Tunables of the proxy. The upstream idle timeout stays below the usual app keep-alive
-/// timeouts, so a pooled connection is never one the app is closing (hyper #2136); forwarded
-/// headers are believed only from `trusted_proxies`.
-#[derive(Debug, Clone)]
-pub struct IngressConfig {
-    /// Time allowed to open a TCP connection to an endpoint before trying the next one.
-    pub connect_timeout: Duration,
-    /// Time allowed between sending a request upstream and receiving its response headers.
-    pub response_header_timeout: Duration,
-    /// Idle upstream connections are dropped after this long. Kept below typical app keep-alive
-    /// timeouts (5 s and up) so the proxy never reuses a connection the app is closing.
-    pub upstream_idle_timeout: Duration,
-    /// Idle upstream connections kept per endpoint.
-    pub max_idle_per_endpoint: usize,
-    /// Peers whose `X-Forwarded-*` headers are believed and extended; everyone else's are replaced.
-    pub trusted_proxies: Vec<IpAddr>,
-    /// Time a client has to send a request's head, on a new or an idle kept-alive connection.
-    pub header_read_timeout: Duration,
-}
-
-impl Default for IngressConfig {
-    fn default() -> Self {
-        IngressConfig {
-            connect_timeout: Duration::from_secs(2),
-            response_header_timeout: Duration::from_secs(60),
-            upstream_idle_timeout: Duration::from_secs(2),
-            max_idle_per_endpoint: 64,
-            trusted_proxies: Vec::new(),
-            header_read_timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use tls::{ACME_TLS_ALPN, Certificate, CertificateError};
+use tls::{CertTable, TlsState};
 
 /// What [`Ingress::drain`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,17 +56,27 @@ pub struct Ingress {
     /// Traffic figures by host key; kept across tables while the host is routed.
     metrics: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     version: AtomicU64,
+    tls: Arc<TlsState>,
+    /// ACME HTTP-01 answers by token, present only while an order validates.
+    http_challenges: Mutex<HashMap<String, String>>,
+    /// Open client connections by address, for the per-address cap.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    connections: Arc<Semaphore>,
 }
 
 impl Ingress {
     pub fn new(config: IngressConfig) -> Arc<Ingress> {
         Arc::new(Ingress {
-            config,
             table: ArcSwap::from_pointee(Table::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             known: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
+            tls: Arc::new(TlsState::default()),
+            http_challenges: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            config,
         })
     }
 
@@ -112,9 +102,9 @@ impl Ingress {
                 .into_iter()
                 .map(|spec| {
                     let endpoints = spec.endpoints.into_iter().map(&mut endpoint).collect();
-                    let key = route_table::host_key(&spec.host);
+                    let key = host_key(&spec.host);
                     let figures = metrics.entry(key.clone()).or_default().clone();
-                    (key, Route::new(endpoints, figures))
+                    (key, Route::new(endpoints, figures, spec.options))
                 })
                 .collect();
             metrics.retain(|key, _| routes.contains_key(key));
@@ -135,13 +125,13 @@ impl Ingress {
     /// oldest first; `None` when the host is not routed.
     pub fn traffic(&self, host: &str, seconds: usize) -> Option<Vec<TrafficSecond>> {
         let metrics = self.metrics.lock().expect("BUG: metrics registry lock poisoned");
-        Some(metrics.get(&route_table::host_key(host))?.series(seconds))
+        Some(metrics.get(&host_key(host))?.series(seconds))
     }
 
     /// The endpoints `host` is routed to in the table in use; `None` when it is not routed.
     pub fn endpoints(&self, host: &str) -> Option<Vec<SocketAddr>> {
         let table = self.table.load();
-        Some(table.routes.get(&route_table::host_key(host))?.endpoints.iter().map(|e| e.addr).collect())
+        Some(table.routes.get(&host_key(host))?.endpoints.iter().map(|e| e.addr).collect())
     }
 
     /// The version of the table in use.
@@ -169,9 +159,91 @@ impl Ingress {
         }
     }
 
-    /// Accepts connections until the listener fails or the task is dropped.
+    /// Replaces the certificates served over TLS. For each name the certificate that expires
+    /// last is served; a wildcard covers one label under its parent.
+    pub fn set_certificates(&self, certificates: Vec<Certificate>) {
+        self.tls.certs.store(Arc::new(CertTable::new(certificates)));
+    }
+
+    /// The certificate served for `host`, if any.
+    pub fn certificate_for(&self, host: &str) -> Option<Certificate> {
+        self.tls.certs.load().find(&host_key(host)).map(|c| Certificate::clone(c))
+    }
+
+    /// Answers ACME HTTP-01 challenge `token` with `key_authorization` on plain HTTP (for any
+    /// host), or stops answering it (`None`).
+    pub fn set_http_challenge(&self, token: &str, key_authorization: Option<String>) {
+        let mut challenges = self.http_challenges.lock().expect("BUG: challenge lock poisoned");
+        match key_authorization {
+            Some(answer) => challenges.insert(token.to_string(), answer),
+            None => challenges.remove(token),
+        };
+    }
+
+    pub(crate) fn http_challenge(&self, token: &str) -> Option<String> {
+        self.http_challenges.lock().expect("BUG: challenge lock poisoned").get(token).cloned()
+    }
+
+    /// Serves the ACME TLS-ALPN-01 challenge certificate (DER certificate and PKCS#8 key) for
+    /// `domain` to validators that ask for `acme-tls/1`, or stops (`None`).
+    pub fn set_alpn_challenge(
+        &self,
+        domain: &str,
+        certificate: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), CertificateError> {
+        let key = certificate.map(|(cert, key)| tls::challenge_key(cert, key)).transpose()?;
+        let mut challenges = self.tls.alpn_challenges.lock().expect("BUG: challenge lock poisoned");
+        match key {
+            Some(key) => challenges.insert(host_key(domain), key),
+            None => challenges.remove(&host_key(domain)),
+        };
+        Ok(())
+    }
+
+    /// The proxy's figures in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut hosts: Vec<(String, Arc<RouteMetrics>)> = {
+            let metrics = self.metrics.lock().expect("BUG: metrics registry lock poisoned");
+            metrics.iter().map(|(host, m)| (host.clone(), m.clone())).collect()
+        };
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut certificates: Vec<(String, u64)> = self
+            .tls
+            .certs
+            .load()
+            .all()
+            .flat_map(|c| {
+                let expiry = c.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                c.names.iter().map(move |name| (name.clone(), expiry))
+            })
+            .collect();
+        certificates.sort();
+        certificates.dedup_by(|a, b| a.0 == b.0);
+        metrics::prometheus(&hosts, &certificates)
+    }
+
+    /// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        self.accept_loop(listener, None).await
+    }
+
+    /// Serves HTTPS (TLS 1.2 and 1.3; ALPN `h2` and `http/1.1`) until the task is dropped.
+    /// Handshakes for names without a certificate fail.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let config = tls::server_config(self.tls.clone()).map_err(std::io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        self.accept_loop(listener, Some(acceptor)).await
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<()> {
+        let builders = Arc::new(Builders::new(&self.config));
         loop {
+            // At the connection cap, further connections wait in the kernel's backlog.
+            let permit = self.connections.clone().acquire_owned().await.expect("BUG: the semaphore is never closed");
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 // Running out of file descriptors or a reset during accept must not stop the
@@ -184,23 +256,124 @@ impl Ingress {
             };
             let _ = stream.set_nodelay(true);
             let ingress = self.clone();
-            let header_read_timeout = self.config.header_read_timeout;
+            let (builders, tls) = (builders.clone(), tls.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let ingress = ingress.clone();
-                    async move { Ok::<_, std::convert::Infallible>(ingress.handle(req, peer).await) }
-                });
-                let conn = http1::Builder::new()
-                    .keep_alive(true)
-                    // A client that trickles its request head (slowloris) is cut off.
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, %peer, "downstream connection ended with an error");
-                }
+                ingress.connection(stream, peer, tls, &builders).await;
+                drop(permit);
             });
         }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        builders: &Builders,
+    ) {
+        let handshake_timeout = self.config.header_read_timeout;
+        let mut client = peer;
+        if self.config.proxy_protocol && self.config.trusts(peer.ip()) {
+            match tokio::time::timeout(handshake_timeout, proxy_protocol::read_header(&mut stream)).await {
+                Ok(Ok(Some(source))) => client = source,
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "PROXY protocol header refused"),
+                Err(_) => return tracing::debug!(%peer, "no PROXY protocol header in time"),
+            }
+        }
+        let Some(_admitted) = self.admit(client.ip()) else {
+            return tracing::debug!(%client, "too many connections from this address");
+        };
+        let conn = Conn { peer: client, tls: tls.is_some() };
+        let ingress = self.clone();
+        let service = service_fn(move |req| {
+            let ingress = ingress.clone();
+            async move { Ok::<_, std::convert::Infallible>(ingress.handle(req, conn).await) }
+        });
+        let served = match tls {
+            None => builders.auto.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+            Some(acceptor) => {
+                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return tracing::debug!(%client, %error, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+                };
+                let builder = match stream.get_ref().1.alpn_protocol() {
+                    // A validator checking the challenge certificate: the handshake was all it wanted.
+                    Some(ACME_TLS_ALPN) => return,
+                    Some(b"h2") => &builders.h2,
+                    Some(_) => &builders.h1,
+                    None => &builders.auto,
+                };
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%error, %client, "client connection ended with an error");
+        }
+    }
+
+    /// Counts a connection from `ip` against its cap until the guard is dropped.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let ip = config::canonical(ip);
+        let mut per_ip = self.per_ip.lock().expect("BUG: connection count lock poisoned");
+        let count = per_ip.entry(ip).or_default();
+        if *count >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(Admitted { ingress: self.clone(), ip })
+    }
+}
+
+struct Admitted {
+    ingress: Arc<Ingress>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut per_ip = self.ingress.per_ip.lock().expect("BUG: connection count lock poisoned");
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The connection builders, set up once per listener: protocol detection (plain listeners and
+/// TLS without ALPN), HTTP/1.1 only and HTTP/2 only (by ALPN).
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &IngressConfig) -> Builders {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            // A client that trickles its request head (slowloris), or idles between requests
+            // longer than this, is cut off.
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            // Bounds each header block, CONTINUATION frames included.
+            .max_header_list_size(config.max_header_bytes as u32)
+            // Rapid reset (CVE-2023-44487): streams reset before they are served are counted, and
+            // a connection that keeps doing it is closed with GOAWAY.
+            .max_pending_accept_reset_streams(50)
+            .max_local_error_reset_streams(256)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { h1: builder.clone().http1_only(), h2: builder.clone().http2_only(), auto: builder }
     }
 }

@@ -2,7 +2,8 @@
 //! for the last [`SECONDS`] seconds in a ring of per-second slots. Recording is a few relaxed
 //! atomic additions, no lock; reading builds the series on demand.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds of history kept.
@@ -28,9 +29,24 @@ impl Slot {
     }
 }
 
+/// Upper bounds (seconds) of the latency histogram exported to Prometheus.
+const EXPORTED_BOUNDS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Counters since the start, for `/metrics`.
+#[derive(Default)]
+struct Totals {
+    classes: [AtomicU64; 5],
+    /// Requests per latency bound (not cumulative; the last one is `+Inf`).
+    buckets: [AtomicU64; EXPORTED_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    in_flight: AtomicI64,
+    upstream_errors: AtomicU64,
+}
+
 /// The traffic of one host name.
 pub struct RouteMetrics {
     slots: Box<[Slot]>,
+    totals: Totals,
 }
 
 /// One second of a host's traffic.
@@ -66,13 +82,30 @@ fn bucket_value(index: usize) -> Duration {
 
 impl Default for RouteMetrics {
     fn default() -> Self {
-        RouteMetrics { slots: (0..SECONDS).map(|_| Slot::new()).collect() }
+        RouteMetrics { slots: (0..SECONDS).map(|_| Slot::new()).collect(), totals: Totals::default() }
     }
 }
 
 impl RouteMetrics {
     pub fn record(&self, status: u16, latency: Duration) {
         self.record_at(unix_second(), status, latency);
+        let totals = &self.totals;
+        totals.classes[class(status)].fetch_add(1, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        let bucket = EXPORTED_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(EXPORTED_BOUNDS.len());
+        totals.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        totals.sum_micros.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub(crate) fn start(self: &std::sync::Arc<Self>) -> Started {
+        self.totals.in_flight.fetch_add(1, Ordering::Relaxed);
+        Started(self.clone())
+    }
+
+    /// Counts a request the app failed (no connection, no answer, or no answer in time).
+    pub(crate) fn upstream_error(&self) {
+        self.totals.upstream_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_at(&self, second: u64, status: u16, latency: Duration) {
@@ -86,8 +119,7 @@ impl RouteMetrics {
                 counter.store(0, Ordering::Relaxed);
             }
         }
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        slot.classes[class].fetch_add(1, Ordering::Relaxed);
+        slot.classes[class(status)].fetch_add(1, Ordering::Relaxed);
         slot.latency[bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -110,6 +142,75 @@ impl RouteMetrics {
             })
             .collect()
     }
+}
+
+/// The in-flight count of one request, taken back when dropped.
+pub(crate) struct Started(std::sync::Arc<RouteMetrics>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.0.totals.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Renders the figures in the Prometheus text format (0.0.4): per host, requests by status class,
+/// the latency histogram (until the response head), requests in flight and upstream errors; per
+/// certificate, its expiry.
+pub(crate) fn prometheus(hosts: &[(String, std::sync::Arc<RouteMetrics>)], certificates: &[(String, u64)]) -> String {
+    let mut out = String::new();
+    let label = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    out.push_str("# HELP berth_ingress_requests_total Responses sent, by host and status class.\n");
+    out.push_str("# TYPE berth_ingress_requests_total counter\n");
+    for (host, metrics) in hosts {
+        for (i, name) in CLASSES.iter().enumerate() {
+            let count = metrics.totals.classes[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "berth_ingress_requests_total{{host=\"{}\",class=\"{name}\"}} {count}", label(host));
+        }
+    }
+    out.push_str("# HELP berth_ingress_request_duration_seconds Time until the response head, by host.\n");
+    out.push_str("# TYPE berth_ingress_request_duration_seconds histogram\n");
+    for (host, metrics) in hosts {
+        let host = label(host);
+        let mut cumulative = 0;
+        for (i, counter) in metrics.totals.buckets.iter().enumerate() {
+            cumulative += counter.load(Ordering::Relaxed);
+            let bound = EXPORTED_BOUNDS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "berth_ingress_request_duration_seconds_bucket{{host=\"{host}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let sum = metrics.totals.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "berth_ingress_request_duration_seconds_sum{{host=\"{host}\"}} {sum}");
+        let _ = writeln!(out, "berth_ingress_request_duration_seconds_count{{host=\"{host}\"}} {cumulative}");
+    }
+    out.push_str("# HELP berth_ingress_in_flight Requests being proxied now, by host.\n");
+    out.push_str("# TYPE berth_ingress_in_flight gauge\n");
+    for (host, metrics) in hosts {
+        let value = metrics.totals.in_flight.load(Ordering::Relaxed);
+        let _ = writeln!(out, "berth_ingress_in_flight{{host=\"{}\"}} {value}", label(host));
+    }
+    out.push_str(
+        "# HELP berth_ingress_upstream_errors_total Requests the app did not answer (refused, closed, timed out).\n",
+    );
+    out.push_str("# TYPE berth_ingress_upstream_errors_total counter\n");
+    for (host, metrics) in hosts {
+        let value = metrics.totals.upstream_errors.load(Ordering::Relaxed);
+        let _ = writeln!(out, "berth_ingress_upstream_errors_total{{host=\"{}\"}} {value}", label(host));
+    }
+    out.push_str("# HELP berth_ingress_certificate_expiry_timestamp_seconds When the certificate served for a name expires (Unix time).\n");
+    out.push_str("# TYPE berth_ingress_certificate_expiry_timestamp_seconds gauge\n");
+    for (name, expiry) in certificates {
+        let _ =
+            writeln!(out, "berth_ingress_certificate_expiry_timestamp_seconds{{name=\"{}\"}} {expiry}", label(name));
+    }
+    out
 }
 
 fn quantile(histogram: &[u64], q: f64) -> Option<Duration> {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 
-pub(crate) type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type UpstreamBody = BoxBody<Bytes, crate::proxy::BoxError>;
 
 /// What the control plane pushes: one host name and the endpoints that may serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,25 @@ pub struct RouteSpec {
     pub host: String,
     /// Ready endpoints; an empty list answers 503.
     pub endpoints: Vec<SocketAddr>,
+    pub options: RouteOptions,
+}
+
+impl RouteSpec {
+    pub fn new(host: impl Into<String>, endpoints: Vec<SocketAddr>) -> RouteSpec {
+        RouteSpec { host: host.into(), endpoints, options: RouteOptions::default() }
+    }
+}
+
+/// How a host is served, beyond where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteOptions {
+    /// Plain HTTP requests are redirected to HTTPS (308), except ACME HTTP-01 challenges.
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security: max-age=<seconds>` on HTTPS responses.
+    pub hsts_max_age: Option<u64>,
+    /// The app speaks HTTP/2 without TLS (h2c, prior knowledge): requests reach it as HTTP/2,
+    /// with trailers and streaming both ways (gRPC).
+    pub upstream_h2c: bool,
 }
 
 /// An immutable route table; replaced as a whole, never edited in place.
@@ -32,13 +51,18 @@ pub(crate) struct Table {
 pub(crate) struct Route {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) metrics: Arc<crate::RouteMetrics>,
+    pub(crate) options: RouteOptions,
     /// Round-robin cursor. Relaxed atomics: fairness, not correctness, depends on it.
     next: AtomicUsize,
 }
 
 impl Route {
-    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>, metrics: Arc<crate::RouteMetrics>) -> Route {
-        Route { endpoints, metrics, next: AtomicUsize::new(0) }
+    pub(crate) fn new(
+        endpoints: Vec<Arc<Endpoint>>,
+        metrics: Arc<crate::RouteMetrics>,
+        options: RouteOptions,
+    ) -> Route {
+        Route { endpoints, metrics, options, next: AtomicUsize::new(0) }
     }
 
     /// The next endpoint in round-robin order that is not in `skip`, counted as in flight so that
@@ -61,12 +85,19 @@ impl Route {
 pub struct Endpoint {
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
-    idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
+    /// The HTTP/2 connection to an h2c endpoint, shared by all its requests.
+    pub(crate) h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 impl Endpoint {
     pub(crate) fn new(addr: SocketAddr) -> Endpoint {
-        Endpoint { addr, in_flight: AtomicUsize::new(0), idle: Mutex::new(Vec::new()) }
+        Endpoint {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -74,7 +105,7 @@ impl Endpoint {
     }
 
     /// An idle connection that is still open and younger than `max_idle`, if any.
-    pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<SendRequest<UpstreamBody>> {
+    pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
         while let Some((sender, since)) = idle.pop() {
             if since.elapsed() < max_idle && sender.is_ready() {
@@ -84,7 +115,7 @@ impl Endpoint {
         None
     }
 
-    pub(crate) fn put_idle(&self, sender: SendRequest<UpstreamBody>, max_pool: usize) {
+    pub(crate) fn put_idle(&self, sender: http1::SendRequest<UpstreamBody>, max_pool: usize) {
         if sender.is_closed() {
             return;
         }
@@ -111,35 +142,15 @@ impl Drop for InFlight {
     }
 }
 
-/// Normalises a Host header value to a table key: lower case, no port, no trailing dot.
-pub(crate) fn host_key(host: &str) -> String {
-    let host = host.trim();
-    let without_port = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop the port after them.
-        host.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| host.to_string())
-    } else {
-        host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| host.to_string())
-    };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn host_keys_ignore_case_port_and_trailing_dot() {
-        assert_eq!(host_key("Web.LocalHost:8080"), "web.localhost");
-        assert_eq!(host_key("web.localhost."), "web.localhost");
-        assert_eq!(host_key("[::1]:80"), "[::1]");
-        assert_eq!(host_key("example.com"), "example.com");
-    }
-
-    #[test]
     fn picks_rotate_skip_what_was_tried_and_count_in_flight() {
         let a = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap()));
         let b = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
-        let route = Route::new(vec![a.clone(), b.clone()], Default::default());
+        let route = Route::new(vec![a.clone(), b.clone()], Default::default(), Default::default());
         let first = route.pick(&[]).unwrap();
         assert_eq!(first.0.addr, a.addr);
         assert_eq!((a.in_flight(), b.in_flight()), (1, 0));
@@ -151,6 +162,6 @@ mod tests {
         assert!(route.pick(&[a.addr, b.addr]).is_none());
         drop((first, second, retry));
         assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
-        assert!(Route::new(Vec::new(), Default::default()).pick(&[]).is_none());
+        assert!(Route::new(Vec::new(), Default::default(), Default::default()).pick(&[]).is_none());
     }
 }

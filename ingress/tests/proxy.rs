@@ -77,7 +77,7 @@ async fn get(ingress: SocketAddr, host: &str, path: &str) -> (u16, String, Optio
 }
 
 fn route(host: &str, endpoints: &[SocketAddr]) -> RouteSpec {
-    RouteSpec { host: host.into(), endpoints: endpoints.to_vec() }
+    RouteSpec::new(host, endpoints.to_vec())
 }
 
 #[tokio::test]

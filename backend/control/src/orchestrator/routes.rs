@@ -22,7 +22,7 @@ impl Orchestrator {
                     .filter_map(|r| observed.get(&r.id).filter(|o| o.ready()))
                     .filter_map(|o| o.endpoint.as_deref()?.parse().ok())
                     .collect();
-                RouteSpec { host: self.app_host(&app.name), endpoints }
+                RouteSpec::new(self.app_host(&app.name), endpoints)
             })
             .collect();
         self.inner.ingress.apply(routes).await;
