@@ -28,6 +28,8 @@ pub struct CreateApp {
     pub constraints: BTreeMap<String, String>,
     #[serde(default)]
     pub privileges: crate::Privileges,
+    #[serde(default)]
+    pub protocol: crate::edge::AppProtocol,
 }
 
 /// A new release: every field left out keeps the value of the latest release.
@@ -57,6 +59,8 @@ pub struct Deploy {
     /// Replaces the privileged options when present (instance admins only).
     #[serde(default)]
     pub privileges: Option<crate::Privileges>,
+    #[serde(default)]
+    pub protocol: Option<crate::edge::AppProtocol>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

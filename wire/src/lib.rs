@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub mod agent;
 pub mod api;
 pub mod builds;
+pub mod edge;
 pub mod identity;
 
 /// The admin API token's file in the server's data directory, where the CLI also looks for it.
@@ -57,6 +58,9 @@ pub struct AppSpec {
     /// may release an app that has them (other than scaling it).
     #[serde(default, skip_serializing_if = "Privileges::is_empty")]
     pub privileges: Privileges,
+    /// How the containers speak HTTP (HTTP/1.1 unless they declare h2c).
+    #[serde(default, skip_serializing_if = "edge::AppProtocol::is_default")]
+    pub protocol: edge::AppProtocol,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

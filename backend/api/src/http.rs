@@ -19,6 +19,7 @@ use crate::services::{ServiceError, Services};
 
 mod agents;
 mod builds;
+mod edge;
 mod error;
 mod extract;
 pub mod git;
@@ -101,6 +102,30 @@ pub fn endpoints() -> Vec<Endpoint> {
             builds::delete_webhook,
         ),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhook-deliveries", Team(ViewApps), builds::deliveries),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/domains", Team(ViewApps), edge::list_domains),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/domains", Team(DeployApps), edge::add_domain),
+        endpoint(
+            Method::DELETE,
+            "/api/v1/teams/{team}/apps/{app}/domains/{domain}",
+            Team(DeployApps),
+            edge::remove_domain,
+        ),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/certificates", Team(ViewApps), edge::list_certificates),
+        endpoint(
+            Method::POST,
+            "/api/v1/teams/{team}/apps/{app}/certificates",
+            Team(DeployApps),
+            edge::upload_certificate,
+        ),
+        endpoint(
+            Method::DELETE,
+            "/api/v1/teams/{team}/apps/{app}/certificates/{id}",
+            Team(DeployApps),
+            edge::remove_certificate,
+        ),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/edge", Team(ViewApps), edge::edge_settings),
+        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/edge", Team(DeployApps), edge::update_edge_settings),
+        endpoint(Method::GET, "/metrics", InstanceAdmin, edge::metrics),
         endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),
         endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host),

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use berth_agent::docker::DockerRuntime;
 use berth_agent::{AgentConfig, ContainerRuntime as _, EndpointMode};
 use berth_control::builds::{Builds, BuildsConfig};
+use berth_control::certs::{AcmeConfig, Certs, CertsConfig};
 use berth_control::images::LocalImageSource;
 use berth_control::repos::Repos;
 use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
@@ -20,10 +21,13 @@ pub use berth_wire::ADMIN_TOKEN_FILE;
 use crate::auth;
 use crate::http::{self, AppState};
 
+mod listen;
 mod settings;
 
 use crate::oidc::SignIn;
 use crate::services::Services;
+pub use berth_ingress::{IpNet, parse_cidr};
+pub use listen::ApiLimits;
 pub use settings::{ServerSettings, parse_bytes, parse_duration};
 
 #[derive(Debug, Clone)]
@@ -52,6 +56,24 @@ pub struct ServerConfig {
     pub sign_in: Vec<crate::oidc::Provider>,
     /// Where the dashboard's compiled wasm and JS are (`<dir>/pkg`).
     pub dashboard_dir: PathBuf,
+    /// The ingress's HTTPS listener.
+    pub https_listen: Option<SocketAddr>,
+    /// The operator's certificate and key files (PEM) for the base domain.
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub acme: Option<AcmeSettings>,
+    /// The ingress's timeouts, limits and trusted proxies.
+    pub ingress: IngressConfig,
+    /// The API listener's limits.
+    pub api: ApiLimits,
+}
+
+/// ACME as configured: certificates for custom domains (and app names under a public base
+/// domain) from this directory.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    pub email: String,
+    pub directory: String,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `site` next to the `berth` executable, where `cargo xtask` puts the dashboard's build.
@@ -74,6 +96,23 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let ingress_listener = tokio::net::TcpListener::bind(config.ingress_listen)
         .await
         .with_context(|| format!("listening for ingress traffic on {}", config.ingress_listen))?;
+    let https_listener = match config.https_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for HTTPS ingress traffic on {addr}"))?,
+        ),
+        None => None,
+    };
+    let operator_certificate = match &config.tls_cert {
+        Some((cert, key)) => {
+            let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+            let certificate = berth_ingress::Certificate::from_pem(&read(cert)?, &read(key)?)
+                .with_context(|| format!("the certificate {} with the key {}", cert.display(), key.display()))?;
+            Some(certificate)
+        }
+        None => None,
+    };
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening for the API on {}", config.listen))?;
@@ -96,7 +135,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         links.add(link.attach_local(agent));
     }
 
-    let ingress = Ingress::new(IngressConfig::default());
+    let mut ingress_config = config.ingress.clone();
+    if let Some(listener) = &https_listener {
+        ingress_config.https_port = Some(listener.local_addr()?.port());
+    }
+    let https_port = ingress_config.https_port.filter(|_| https_listener.is_some());
+    let ingress = Ingress::new(ingress_config);
     let orchestrator = Orchestrator::start(
         store.clone(),
         ingress.clone(),
@@ -106,6 +150,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             drain_timeout: config.drain_timeout,
             stop_grace_secs: config.stop_grace_secs,
             heartbeat_timeout: config.heartbeat_timeout,
+            https_port,
             ..OrchestratorConfig::new(config.base_domain.clone(), ingress_listener.local_addr()?.port())
         },
     )
@@ -119,9 +164,26 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         min_free_bytes: 2 << 30,
     };
     let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await?;
+    let certs_config = CertsConfig {
+        tls_dir: config.data_dir.join("tls"),
+        acme: config.acme.as_ref().map(|acme| AcmeConfig {
+            directory_url: acme.directory.clone(),
+            email: acme.email.clone(),
+            ca_file: acme.ca_file.clone(),
+            app_names: !is_local_domain(&config.base_domain)
+                && !operator_certificate
+                    .as_ref()
+                    .is_some_and(|c| c.names.iter().any(|n| *n == format!("*.{}", config.base_domain))),
+            tls_alpn: https_listener.is_some(),
+            retry_base: Duration::from_secs(60),
+        }),
+        operator: operator_certificate,
+        check_every: Duration::from_secs(5),
+    };
+    let certs = Certs::start(store.clone(), ingress.clone(), orchestrator.clone(), certs_config).await?;
     let hook_socket = config.data_dir.join("run").join("hooks.sock");
     let hook_listener = crate::githook::bind(&hook_socket)?;
-    let services = Services::new(store, orchestrator, builds.clone())
+    let services = Services::new(store, orchestrator, builds.clone(), certs.clone())
         .with_sign_in(SignIn::new(&public_url, config.sign_in.clone()))
         .with_public_url(&public_url)
         .with_hook_socket(hook_socket);
@@ -129,12 +191,17 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::githook::serve(hook_listener, services.clone(), stop_hooks.clone()));
 
     println!(
-        "berth server: API on http://{}, apps on http://<app>.{}:{}",
+        "berth server: API on http://{}, apps on http://<app>.{}:{}{}",
         api_listener.local_addr()?,
         config.base_domain,
-        ingress_listener.local_addr()?.port()
+        ingress_listener.local_addr()?.port(),
+        match &https_listener {
+            Some(listener) => format!(" and https on port {}", listener.local_addr()?.port()),
+            None => String::new(),
+        }
     );
-    let ingress_task = tokio::spawn(ingress.serve(ingress_listener));
+    let ingress_task = tokio::spawn(ingress.clone().serve(ingress_listener));
+    let https_task = https_listener.map(|listener| tokio::spawn(ingress.clone().serve_tls(listener)));
     if !config.dashboard_dir.join("pkg").join(format!("{}.js", berth_frontend::app::OUTPUT_NAME)).exists() {
         tracing::warn!(
             dir = %config.dashboard_dir.display(),
@@ -143,27 +210,23 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let app = http::router_with_dashboard(AppState { services }, Some(&config.dashboard_dir))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
-    // Without TCP_NODELAY, a streamed page's later chunks wait for the client's delayed ACK
-    // (~40 ms each time).
-    use axum::serve::ListenerExt as _;
-    let api_listener = api_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(api_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown({
-            // Pushes hold their connection until their build ends: end the builds at once, or
-            // the graceful shutdown would wait for them.
-            let builds = builds.clone();
-            async move {
-                shutdown_signal().await;
-                builds.cancel_all();
-            }
-        })
-        .await
-        .context("serving the API")?;
+    let shutdown = {
+        // Pushes hold their connection until their build ends: end the builds at once, or
+        // the graceful shutdown would wait for them.
+        let builds = builds.clone();
+        async move {
+            shutdown_signal().await;
+            builds.cancel_all();
+        }
+    };
+    listen::serve(api_listener, app, config.api.clone(), shutdown).await.context("serving the API")?;
     stop_hooks.cancel();
     builds.shutdown().await;
+    certs.shutdown().await;
     ingress_task.abort();
+    if let Some(task) = https_task {
+        task.abort();
+    }
     println!("berth server: stopped; containers keep running and are adopted at the next start");
     Ok(())
 }
@@ -213,12 +276,13 @@ async fn bootstrap(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
 
 /// Writes a secret readable by its owner only (created 0600, never wider).
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+    Ok(berth_control::write_private(path, contents.as_bytes())?)
+}
+
+/// Names no public CA certifies (`localhost`, `*.localhost`, `*.test`, `*.internal`, ...).
+fn is_local_domain(domain: &str) -> bool {
+    let tld = domain.rsplit('.').next().unwrap_or(domain);
+    matches!(tld, "localhost" | "test" | "internal" | "local" | "example" | "invalid" | "lan" | "home")
 }
 
 async fn shutdown_signal() {
@@ -246,6 +310,20 @@ fn check(config: &ServerConfig) -> anyhow::Result<()> {
     }
     if config.listen == config.ingress_listen && config.listen.port() != 0 {
         bail!("--listen and --ingress-listen are both {}; they need different ports", config.listen);
+    }
+    if let Some(https) = config.https_listen
+        && https.port() != 0
+        && (https == config.listen || https == config.ingress_listen)
+    {
+        bail!("--https-listen {https} is already taken by --listen or --ingress-listen");
+    }
+    if config.https_listen.is_none() && (config.tls_cert.is_some() || config.acme.is_some()) {
+        bail!("certificates (--tls-cert, --acme-email) are served by the HTTPS listener: give --https-listen too");
+    }
+    if let Some(acme) = &config.acme
+        && !(acme.email.contains('@') && !acme.email.contains(char::is_whitespace))
+    {
+        bail!("--acme-email {:?} is not an email address", acme.email);
     }
     Ok(())
 }

@@ -7,11 +7,13 @@
 
 use berth_control::Orchestrator;
 use berth_control::builds::Builds;
+use berth_control::certs::Certs;
 use berth_store::Store;
 
 mod agents;
 mod apps;
 mod builds;
+mod edge;
 mod hosts;
 mod identity;
 mod validate;
@@ -72,6 +74,7 @@ pub struct Services {
     login_limiter: std::sync::Arc<identity::LoginLimiter>,
     sign_in: std::sync::Arc<crate::oidc::SignIn>,
     builds: Builds,
+    certs: Certs,
     pushes: std::sync::Arc<builds::Pushes>,
     /// Where users reach the API (git remote URLs).
     public_url: String,
@@ -80,7 +83,7 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(store: Store, orchestrator: Orchestrator, builds: Builds) -> Services {
+    pub fn new(store: Store, orchestrator: Orchestrator, builds: Builds, certs: Certs) -> Services {
         let sign_in = crate::oidc::SignIn::new("http://localhost", Vec::new());
         Services {
             store,
@@ -88,6 +91,7 @@ impl Services {
             login_limiter: Default::default(),
             sign_in: std::sync::Arc::new(sign_in),
             builds,
+            certs,
             pushes: Default::default(),
             public_url: "http://localhost".into(),
             hook_socket: std::path::PathBuf::from("hooks.sock"),

@@ -10,6 +10,7 @@ use berth_agent::daemon::{self as agent_daemon, AgentDaemonConfig};
 use berth_api::oidc::Provider;
 use berth_api::server::{self, ServerSettings};
 use berth_cli::{self as cli, Client, Wait};
+use berth_wire::edge::AppProtocol;
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "Berth: a self-hosted platform-as-a-service")]
@@ -50,6 +51,9 @@ enum Command {
         port: Option<u16>,
         #[arg(long)]
         health_path: Option<String>,
+        /// How the containers speak HTTP: `http1`, or `h2c` (HTTP/2 without TLS, e.g. gRPC).
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Option<AppProtocol>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -128,6 +132,24 @@ enum Command {
     /// Webhooks that build an app when its repository elsewhere (GitHub, Gitea, GitLab) is pushed.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Custom domains of an app; each gets a certificate by ACME when the server has --acme-email.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
+    /// An app's own certificates (bring your own instead of ACME).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Show or change how an app is served at the edge: redirect to HTTPS, HSTS.
+    Edge {
+        name: String,
+        /// Redirect plain HTTP to HTTPS for names with a certificate: on (default) or off.
+        #[arg(long, value_parser = parse_on_off)]
+        https_redirect: Option<bool>,
+        /// Send Strict-Transport-Security with this max-age in seconds (0: off).
+        #[arg(long)]
+        hsts: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// git's credential helper protocol (run by git, set up by `berth git-remote`).
     #[command(name = "git-credential", hide = true)]
     GitCredential { action: String },
@@ -350,6 +372,48 @@ enum BuildsCommand {
 }
 
 #[derive(Subcommand)]
+enum DomainsCommand {
+    /// Serve the app at DOMAIN too (point its DNS at the ingress first).
+    Add {
+        name: String,
+        domain: String,
+    },
+    /// The app's names and the state of their certificates (pending, issued, failed and why).
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        name: String,
+        domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Upload a certificate whose names are all the app's (its own or its domains).
+    Add {
+        name: String,
+        /// The certificate chain, PEM, leaf first.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key, PEM.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        name: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum WebhooksCommand {
     /// Create a webhook; prints the payload URL and the secret to give the provider.
     Add {
@@ -386,6 +450,9 @@ enum AppsCommand {
         replicas: u32,
         #[arg(long)]
         health_path: Option<String>,
+        /// How the containers speak HTTP: `http1`, or `h2c` (HTTP/2 without TLS, e.g. gRPC).
+        #[arg(long, value_parser = parse_protocol, default_value = "http1")]
+        protocol: AppProtocol,
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
         /// CPU limit in cores (e.g. 0.5).
@@ -532,6 +599,66 @@ struct ServerArgs {
     /// the `berth` executable, where `cargo xtask dashboard` puts them).
     #[arg(long, env = "BERTH_DASHBOARD_DIR")]
     dashboard_dir: Option<PathBuf>,
+    /// Address of the ingress's HTTPS listener (TLS 1.2/1.3, HTTP/2 and HTTP/1.1), e.g. 0.0.0.0:443.
+    #[arg(long, env = "BERTH_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) served for the base domain, typically `*.<base-domain>`.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Obtain and renew certificates by ACME (Let's Encrypt unless --acme-directory), with this
+    /// contact address: for every custom domain, and every app name under a public base domain.
+    #[arg(long, env = "BERTH_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// ACME directory URL. [default: Let's Encrypt production]
+    #[arg(long, env = "BERTH_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// A CA certificate (PEM) to trust for the ACME server's own HTTPS (private or test CAs).
+    #[arg(long, env = "BERTH_ACME_CA_FILE")]
+    acme_ca_file: Option<PathBuf>,
+    /// A proxy or load balancer in front of Berth (address or CIDR, repeatable; `,`-separated in
+    /// the environment): its X-Forwarded-For names the client (ingress and API) and its
+    /// X-Forwarded-Proto/-Host, Forwarded and X-Real-IP reach apps. Everyone else's are replaced.
+    #[arg(long = "trusted-proxy", env = "BERTH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = server::parse_cidr)]
+    trusted_proxies: Vec<server::IpNet>,
+    /// Read a PROXY protocol (v1/v2) header on ingress connections from trusted proxies.
+    #[arg(long, env = "BERTH_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// Log one line per ingress request (target `berth::access`).
+    #[arg(long, env = "BERTH_ACCESS_LOG")]
+    access_log: bool,
+    /// Time a client has to send a request head or finish a TLS handshake. [default: 30]
+    #[arg(long, env = "BERTH_INGRESS_HEADER_TIMEOUT", value_parser = server::parse_duration)]
+    ingress_header_timeout: Option<Duration>,
+    /// A request body that sends nothing for this long is cut off. [default: 60]
+    #[arg(long, env = "BERTH_INGRESS_BODY_TIMEOUT", value_parser = server::parse_duration)]
+    ingress_body_timeout: Option<Duration>,
+    /// Time to open a connection to a replica before trying the next. [default: 2]
+    #[arg(long, env = "BERTH_UPSTREAM_CONNECT_TIMEOUT", value_parser = server::parse_duration)]
+    upstream_connect_timeout: Option<Duration>,
+    /// Time an app has to start answering once the request (body included) is sent. [default: 60]
+    #[arg(long, env = "BERTH_UPSTREAM_RESPONSE_TIMEOUT", value_parser = server::parse_duration)]
+    upstream_response_timeout: Option<Duration>,
+    /// Largest request head; larger get 431. [default: 64K]
+    #[arg(long, env = "BERTH_INGRESS_MAX_HEADER_SIZE", value_parser = server::parse_bytes)]
+    ingress_max_header_size: Option<u64>,
+    /// Largest request body; larger get 413. [default: 1G]
+    #[arg(long, env = "BERTH_INGRESS_MAX_BODY_SIZE", value_parser = server::parse_bytes)]
+    ingress_max_body_size: Option<u64>,
+    /// Client connections the ingress serves at once. [default: 20000]
+    #[arg(long, env = "BERTH_INGRESS_MAX_CONNECTIONS")]
+    ingress_max_connections: Option<usize>,
+    /// Client connections the ingress serves at once from one address. [default: 1000]
+    #[arg(long, env = "BERTH_INGRESS_MAX_CONNECTIONS_PER_IP")]
+    ingress_max_connections_per_ip: Option<usize>,
+    /// Time an API client has to send a request head. [default: 30]
+    #[arg(long, env = "BERTH_API_HEADER_TIMEOUT", value_parser = server::parse_duration)]
+    api_header_timeout: Option<Duration>,
+    /// Connections the API serves at once. [default: 4096]
+    #[arg(long, env = "BERTH_API_MAX_CONNECTIONS")]
+    api_max_connections: Option<usize>,
 }
 
 impl ServerArgs {
@@ -556,10 +683,41 @@ impl ServerArgs {
             build_cache_max: self.build_cache_max,
             public_url: self.public_url,
             dashboard_dir: self.dashboard_dir,
+            https_listen: self.https_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            acme_email: self.acme_email,
+            acme_directory: self.acme_directory,
+            acme_ca_file: self.acme_ca_file,
+            trusted_proxies: self.trusted_proxies,
+            proxy_protocol: self.proxy_protocol.then_some(true),
+            access_log: self.access_log.then_some(true),
+            ingress_header_timeout: self.ingress_header_timeout,
+            ingress_body_timeout: self.ingress_body_timeout,
+            upstream_connect_timeout: self.upstream_connect_timeout,
+            upstream_response_timeout: self.upstream_response_timeout,
+            ingress_max_header_size: self.ingress_max_header_size,
+            ingress_max_body_size: self.ingress_max_body_size,
+            ingress_max_connections: self.ingress_max_connections,
+            ingress_max_connections_per_ip: self.ingress_max_connections_per_ip,
+            api_header_timeout: self.api_header_timeout,
+            api_max_connections: self.api_max_connections,
             sign_in: self.sign_in.iter().map(|spec| Provider::parse(spec)).collect::<anyhow::Result<_>>()?,
         };
         Ok(flags.over(file))
     }
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{text:?}: use on or off")),
+    }
+}
+
+fn parse_protocol(text: &str) -> Result<AppProtocol, String> {
+    text.parse().map_err(|_| format!("{text:?} is not a protocol: use http1 or h2c"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -672,6 +830,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             port,
             replicas,
             health_path,
+            protocol,
             env,
             cpus,
             memory,
@@ -690,19 +849,21 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 memory_mb: memory,
                 constraints: cli::env_flags(&constraints)?,
                 privileges: privileges.parse()?,
+                protocol,
             };
             client.create_app(request, wait.wait()).await
         }
         Command::Apps(AppsCommand::List { json }) => client.list_apps(json).await,
         Command::Apps(AppsCommand::Show { name, json }) => client.show_app(&name, json).await,
         Command::Apps(AppsCommand::Delete { name }) => client.delete_app(&name).await,
-        Command::Deploy { name, image, env, unset_env, port, health_path, wait } => {
+        Command::Deploy { name, image, env, unset_env, port, health_path, protocol, wait } => {
             let change = berth_wire::api::Deploy {
                 image,
                 port,
                 env: cli::env_flags(&env)?,
                 unset_env,
                 health_path,
+                protocol,
                 ..Default::default()
             };
             client.deploy(&name, change, wait.wait()).await
@@ -744,6 +905,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             client.add_webhook(&name, provider, &repository).await
         }
         Command::Webhooks(WebhooksCommand::List { name, json }) => client.list_webhooks(&name, json).await,
+        Command::Domains(DomainsCommand::Add { name, domain }) => client.add_domain(&name, &domain).await,
+        Command::Domains(DomainsCommand::List { name, json }) => client.list_domains(&name, json).await,
+        Command::Domains(DomainsCommand::Remove { name, domain }) => client.remove_domain(&name, &domain).await,
+        Command::Certs(CertsCommand::Add { name, cert, key }) => client.add_certificate(&name, &cert, &key).await,
+        Command::Certs(CertsCommand::List { name, json }) => client.list_certificates(&name, json).await,
+        Command::Certs(CertsCommand::Remove { name, id }) => client.remove_certificate(&name, &id).await,
+        Command::Edge { name, https_redirect, hsts, json } => {
+            client.edge(&name, berth_wire::edge::EdgeSettings { https_redirect, hsts_max_age: hsts }, json).await
+        }
         Command::Webhooks(WebhooksCommand::Remove { name, id }) => client.remove_webhook(&name, &id).await,
     }
 }

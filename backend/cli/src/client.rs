@@ -16,6 +16,7 @@ use berth_wire::api::{
     ReleaseEvent, ReleaseInfo, Rollback, Scale,
 };
 use berth_wire::builds::{BuildInfo, BuildSettingsChange, CreateWebhook, GitInfo, WebhookDelivery, WebhookInfo};
+use berth_wire::edge::{AddDomain, CertificateInfo, DomainInfo, EdgeSettings, UploadCertificate};
 use berth_wire::identity::{
     AcceptInvite, AddMember, AuditEntry, CreateInvite, CreateTeam, CreateToken, InviteCreated, Login, LoginResponse,
     Me, Member, ResetPassword, TeamRole, TokenCreated, TokenInfo,
@@ -157,6 +158,12 @@ pub enum Resource<'a> {
     Webhooks(&'a str),
     /// What became of the app's webhook deliveries (`Vec<WebhookDelivery>`).
     Deliveries(&'a str),
+    /// An app's names and their certificates' state (`Vec<DomainInfo>`).
+    Domains(&'a str),
+    /// An app's certificates (`Vec<CertificateInfo>`).
+    Certificates(&'a str),
+    /// An app's edge settings (`EdgeSettings`).
+    Edge(&'a str),
 }
 
 /// One line of a newline-delimited stream (the NDJSON of `GET …/logs`).
@@ -255,7 +262,7 @@ impl ApiClient {
     }
 
     /// `GET` of `resource`, decoded as `T` (the type its [`Resource`] variant names).
-    async fn read<T: DeserializeOwned>(&self, resource: Resource<'_>) -> anyhow::Result<T> {
+    pub(crate) async fn read<T: DeserializeOwned>(&self, resource: Resource<'_>) -> anyhow::Result<T> {
         let text = self.fetch_json(resource).await?;
         serde_json::from_str(&text).context("the server's answer is not what this client expects")
     }
@@ -394,6 +401,35 @@ impl ApiClient {
 
     pub async fn webhook_deliveries(&self, app: &str) -> anyhow::Result<Vec<WebhookDelivery>> {
         self.read(Resource::Deliveries(app)).await
+    }
+
+    pub async fn domains(&self, app: &str) -> anyhow::Result<Vec<DomainInfo>> {
+        self.read(Resource::Domains(app)).await
+    }
+
+    pub async fn add_domain(&self, app: &str, name: &str) -> anyhow::Result<DomainInfo> {
+        let request = AddDomain { name: name.to_string() };
+        self.send_for_answer(Method::POST, self.team_url(&["apps", app, "domains"]), Some(&request)).await
+    }
+
+    pub async fn remove_domain(&self, app: &str, name: &str) -> anyhow::Result<()> {
+        self.send_without_answer(Method::DELETE, self.team_url(&["apps", app, "domains", name]), None::<&()>).await
+    }
+
+    pub async fn certificates(&self, app: &str) -> anyhow::Result<Vec<CertificateInfo>> {
+        self.read(Resource::Certificates(app)).await
+    }
+
+    pub async fn upload_certificate(&self, app: &str, request: &UploadCertificate) -> anyhow::Result<CertificateInfo> {
+        self.send_for_answer(Method::POST, self.team_url(&["apps", app, "certificates"]), Some(request)).await
+    }
+
+    pub async fn remove_certificate(&self, app: &str, id: &str) -> anyhow::Result<()> {
+        self.send_without_answer(Method::DELETE, self.team_url(&["apps", app, "certificates", id]), None::<&()>).await
+    }
+
+    pub async fn update_edge(&self, app: &str, change: &EdgeSettings) -> anyhow::Result<EdgeSettings> {
+        self.send_for_answer(Method::PATCH, self.team_url(&["apps", app, "edge"]), Some(change)).await
     }
 
     /// `GET /api/v1/teams/{team}/apps/{app}/logs`: the newest `tail` lines of the app's replicas,
@@ -564,6 +600,9 @@ impl ApiClient {
             Resource::Build { app, number } => (self.team_url(&["apps", app, "builds", &number.to_string()]), None),
             Resource::Webhooks(app) => (self.team_url(&["apps", app, "webhooks"]), None),
             Resource::Deliveries(app) => (self.team_url(&["apps", app, "webhook-deliveries"]), None),
+            Resource::Domains(app) => (self.team_url(&["apps", app, "domains"]), None),
+            Resource::Certificates(app) => (self.team_url(&["apps", app, "certificates"]), None),
+            Resource::Edge(app) => (self.team_url(&["apps", app, "edge"]), None),
         };
         if let Some(limit) = limit {
             url.query_pairs_mut().append_pair("limit", &limit.to_string());

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, LogLine, ReleaseAccepted, ReleaseState};
+use berth_wire::edge::{CertState, DomainInfo, EdgeSettings, UploadCertificate};
 use berth_wire::identity::{AcceptInvite, CreateInvite, CreateToken, Login};
 use futures::StreamExt as _;
 
@@ -392,6 +393,90 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
+    pub async fn add_domain(&self, app: &str, domain: &str) -> anyhow::Result<ExitCode> {
+        let added = self.api.add_domain(app, domain).await?;
+        println!("{} now serves {app}; certificate: {}", added.name, describe_certificate(&added, output::now_ms()));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_domains(&self, app: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Domains(app)).await;
+        }
+        let now = output::now_ms();
+        for domain in self.api.domains(app).await? {
+            let kind = if domain.custom { "custom" } else { "app name" };
+            println!("{}  ({kind})  {}", domain.name, describe_certificate(&domain, now));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn remove_domain(&self, app: &str, domain: &str) -> anyhow::Result<ExitCode> {
+        self.api.remove_domain(app, domain).await?;
+        println!("{domain} no longer serves {app}");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn add_certificate(
+        &self,
+        app: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<ExitCode> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let request = UploadCertificate { chain_pem: read(cert)?, key_pem: read(key)? };
+        let added = self.api.upload_certificate(app, &request).await?;
+        println!(
+            "certificate {} for {} (issued by {}), expires {}",
+            added.id,
+            added.names.join(", "),
+            added.issuer,
+            output::date(added.not_after)
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn list_certificates(&self, app: &str, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Certificates(app)).await;
+        }
+        for cert in self.api.certificates(app).await? {
+            let source: &str = cert.source.into();
+            println!(
+                "{}  {source}  {}  expires {}  ({})",
+                cert.id,
+                cert.names.join(", "),
+                output::date(cert.not_after),
+                cert.issuer
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn remove_certificate(&self, app: &str, id: &str) -> anyhow::Result<ExitCode> {
+        self.api.remove_certificate(app, id).await?;
+        println!("certificate {id} removed");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn edge(&self, app: &str, change: EdgeSettings, json: bool) -> anyhow::Result<ExitCode> {
+        let settings = if change == EdgeSettings::default() {
+            self.api.read(Resource::Edge(app)).await?
+        } else {
+            self.api.update_edge(app, &change).await?
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&settings)?);
+        } else {
+            let redirect = if settings.https_redirect.unwrap_or(true) { "on" } else { "off" };
+            let hsts = settings.hsts_max_age.map_or_else(|| "off".to_string(), |age| format!("max-age={age}"));
+            println!("redirect to https: {redirect} (for names with a certificate)\nHSTS: {hsts}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub async fn list_hosts(&self, json: bool) -> anyhow::Result<ExitCode> {
         if json {
             return self.print_json(Resource::Hosts).await;
@@ -540,5 +625,23 @@ mod tests {
         let env = env_flags(&["A=1".into(), "B=x=y".into()]).unwrap();
         assert_eq!(env["B"], "x=y");
         assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
+    }
+}
+
+/// A domain's certificate in a few words: issued (until when), pending, or failed (why, and when
+/// it is retried).
+fn describe_certificate(domain: &DomainInfo, now: i64) -> String {
+    match domain.state {
+        CertState::Issued => {
+            let source: &str = domain.source.map_or("?", Into::into);
+            format!("issued ({source}), expires {}", domain.not_after.map_or_else(|| "?".into(), output::date))
+        }
+        CertState::Pending => "pending".into(),
+        CertState::None => "none (HTTPS off for this name)".into(),
+        CertState::Failed => format!(
+            "failed: {}; next attempt {}",
+            domain.error.as_deref().unwrap_or("unknown reason"),
+            domain.next_attempt_at.map_or_else(|| "?".into(), |at| output::until(at, now))
+        ),
     }
 }

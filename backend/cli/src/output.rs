@@ -38,6 +38,24 @@ pub(crate) fn ago(at_ms: i64, now_ms: i64) -> String {
     }
 }
 
+/// "in 3m" for a Unix-millisecond time ahead of `now_ms`; a time past counts as "now".
+pub(crate) fn until(at_ms: i64, now_ms: i64) -> String {
+    let secs = (at_ms - now_ms).max(0) / 1000;
+    match secs {
+        0 => "now".into(),
+        1..60 => format!("in {secs}s"),
+        60..3600 => format!("in {}m", secs / 60),
+        3600..86400 => format!("in {}h", secs / 3600),
+        _ => format!("in {}d", secs / 86400),
+    }
+}
+
+/// A moment relative to now: "in 89d", or "3h ago" once past.
+pub(crate) fn date(at_ms: i64) -> String {
+    let now = now_ms();
+    if at_ms >= now { until(at_ms, now) } else { ago(at_ms, now) }
+}
+
 /// The current time in Unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -5,6 +5,7 @@
 //! - `scheduler`: the pure placement function.
 //! - `links`: the control plane's end of every host agent, and the union of their reports.
 //! - `relay`: byte streams agents upload on request; `images` and `logs` use it.
+//! - `certs`: certificates the ingress serves (uploaded, operator, ACME) and the ACME loop.
 //! - `repos`: the apps' bare git repositories (the system `git`); `builds`: builds from git, run
 //!   by a host's agent, logged, released; `ignore`: `.dockerignore` for build contexts.
 //!
@@ -12,6 +13,7 @@
 //! call it, not the other way round.
 
 pub mod builds;
+pub mod certs;
 mod ignore;
 pub mod images;
 pub mod links;
@@ -23,3 +25,12 @@ pub mod scheduler;
 
 pub use links::{HostLink, HostLinks, ObservedUnion};
 pub use orchestrator::{Orchestrator, OrchestratorConfig};
+
+/// Writes a secret readable by its owner only (created 0600, never wider).
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}

@@ -43,6 +43,9 @@ pub struct OrchestratorConfig {
     pub heartbeat_timeout: Duration,
     /// How often hosts' heartbeats are checked.
     pub host_check_every: Duration,
+    /// Port of the ingress's HTTPS listener (`None`: no HTTPS). Names with a certificate are
+    /// shown as `https://` and (unless the app turns it off) redirected there.
+    pub https_port: Option<u16>,
 }
 
 impl OrchestratorConfig {
@@ -57,6 +60,7 @@ impl OrchestratorConfig {
             crash_limit: 3,
             heartbeat_timeout: Duration::from_secs(3),
             host_check_every: Duration::from_millis(200),
+            https_port: None,
         }
     }
 }
@@ -74,8 +78,10 @@ struct Inner {
     config: OrchestratorConfig,
     /// One lock per app: operations on an app run one after another, never interleaved.
     app_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises route-table computation so the newest state always lands last.
-    routes_lock: tokio::sync::Mutex<()>,
+    /// Serialises route-table computation so the newest state always lands last; holds the
+    /// routes last applied, so an unchanged table is not applied again (which would reset the
+    /// round-robin cursors for nothing).
+    routes_lock: tokio::sync::Mutex<Vec<berth_ingress::RouteSpec>>,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,
     /// Every task the orchestrator runs, so `shutdown` can wait for them to be gone.
@@ -104,7 +110,7 @@ impl Orchestrator {
                 links,
                 config,
                 app_locks: Mutex::new(HashMap::new()),
-                routes_lock: tokio::sync::Mutex::new(()),
+                routes_lock: tokio::sync::Mutex::new(Vec::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -148,9 +154,14 @@ impl Orchestrator {
 
     pub fn app_url(&self, app: &str) -> String {
         let config = &self.inner.config;
-        match config.ingress_port {
-            80 => format!("http://{app}.{}", config.base_domain),
-            port => format!("http://{app}.{}:{port}", config.base_domain),
+        let host = self.app_host(app);
+        match (config.https_port, config.ingress_port) {
+            (Some(port), _) if self.inner.ingress.certificate_for(&host).is_some() => match port {
+                443 => format!("https://{host}"),
+                port => format!("https://{host}:{port}"),
+            },
+            (_, 80) => format!("http://{host}"),
+            (_, port) => format!("http://{host}:{port}"),
         }
     }
 
@@ -160,7 +171,17 @@ impl Orchestrator {
     }
 
     /// The host name an app is served at (`web.localhost`).
-    fn app_host(&self, app: &str) -> String {
+    pub fn base_domain(&self) -> &str {
+        &self.inner.config.base_domain
+    }
+
+    /// The ingress this orchestrator routes through.
+    pub fn ingress(&self) -> &Arc<Ingress> {
+        &self.inner.ingress
+    }
+
+    /// The app's own name under the base domain.
+    pub fn app_host(&self, app: &str) -> String {
         format!("{app}.{}", self.inner.config.base_domain)
     }
 

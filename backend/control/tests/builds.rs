@@ -68,6 +68,7 @@ async fn plane() -> Plane {
         memory_mb: None,
         constraints: BTreeMap::new(),
         privileges: Default::default(),
+        protocol: Default::default(),
     };
     let app_id = store.create_app(team_id, "web", &spec).await.unwrap();
     let app = store.app_by_id(app_id).await.unwrap().unwrap();

@@ -30,6 +30,7 @@ fn spec(image: &str, replicas: u32) -> AppSpec {
         memory_mb: None,
         constraints: BTreeMap::new(),
         privileges: Default::default(),
+        protocol: Default::default(),
     }
 }
 

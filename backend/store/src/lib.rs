@@ -12,12 +12,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 mod apps;
 mod builds;
+mod edge;
 mod hosts;
 mod identity;
 mod replicas;
 
 pub use apps::{AppRow, ReleaseRow};
 pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
+pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};
 pub use hosts::{HostRow, JoinError};
 pub use identity::{AuditRecord, InvitationRow, TokenRow, UserRow};
 pub use replicas::{Placement, ReplicaRow};

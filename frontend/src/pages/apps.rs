@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use berth_wire::api::{AppSummary, CreateApp, ReleaseAccepted};
+use berth_wire::edge::AppProtocol;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -136,6 +137,7 @@ pub fn NewAppPage() -> impl IntoView {
     let cpu = RwSignal::new(String::new());
     let memory = RwSignal::new(String::new());
     let env = RwSignal::new(String::new());
+    let h2c = RwSignal::new(false);
     let error: RwSignal<Option<ApiError>> = RwSignal::new(None);
     let busy = RwSignal::new(false);
     let navigate = use_navigate();
@@ -160,6 +162,7 @@ pub fn NewAppPage() -> impl IntoView {
                 memory_mb: parse_number("memory_mb", &memory.get_untracked())?,
                 constraints: BTreeMap::new(),
                 privileges: Default::default(),
+                protocol: if h2c.get_untracked() { AppProtocol::H2c } else { AppProtocol::Http1 },
             })
         })();
         let input = match input {
@@ -221,6 +224,10 @@ pub fn NewAppPage() -> impl IntoView {
             <label for="health-path">"Health check path"</label>
             <input id="health-path" bind:value=health_path placeholder="/up (empty: a TCP connect is enough)"/>
             {field_error("health_path")}
+            <label class="check">
+                <input id="h2c" type="checkbox" bind:checked=h2c/>
+                " The app speaks HTTP/2 without TLS (h2c, e.g. gRPC)"
+            </label>
             <div class="row">
                 <div class="stack">
                     <label for="cpu">"CPU (millicores)"</label>

@@ -22,7 +22,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::ServerConfig;
+use berth_ingress::{IngressConfig, IpNet};
+
+use super::{AcmeSettings, ServerConfig};
 use crate::oidc::{AutoJoin, Provider, ProviderKind};
 
 /// Every setting of `berth server`, each optional: what a source leaves out, a later one (or the
@@ -50,6 +52,41 @@ pub struct ServerSettings {
     pub build_cache_max: Option<u64>,
     pub public_url: Option<String>,
     pub dashboard_dir: Option<PathBuf>,
+    /// The ingress's HTTPS listener.
+    pub https_listen: Option<SocketAddr>,
+    /// The operator's certificate (PEM chain) and key for the base domain, typically a wildcard.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Obtain certificates by ACME with this contact address.
+    pub acme_email: Option<String>,
+    pub acme_directory: Option<String>,
+    /// A CA (PEM) to trust for the ACME server's HTTPS, for private or test CAs.
+    pub acme_ca_file: Option<PathBuf>,
+    /// Addresses or CIDR blocks of proxies in front of Berth, believed for the client address
+    /// (ingress and API) and for `X-Forwarded-Proto`/`-Host` (ingress).
+    #[serde(default, deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Read PROXY protocol headers from trusted proxies on the ingress's listeners.
+    pub proxy_protocol: Option<bool>,
+    /// One log line per ingress request (target `berth::access`).
+    pub access_log: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub ingress_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub ingress_body_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub upstream_connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub upstream_response_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "bytes")]
+    pub ingress_max_header_size: Option<u64>,
+    #[serde(default, deserialize_with = "bytes")]
+    pub ingress_max_body_size: Option<u64>,
+    pub ingress_max_connections: Option<usize>,
+    pub ingress_max_connections_per_ip: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub api_header_timeout: Option<Duration>,
+    pub api_max_connections: Option<usize>,
     /// Sign-in providers, from flags or from the file's `[[sign_in]]` tables (a table's
     /// `client_secret_file` is read as the file is).
     #[serde(default, deserialize_with = "sign_in_tables")]
@@ -128,6 +165,27 @@ impl ServerSettings {
             build_cache_max: self.build_cache_max.or(under.build_cache_max),
             public_url: self.public_url.or(under.public_url),
             dashboard_dir: self.dashboard_dir.or(under.dashboard_dir),
+            https_listen: self.https_listen.or(under.https_listen),
+            tls_cert: self.tls_cert.or(under.tls_cert),
+            tls_key: self.tls_key.or(under.tls_key),
+            acme_email: self.acme_email.or(under.acme_email),
+            acme_directory: self.acme_directory.or(under.acme_directory),
+            acme_ca_file: self.acme_ca_file.or(under.acme_ca_file),
+            trusted_proxies: if self.trusted_proxies.is_empty() { under.trusted_proxies } else { self.trusted_proxies },
+            proxy_protocol: self.proxy_protocol.or(under.proxy_protocol),
+            access_log: self.access_log.or(under.access_log),
+            ingress_header_timeout: self.ingress_header_timeout.or(under.ingress_header_timeout),
+            ingress_body_timeout: self.ingress_body_timeout.or(under.ingress_body_timeout),
+            upstream_connect_timeout: self.upstream_connect_timeout.or(under.upstream_connect_timeout),
+            upstream_response_timeout: self.upstream_response_timeout.or(under.upstream_response_timeout),
+            ingress_max_header_size: self.ingress_max_header_size.or(under.ingress_max_header_size),
+            ingress_max_body_size: self.ingress_max_body_size.or(under.ingress_max_body_size),
+            ingress_max_connections: self.ingress_max_connections.or(under.ingress_max_connections),
+            ingress_max_connections_per_ip: self
+                .ingress_max_connections_per_ip
+                .or(under.ingress_max_connections_per_ip),
+            api_header_timeout: self.api_header_timeout.or(under.api_header_timeout),
+            api_max_connections: self.api_max_connections.or(under.api_max_connections),
             sign_in,
         }
     }
@@ -139,6 +197,45 @@ impl ServerSettings {
         if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
             bail!("two sign-in providers are named {}", pair[0]);
         }
+        let defaults = IngressConfig::default();
+        let ingress = IngressConfig {
+            connect_timeout: self.upstream_connect_timeout.unwrap_or(defaults.connect_timeout),
+            response_header_timeout: self.upstream_response_timeout.unwrap_or(defaults.response_header_timeout),
+            trusted_proxies: self.trusted_proxies.clone(),
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
+            header_read_timeout: self.ingress_header_timeout.unwrap_or(defaults.header_read_timeout),
+            max_header_bytes: match self.ingress_max_header_size {
+                Some(size) if !(1024..=1 << 20).contains(&size) => {
+                    bail!("ingress_max_header_size must be between 1K and 1M")
+                }
+                Some(size) => size as usize,
+                None => defaults.max_header_bytes,
+            },
+            body_idle_timeout: self.ingress_body_timeout.unwrap_or(defaults.body_idle_timeout),
+            max_body_bytes: self.ingress_max_body_size.unwrap_or(defaults.max_body_bytes),
+            max_connections: self.ingress_max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: self.ingress_max_connections_per_ip.unwrap_or(defaults.max_connections_per_ip),
+            access_log: self.access_log.unwrap_or(false),
+            https_port: self.https_listen.map(|a| a.port()),
+            ..defaults
+        };
+        let api_defaults = super::ApiLimits::default();
+        let api = super::ApiLimits {
+            header_read_timeout: self.api_header_timeout.unwrap_or(api_defaults.header_read_timeout),
+            max_connections: self.api_max_connections.unwrap_or(api_defaults.max_connections),
+            trusted_proxies: self.trusted_proxies,
+            ..api_defaults
+        };
+        let tls_cert = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        let acme = self.acme_email.map(|email| AcmeSettings {
+            email,
+            directory: self.acme_directory.unwrap_or_else(|| berth_control::certs::LETS_ENCRYPT.to_string()),
+            ca_file: self.acme_ca_file,
+        });
         let config = ServerConfig {
             data_dir: self.data_dir.unwrap_or_else(|| "./berth-data".into()),
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7878))),
@@ -155,6 +252,11 @@ impl ServerSettings {
             public_url: self.public_url,
             dashboard_dir: self.dashboard_dir.unwrap_or_else(super::default_dashboard_dir),
             sign_in: self.sign_in,
+            https_listen: self.https_listen,
+            tls_cert,
+            acme,
+            ingress,
+            api,
         };
         super::check(&config)?;
         Ok(config)
@@ -199,6 +301,11 @@ fn bounded(duration: Duration) -> Result<Duration, String> {
 fn sign_in_tables<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Provider>, D::Error> {
     let tables = Vec::<SignInTable>::deserialize(deserializer)?;
     tables.into_iter().map(|t| t.into_provider().map_err(|e| serde::de::Error::custom(format!("{e:#}")))).collect()
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts.iter().map(|t| berth_ingress::parse_cidr(t).map_err(serde::de::Error::custom)).collect()
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {

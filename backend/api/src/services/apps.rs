@@ -137,6 +137,7 @@ impl Services {
             memory_mb: input.memory_mb,
             constraints: input.constraints,
             privileges: input.privileges,
+            protocol: input.protocol,
         };
         // No image: built from git; the rest of the spec is checked now, for its first release.
         let built_from_git = spec.image.is_empty();
@@ -207,6 +208,9 @@ impl Services {
         }
         if let Some(privileges) = change.privileges {
             spec.privileges = privileges;
+        }
+        if let Some(protocol) = change.protocol {
+            spec.protocol = protocol;
         }
         if spec.image.is_empty() {
             return Err(invalid(

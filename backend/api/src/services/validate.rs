@@ -132,6 +132,7 @@ mod tests {
             memory_mb: None,
             constraints: BTreeMap::new(),
             privileges: Default::default(),
+            protocol: Default::default(),
         }
     }
 

@@ -56,6 +56,7 @@ fn spec() -> AppSpec {
         memory_mb: None,
         constraints: Default::default(),
         privileges: Default::default(),
+        protocol: Default::default(),
     }
 }
 

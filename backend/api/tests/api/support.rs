@@ -8,6 +8,7 @@ use berth_api::http::{self, AppState};
 use berth_api::oidc::SignIn;
 use berth_api::services::Services;
 use berth_control::builds::{Builds, BuildsConfig};
+use berth_control::certs::{Certs, CertsConfig};
 use berth_control::repos::Repos;
 use berth_control::{HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
@@ -44,7 +45,7 @@ pub async fn router(dir: &ScratchDir, store: Store, sign_in: Option<SignIn>) -> 
         ..OrchestratorConfig::new("localhost", 8080)
     };
     let ingress = Ingress::new(IngressConfig::default());
-    let orchestrator = Orchestrator::start(store.clone(), ingress, HostLinks::default(), config)
+    let orchestrator = Orchestrator::start(store.clone(), ingress.clone(), HostLinks::default(), config)
         .await
         .expect("starting the orchestrator");
     let data = dir.0.path();
@@ -52,7 +53,10 @@ pub async fn router(dir: &ScratchDir, store: Store, sign_in: Option<SignIn>) -> 
     let repos = Repos::open(data, &program).await.expect("git is installed");
     let builds_config = BuildsConfig { logs_dir: data.join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 0 };
     let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await.expect("builds");
-    let mut services = Services::new(store, orchestrator, builds);
+    let certs_config =
+        CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) };
+    let certs = Certs::start(store.clone(), ingress, orchestrator.clone(), certs_config).await.expect("certificates");
+    let mut services = Services::new(store, orchestrator, builds, certs);
     if let Some(sign_in) = sign_in {
         services = services.with_sign_in(sign_in);
     }
