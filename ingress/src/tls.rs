@@ -117,6 +117,9 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<Described, CertificateError> {
 pub(crate) struct CertTable {
     exact: HashMap<String, Arc<Certificate>>,
     wildcard: HashMap<String, Arc<Certificate>>,
+    /// For clients that send no SNI (old clients, scanners, IP literals): the first certificate
+    /// given (the operator's, when there is one).
+    default: Option<Arc<Certificate>>,
 }
 
 impl CertTable {
@@ -124,6 +127,7 @@ impl CertTable {
     pub(crate) fn new(certificates: Vec<Certificate>) -> CertTable {
         let mut table = CertTable::default();
         for certificate in certificates.into_iter().map(Arc::new) {
+            table.default.get_or_insert_with(|| certificate.clone());
             for name in &certificate.names {
                 let (map, key) = match name.strip_prefix("*.") {
                     Some(parent) => (&mut table.wildcard, parent.to_string()),
@@ -140,6 +144,10 @@ impl CertTable {
 
     pub(crate) fn find(&self, host: &str) -> Option<&Arc<Certificate>> {
         self.exact.get(host).or_else(|| self.wildcard.get(host.split_once('.')?.1))
+    }
+
+    pub(crate) fn fallback(&self) -> Option<&Arc<Certificate>> {
+        self.default.as_ref()
     }
 
     pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Certificate>> {
@@ -163,7 +171,9 @@ impl fmt::Debug for TlsState {
 
 impl ResolvesServerCert for TlsState {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?.trim_end_matches('.').to_ascii_lowercase();
+        let Some(name) = hello.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.certs.load().fallback().map(|c| c.key.clone());
+        };
         let acme = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if acme {
             return self.alpn_challenges.lock().expect("BUG: challenge lock poisoned").get(&name).cloned();

@@ -10,6 +10,7 @@ mod healing;
 mod hosts;
 mod identity;
 mod release;
+mod tls;
 
 use berth_tests::{Fixture, Server};
 use serde_json::json;

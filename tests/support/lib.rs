@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncBufReadExt as _;
 
 pub mod browser;
+pub mod pebble;
 
 /// Polls `condition` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<T>
@@ -226,6 +227,11 @@ impl Fixture {
     pub async fn start_server_with(&self, args: &[&str]) -> anyhow::Result<Server> {
         Server::start(self, None, args).await
     }
+
+    /// A server whose ingress listens on `ingress` (a port chosen beforehand), with extra arguments.
+    pub async fn start_server_on(&self, ingress: SocketAddr, args: &[&str]) -> anyhow::Result<Server> {
+        Server::start(self, Some(("127.0.0.1:0".parse().expect("BUG: a valid address"), ingress)), args).await
+    }
 }
 
 impl Drop for Fixture {
@@ -301,6 +307,7 @@ impl Server {
             // "berth server: API on http://ADDR, apps on http://<app>.localhost:PORT"
             if let Some(rest) = line.strip_prefix("berth server: API on http://") {
                 let (api, apps) = rest.split_once(", apps on ").context("unexpected banner")?;
+                let apps = apps.split(' ').next().unwrap_or_default();
                 let port: u16 = apps.rsplit(':').next().unwrap_or_default().parse()?;
                 let mut api = api.parse::<SocketAddr>()?;
                 if api.ip().is_unspecified() {

@@ -321,7 +321,7 @@ fn check(config: &ServerConfig) -> anyhow::Result<()> {
         bail!("certificates (--tls-cert, --acme-email) are served by the HTTPS listener: give --https-listen too");
     }
     if let Some(acme) = &config.acme
-        && !(acme.email.contains('@') && !acme.email.contains(char::is_whitespace))
+        && (!acme.email.contains('@') || acme.email.contains(char::is_whitespace))
     {
         bail!("--acme-email {:?} is not an email address", acme.email);
     }

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the all-in-one server: API, orchestrator, local host agent and ingress.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Create, list, show and delete apps.
     #[command(subcommand)]
     Apps(AppsCommand),
@@ -735,7 +735,12 @@ fn main() -> std::process::ExitCode {
 
 /// Logs to stderr, filtered by `BERTH_LOG` (default: info, quiet HTTP and SQL internals).
 fn init_logging() {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
+        // stderr, as documented (stdout carries the banner scripts read), and colours only on a
+        // terminal: a log file gets plain `key=value` fields.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn")),

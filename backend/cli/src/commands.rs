@@ -616,18 +616,6 @@ impl Client {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_pairs_parse_and_name_the_bad_one() {
-        let env = env_flags(&["A=1".into(), "B=x=y".into()]).unwrap();
-        assert_eq!(env["B"], "x=y");
-        assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
-    }
-}
-
 /// A domain's certificate in a few words: issued (until when), pending, or failed (why, and when
 /// it is retried).
 fn describe_certificate(domain: &DomainInfo, now: i64) -> String {
@@ -643,5 +631,17 @@ fn describe_certificate(domain: &DomainInfo, now: i64) -> String {
             domain.error.as_deref().unwrap_or("unknown reason"),
             domain.next_attempt_at.map_or_else(|| "?".into(), |at| output::until(at, now))
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_parse_and_name_the_bad_one() {
+        let env = env_flags(&["A=1".into(), "B=x=y".into()]).unwrap();
+        assert_eq!(env["B"], "x=y");
+        assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
     }
 }

@@ -328,9 +328,16 @@ impl Certs {
                 continue;
             }
             store.set_acme_name(&name, "pending", None, attempts as i64, now_ms()).await?;
-            let challenge =
-                if config.tls_alpn && attempts % 2 == 1 { ChallengeType::TlsAlpn01 } else { ChallengeType::Http01 };
-            tracing::info!(%name, ?challenge, renewal = served.is_some(), "ordering a certificate");
+            // First issuance by HTTP-01 (port 80 is what every DNS setup reaches), renewals by
+            // TLS-ALPN-01 (the HTTPS listener is up, serving the certificate being renewed), and
+            // the other one after each failure.
+            let renewal = served.is_some();
+            let challenge = if config.tls_alpn && (renewal ^ (attempts % 2 == 1)) {
+                ChallengeType::TlsAlpn01
+            } else {
+                ChallengeType::Http01
+            };
+            tracing::info!(%name, ?challenge, renewal, "ordering a certificate");
             let outcome = tokio::select! {
                 outcome = self.obtain(&config, app_id, &name, challenge) => outcome,
                 () = self.inner.stop.cancelled() => return Ok(()),

@@ -42,6 +42,7 @@ struct World {
     token: Option<String>,
     /// The caller's own token id (for revoking one's own token).
     token_id: i64,
+    certificate_id: i64,
     _dir: ScratchDir,
 }
 
@@ -117,9 +118,22 @@ async fn world(caller: Caller) -> World {
     store.insert_build(build).await.unwrap();
     let provider = berth_wire::builds::WebhookProvider::Github;
     store.create_webhook(&token_id.to_string(), web.id, provider, "acme/web", "secret").await.unwrap();
+    // A domain and a certificate record of `web` for the endpoints that remove one.
+    store.add_domain(web.id, "shop.example.com").await.unwrap();
+    let names = ["shop.example.com".to_string()];
+    let certificate = berth_store::NewCertificate {
+        app_id: web.id,
+        source: berth_wire::edge::CertSource::Uploaded,
+        names: &names,
+        issuer: "CN=test",
+        chain_pem: "",
+        key_file: "none.key",
+        not_after: now_ms() + 86_400_000,
+    };
+    let certificate_id = store.insert_certificate(certificate).await.unwrap();
 
     let router = support::router(&dir, store, None).await;
-    World { router, token, token_id, _dir: dir }
+    World { router, token, token_id, certificate_id, _dir: dir }
 }
 
 fn expectation(access: Access, caller: Caller, relation: TeamRelation) -> Option<Expect> {
@@ -151,7 +165,7 @@ fn request_for(
     method: &Method,
     path: &str,
     relation: TeamRelation,
-    token_id: i64,
+    world: &World,
 ) -> (String, Option<serde_json::Value>) {
     let (team, app) = match relation {
         TeamRelation::Own => ("alpha", "web"),
@@ -163,7 +177,11 @@ fn request_for(
         .replace("{number}", "1")
         .replace("{host}", "local")
         .replace("{email}", "target@example.com")
-        .replace("{id}", &token_id.to_string())
+        .replace("{domain}", "shop.example.com")
+        .replace(
+            "{id}",
+            &if path.contains("/certificates/") { world.certificate_id } else { world.token_id }.to_string(),
+        )
         .replace("{token}", "berth_invite_nope")
         .replace("{transfer}", "nope");
     use serde_json::json;
@@ -174,6 +192,9 @@ fn request_for(
         ("POST", p) if p.ends_with("/rollback") => Some(json!({ "to": 1 })),
         ("POST", "/api/v1/join-tokens") => Some(json!({})),
         ("PATCH", p) if p.ends_with("/git") => Some(json!({ "timeout_secs": 600 })),
+        ("POST", p) if p.ends_with("/domains") => Some(json!({ "name": "new.example.com" })),
+        ("POST", p) if p.ends_with("/certificates") => Some(json!({ "chain_pem": "not pem", "key_pem": "not pem" })),
+        ("PATCH", p) if p.ends_with("/edge") => Some(json!({ "hsts_max_age": 600 })),
         ("POST", p) if p.ends_with("/webhooks") => Some(json!({ "provider": "github", "repository": "acme/web" })),
         ("POST", "/api/v1/me/password") => Some(json!({ "current": "wrong password", "new": "a new long password" })),
         ("POST", "/api/v1/users/{email}/password") => Some(json!({ "password": "a new long password" })),
@@ -225,7 +246,7 @@ async fn every_endpoint_every_role_every_team_relation() {
                     continue;
                 };
                 let world = world(*caller).await;
-                let (uri, body) = request_for(&endpoint.method, endpoint.path, relation, world.token_id);
+                let (uri, body) = request_for(&endpoint.method, endpoint.path, relation, &world);
                 let mut request = Request::builder().method(endpoint.method.clone()).uri(&uri);
                 if let Some(token) = &world.token {
                     request = request.header("authorization", format!("Bearer {token}"));
@@ -269,7 +290,7 @@ async fn the_router_serves_exactly_the_listed_endpoints() {
             if declared.contains(&&method) {
                 continue;
             }
-            let (uri, _) = request_for(&method, endpoint.path, TeamRelation::Own, world.token_id);
+            let (uri, _) = request_for(&method, endpoint.path, TeamRelation::Own, &world);
             let request = Request::builder()
                 .method(method.clone())
                 .uri(&uri)
