@@ -20,9 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::Ingress;
 use crate::host::{Authority, parse_authority};
-use crate::route_table::{Endpoint, InFlight, RouteOptions, UpstreamBody};
-
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::route_table::{BoxError, Endpoint, InFlight, RouteOptions, UpstreamBody};
 
 /// How a client reached the ingress: its address (from the PROXY protocol header when a trusted
 /// load balancer sent one) and whether over TLS.

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 
-pub(crate) type UpstreamBody = BoxBody<Bytes, crate::proxy::BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// What the control plane pushes: one host name and the endpoints that may serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
