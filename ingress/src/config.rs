@@ -76,9 +76,14 @@ impl Default for IngressConfig {
 
 impl IngressConfig {
     pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        is_trusted(&self.trusted_proxies, ip)
     }
+}
+
+/// Whether `ip` is in one of the `proxies` blocks (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn is_trusted(proxies: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    proxies.iter().any(|net| net.contains(&ip))
 }
 
 /// An IPv4 address mapped into IPv6 (`::ffff:10.0.0.1`, as dual-stack sockets report them)

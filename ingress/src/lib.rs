@@ -28,7 +28,7 @@ mod proxy_protocol;
 mod route_table;
 mod tls;
 
-pub use config::{IngressConfig, IpNet, parse_cidr};
+pub use config::{IngressConfig, IpNet, is_trusted, parse_cidr};
 use host::host_key;
 pub use metrics::{RouteMetrics, TrafficSecond};
 use proxy::Conn;

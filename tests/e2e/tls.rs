@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_tests::Fixture;
-use berth_tests::pebble::{BLOCKED, Pebble, free_addr, tls_client, tls_connect};
+use berth_tests::pebble::{BLOCKED, Pebble, free_addr, test_certificate, tls_client, tls_connect};
 use berth_wire::edge::{CertState, DomainInfo};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
@@ -161,20 +161,6 @@ async fn acme_certificates_are_served_by_sni_renewed_and_failures_say_why() -> a
     Ok(())
 }
 
-/// A test CA's certificate for `names`, as (chain PEM, key PEM, CA DER).
-fn own_certificate(names: &[&str]) -> anyhow::Result<(String, String, rustls::pki_types::CertificateDer<'static>)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate()?;
-    let leaf =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?.signed_by(&key, &issuer)?;
-    Ok((format!("{}{}", leaf.pem(), ca.pem()), key.serialize_pem(), ca.der().clone()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploaded_certificates_are_served_and_testssl_finds_nothing_weak() -> anyhow::Result<()> {
     let fixture = Fixture::new()?;
@@ -187,7 +173,7 @@ async fn uploaded_certificates_are_served_and_testssl_finds_nothing_weak() -> an
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
 
     // A certificate naming someone else's domain is refused, and says why.
-    let (chain, key, _) = own_certificate(&["bank.example.test"])?;
+    let (chain, key, _) = test_certificate(&["bank.example.test"])?;
     std::fs::write(fixture.dir.join("foreign.pem"), chain)?;
     std::fs::write(fixture.dir.join("foreign.key"), key)?;
     let foreign = fixture.dir.join("foreign.pem").display().to_string();
@@ -197,7 +183,7 @@ async fn uploaded_certificates_are_served_and_testssl_finds_nothing_weak() -> an
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("bank.example.test, which is not one of this app's names"), "{stderr}");
 
-    let (chain, key, ca) = own_certificate(&["shop.example.test", "shop.localhost"])?;
+    let (chain, key, ca) = test_certificate(&["shop.example.test", "shop.localhost"])?;
     std::fs::write(fixture.dir.join("shop.pem"), chain)?;
     std::fs::write(fixture.dir.join("shop.key"), key)?;
     let cert = fixture.dir.join("shop.pem").display().to_string();

@@ -48,10 +48,13 @@ impl Pebble {
         let pebble = binary("pebble")?;
         let challtestsrv = binary("pebble-challtestsrv")?;
         let dir = tempfile::Builder::new().prefix("berth-pebble-").tempdir()?;
-        let (ca_pem, cert_pem, key_pem) = listener_certificate()?;
+        // pebble's own listener: `localhost` and 127.0.0.1, signed by a CA written to `ca.pem`.
+        let (chain_pem, key_pem, _) = test_certificate(&["localhost", "127.0.0.1"])?;
+        let ca_pem =
+            chain_pem.split_inclusive("-----END CERTIFICATE-----\n").nth(1).context("the chain ends with its CA")?;
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_pem)?;
-        std::fs::write(dir.path().join("cert.pem"), cert_pem)?;
+        std::fs::write(dir.path().join("cert.pem"), &chain_pem)?;
         std::fs::write(dir.path().join("key.pem"), key_pem)?;
         let dns_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = dir.path().join("pebble.log");
@@ -127,8 +130,11 @@ impl Pebble {
     }
 }
 
-/// A CA and the certificate of pebble's own listener (`localhost`, 127.0.0.1), PEM.
-fn listener_certificate() -> anyhow::Result<(String, String, String)> {
+/// A fresh test CA and a certificate it signs for `names`: (chain PEM, leaf first; key PEM; the
+/// CA's DER, to trust).
+pub fn test_certificate(
+    names: &[&str],
+) -> anyhow::Result<(String, String, rustls::pki_types::CertificateDer<'static>)> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -137,8 +143,8 @@ fn listener_certificate() -> anyhow::Result<(String, String, String)> {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
     let leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
-    Ok((ca.pem(), leaf.pem(), key.serialize_pem()))
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?.signed_by(&key, &issuer)?;
+    Ok((format!("{}{}", leaf.pem(), ca.pem()), key.serialize_pem(), ca.der().clone()))
 }
 
 /// A TLS client trusting only `root` (DER or PEM), offering `alpn`.

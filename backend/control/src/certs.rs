@@ -83,6 +83,8 @@ struct Inner {
     wake: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The ACME account, registered or restored at the first order and kept.
+    account: tokio::sync::Mutex<Option<instant_acme::Account>>,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -127,6 +129,7 @@ impl Certs {
                 wake: Notify::new(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                account: tokio::sync::Mutex::new(None),
             }),
         };
         certs.reload().await?;
@@ -370,8 +373,18 @@ impl Certs {
         name: &str,
         challenge: ChallengeType,
     ) -> Result<Certificate, acme::OrderError> {
-        let saved = self.inner.config.tls_dir.join("acme-account.json");
-        let account = acme::account(&config.directory_url, &config.email, config.ca_file.as_deref(), &saved).await?;
+        let account = {
+            let mut cached = self.inner.account.lock().await;
+            match cached.as_ref() {
+                Some(account) => account.clone(),
+                None => {
+                    let saved = self.inner.config.tls_dir.join("acme-account.json");
+                    let account =
+                        acme::account(&config.directory_url, &config.email, config.ca_file.as_deref(), &saved).await?;
+                    cached.insert(account).clone()
+                }
+            }
+        };
         let (chain_pem, key_pem) = acme::order(&account, &self.inner.ingress, name, challenge).await?;
         let certificate = Certificate::from_pem(chain_pem.as_bytes(), key_pem.as_bytes())
             .map_err(|e| acme::OrderError::Ca(format!("the CA's certificate cannot be served: {e}")))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use berth_ingress::IpNet;
+use berth_ingress::{IpNet, is_trusted as trusted};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -42,14 +42,6 @@ impl Default for ApiLimits {
             trusted_proxies: Vec::new(),
         }
     }
-}
-
-fn trusted(proxies: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    proxies.iter().any(|net| net.contains(&ip))
 }
 
 /// The client behind trusted proxies: the rightmost `X-Forwarded-For` entry that is not itself a
