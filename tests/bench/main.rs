@@ -1,7 +1,9 @@
 //! `berth-bench` (run by `cargo xtask bench [dashboard]`, which builds the release `berth` and
 //! the dashboard first and passes the binary in `BERTH_BIN`): measures releases under load,
 //! healing, and the ingress against nginx proxying to the same upstream in the same run; with
-//! `dashboard`, the dashboard's sizes and timings. Prints figures; asserts nothing.
+//! `dashboard`, the dashboard's sizes and timings; with `ingress`, the ingress against nginx and
+//! HAProxy over HTTP/1.1, HTTPS, new handshakes and h2 (`ingress.rs`). Prints figures; asserts
+//! nothing.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -16,12 +18,15 @@ const HOST: &str = "bench.localhost";
 const RELEASES: usize = 20;
 const CLIENTS: usize = 8;
 
+mod ingress;
+
 fn main() -> anyhow::Result<()> {
+    let mode = std::env::args().nth(1);
     let runtime = tokio::runtime::Runtime::new()?;
-    if std::env::args().nth(1).as_deref() == Some("dashboard") {
-        runtime.block_on(dashboard())
-    } else {
-        runtime.block_on(run())
+    match mode.as_deref() {
+        Some("dashboard") => runtime.block_on(dashboard()),
+        Some("ingress") => runtime.block_on(ingress::run()),
+        _ => runtime.block_on(run()),
     }
 }
 

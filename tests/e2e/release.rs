@@ -137,3 +137,87 @@ async fn delete_leaves_nothing_behind() -> anyhow::Result<()> {
     api.wait_serving("gone", release).await?;
     Ok(())
 }
+
+/// Open WebSockets and server-sent event streams are not cut when a release moves traffic: the old
+/// replica keeps them until they end or the drain timeout passes, and only then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_websockets_and_event_streams_survive_a_release_until_the_drain_timeout() -> anyhow::Result<()> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let fixture = berth_tests::Fixture::new()?;
+    let server = fixture.start_server_with(&["--drain-timeout", "20"]).await?;
+    let api = server.api();
+    let first = api
+        .create_app(json!({ "name": "live", "image": fixture.image_v1, "port": 8080, "health_path": "/up" }))
+        .await?;
+    api.wait_serving("live", first).await?;
+
+    // A WebSocket through the ingress (HTTP/1.1 upgrade), answered by v1.
+    let tcp = tokio::net::TcpStream::connect(server.ingress).await?;
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://live.localhost/socket", tcp).await?;
+    let exchange = async |socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: &str| {
+        socket.send(Message::text(text)).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the WebSocket closed"))??;
+        anyhow::Ok(reply.into_text()?.to_string())
+    };
+    assert_eq!(exchange(&mut socket, "before").await?, "v1: before");
+    // An event stream, also from v1.
+    let mut events = reqwest::Client::new()
+        .get(format!("http://{}/events", server.ingress))
+        .header("host", host("live"))
+        .send()
+        .await?;
+    assert_eq!(events.status(), 200);
+    let next_event = async |events: &mut reqwest::Response| {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk()).await??;
+        let chunk = chunk.ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+        anyhow::Ok(String::from_utf8_lossy(&chunk).into_owned())
+    };
+    assert!(next_event(&mut events).await?.starts_with("data: v1 "));
+
+    // Release v2; new requests go to v2 while both streams stay with v1.
+    let release = api.deploy("live", json!({ "image": fixture.image_v2 })).await?;
+    let ingress = server.ingress;
+    berth_tests::eventually("v2 serving new requests", Duration::from_secs(60), || async move {
+        let (_, body) = get(ingress, &host("live"), "/").await.ok()?;
+        body.starts_with("hello from v2 ").then_some(())
+    })
+    .await?;
+    assert_eq!(exchange(&mut socket, "after the switch").await?, "v1: after the switch");
+    let event = next_event(&mut events).await?;
+    assert!(event.starts_with("data: v1 "), "{event}");
+    let info = api.release("live", release).await?;
+    assert!(
+        info.events.iter().any(|e| e.phase == "draining") && !info.events.iter().any(|e| e.phase == "stopping_old"),
+        "the old replica must not stop while its streams are open: {:?}",
+        info.events
+    );
+
+    // After the drain timeout the old replica stops and both streams end; the release is done.
+    let info = api.wait_serving("live", release).await?;
+    assert!(
+        info.events.iter().any(|e| e.message.contains("drain timeout: 2 request(s) still in flight")),
+        "the drain waited for the WebSocket and the event stream: {:?}",
+        info.events
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket to the stopped replica should close");
+    let ended =
+        tokio::time::timeout(Duration::from_secs(30), async { while let Ok(Some(_)) = events.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the event stream from the stopped replica should end");
+    // New connections reach v2.
+    let tcp = tokio::net::TcpStream::connect(server.ingress).await?;
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://live.localhost/socket", tcp).await?;
+    assert_eq!(exchange(&mut socket, "new").await?, "v2: new");
+    Ok(())
+}

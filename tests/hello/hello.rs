@@ -5,6 +5,8 @@
 //! - `GET /up` is the health check; it fails when `FAIL_HEALTH` is set.
 //! - `GET /slow?ms=N` answers after N milliseconds (for draining).
 //! - `Upgrade: echo` switches protocols and echoes bytes back (for upgrade proxying).
+//! - `Upgrade: websocket` (RFC 6455) answers each text message `<VERSION>: <message>`.
+//! - `GET /events` is a server-sent event stream: `data: <VERSION> <n>` every 200 ms, forever.
 //! - Exits at once on SIGTERM: Berth must drain before it stops a replica.
 //! - `hello stamp` prints `stamp <unix ms>` and exits (build output latency).
 //! - `hello sleep N` sleeps N seconds and exits 0 (a slow build step: `RUN ["/hello", "sleep", "30"]`).
@@ -74,6 +76,7 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         let target = parts.next().unwrap_or("/").to_string();
         let mut content_length = 0usize;
         let mut upgrade = false;
+        let mut websocket_key = None;
         let mut close = false;
         let mut forwarded_for = String::new();
         loop {
@@ -90,6 +93,7 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
                 match name.to_ascii_lowercase().as_str() {
                     "content-length" => content_length = value.parse().unwrap_or(0),
                     "upgrade" => upgrade = value.eq_ignore_ascii_case("echo"),
+                    "sec-websocket-key" => websocket_key = Some(value.to_string()),
                     "connection" => close = value.eq_ignore_ascii_case("close"),
                     "x-forwarded-for" => forwarded_for = value.to_string(),
                     _ => {}
@@ -109,7 +113,13 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
                 out.write_all(&buf[..n])?;
             }
         }
+        if let Some(key) = websocket_key {
+            return websocket(&key, reader, out);
+        }
         let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+        if path == "/events" {
+            return events(out);
+        }
         let (status, text) = match (method.as_str(), path) {
             (_, "/up") if std::env::var_os("FAIL_HEALTH").is_some() => ("500 Internal Server Error", "unhealthy\n".to_string()),
             (_, "/up") => ("200 OK", "ok\n".to_string()),
@@ -131,4 +141,144 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// A WebSocket: each text message is answered `<VERSION>: <message>`; a close is answered and ends
+/// the connection.
+fn websocket(key: &str, mut reader: BufReader<TcpStream>, mut out: TcpStream) -> std::io::Result<()> {
+    let accept = base64(&sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()));
+    write!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )?;
+    out.set_read_timeout(None)?;
+    reader.get_ref().set_read_timeout(None)?;
+    loop {
+        let mut head = [0u8; 2];
+        reader.read_exact(&mut head)?;
+        let opcode = head[0] & 0x0f;
+        let masked = head[1] & 0x80 != 0;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            reader.read_exact(&mut ext)?;
+            len = u64::from(u16::from_be_bytes(ext));
+        } else if len == 127 {
+            let mut ext = [0u8; 8];
+            reader.read_exact(&mut ext)?;
+            len = u64::from_be_bytes(ext);
+        }
+        let mut mask = [0u8; 4];
+        if masked {
+            reader.read_exact(&mut mask)?;
+        }
+        let mut payload = vec![0u8; len.min(1 << 20) as usize];
+        reader.read_exact(&mut payload)?;
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+        match opcode {
+            0x8 => {
+                frame(&mut out, 0x8, &payload)?;
+                return Ok(());
+            }
+            0x9 => frame(&mut out, 0xa, &payload)?,
+            0x1 => {
+                let text = format!("{}: {}", version(), String::from_utf8_lossy(&payload));
+                frame(&mut out, 0x1, text.as_bytes())?;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One unmasked, final frame (servers do not mask).
+fn frame(out: &mut TcpStream, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut bytes = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => bytes.push(n as u8),
+        n if n <= 0xffff => {
+            bytes.push(126);
+            bytes.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            bytes.push(127);
+            bytes.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    bytes.extend_from_slice(payload);
+    out.write_all(&bytes)
+}
+
+/// A server-sent event stream (chunked), one event every 200 ms until the client goes away.
+fn events(mut out: TcpStream) -> std::io::Result<()> {
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    for n in 0u64.. {
+        let event = format!("data: {} {n}\n\n", version());
+        write!(out, "{:x}\r\n{event}\r\n", event.len())?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// SHA-1 (FIPS 180-4), for the WebSocket handshake only.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in message.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, word) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*word);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, word) in h.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

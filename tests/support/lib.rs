@@ -220,17 +220,23 @@ impl Fixture {
     }
 
     pub async fn start_server(&self) -> anyhow::Result<Server> {
-        Server::start(self, None, &[]).await
+        Server::start(self, None, &[], &[]).await
     }
 
     /// A server with extra `berth server` arguments.
     pub async fn start_server_with(&self, args: &[&str]) -> anyhow::Result<Server> {
-        Server::start(self, None, args).await
+        Server::start(self, None, args, &[]).await
+    }
+
+    /// A server with extra arguments and environment (e.g. `BERTH_LOG`, `TOKIO_WORKER_THREADS`),
+    /// not kept for restarts.
+    pub async fn start_server_env(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        Server::start(self, None, args, env).await
     }
 
     /// A server whose ingress listens on `ingress` (a port chosen beforehand), with extra arguments.
     pub async fn start_server_on(&self, ingress: SocketAddr, args: &[&str]) -> anyhow::Result<Server> {
-        Server::start(self, Some(("127.0.0.1:0".parse().expect("BUG: a valid address"), ingress)), args).await
+        Server::start(self, Some(("127.0.0.1:0".parse().expect("BUG: a valid address"), ingress)), args, &[]).await
     }
 }
 
@@ -276,6 +282,7 @@ impl Server {
         fixture: &Fixture,
         ports: Option<(SocketAddr, SocketAddr)>,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
         let (api, ingress) = ports.unwrap_or_else(|| ("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()));
         let data_dir = fixture.dir.join("data");
@@ -289,6 +296,7 @@ impl Server {
             .args(["--host-name", &fixture.host_name(), "--deploy-timeout", "15", "--stop-grace", "5"])
             .args(extra)
             .env("BERTH_LOG", "info,berth_api=debug,berth_control=debug,berth_agent=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -362,7 +370,7 @@ impl Server {
             *value = addr.to_string();
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let next = Server::start(fixture, Some((self.api, self.ingress)), &extra).await?;
+        let next = Server::start(fixture, Some((self.api, self.ingress)), &extra, &[]).await?;
         *self = next;
         Ok(())
     }
@@ -380,6 +388,11 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     pub fn host_name(&self) -> &str {

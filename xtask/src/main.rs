@@ -2,8 +2,8 @@
 //!
 //! - `test`: formatting, lint and unused-dependency checks, then every test (the end-to-end ones
 //!   need Docker).
-//! - `bench [dashboard]`: builds the release server (and dashboard), then runs the benchmark in
-//!   `tests/bench` (not a test: it prints figures, it asserts nothing).
+//! - `bench [dashboard|ingress]`: builds the release server (and dashboard), then runs the
+//!   benchmark in `tests/bench` (not a test: it prints figures, it asserts nothing).
 //! - `dashboard [--release]`: the dashboard's wasm and JS, next to the `berth` binary (`site/pkg`).
 //! - `run`: the dashboard and `berth server`, release builds (the README's run command).
 //! - `dist`: a statically linked release `berth` in `dist/`, for the `Dockerfile`.
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => test(),
-        "bench" => bench(std::env::args().nth(2).as_deref() == Some("dashboard")),
+        "bench" => bench(std::env::args().nth(2).as_deref()),
         "dist" => dist(),
         "dashboard" => dashboard(std::env::args().any(|a| a == "--release")),
         "run" => {
@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             "usage: cargo xtask <test|bench|dashboard|run|dist>\n  test       fmt + clippy + all tests\n  \
              bench      release benchmark (needs Docker, nginx, optionally wrk)\n  \
              bench dashboard  wasm/JS sizes, page TTFB, Deploy click to serving (needs Chromium)\n  \
+             bench ingress  the ingress against nginx and HAProxy: HTTP/1.1, HTTPS, handshakes, h2\n  \
              dashboard  the dashboard's wasm [--release]\n  run        berth server with its dashboard\n  \
              dist       static binary in dist/"
         ),
@@ -43,16 +44,19 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The release server (and with `dashboard`, its wasm), then the benchmark binary against it.
-fn bench(dashboard_too: bool) -> anyhow::Result<()> {
+fn bench(which: Option<&str>) -> anyhow::Result<()> {
+    if !matches!(which, None | Some("dashboard" | "ingress")) {
+        bail!("usage: cargo xtask bench [dashboard|ingress]");
+    }
     cargo(&["build", "--release", "-p", "berth", "--bin", "berth"])?;
-    if dashboard_too {
+    if which == Some("dashboard") {
         dashboard(true)?;
     }
     let berth = target_dir().join("release/berth");
     let berth = berth.to_str().context("the target directory is not UTF-8")?;
     let mut args = vec!["run", "--release", "-p", "berth-tests", "--bin", "berth-bench"];
-    if dashboard_too {
-        args.extend(["--", "dashboard"]);
+    if let Some(which) = which {
+        args.extend(["--", which]);
     }
     cargo_with(&args, &[("BERTH_BIN", berth)])
 }
