@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 mod config;
 mod host;
 mod metrics;
+mod ocsp;
 mod proxy;
 mod proxy_protocol;
 mod route_table;
@@ -62,6 +63,7 @@ pub struct Ingress {
     /// Open client connections by address, for the per-address cap.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     connections: Arc<Semaphore>,
+    stapler: ocsp::Stapler,
 }
 
 impl Ingress {
@@ -76,6 +78,7 @@ impl Ingress {
             http_challenges: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            stapler: ocsp::Stapler::default(),
             config,
         })
     }
@@ -161,8 +164,14 @@ impl Ingress {
 
     /// Replaces the certificates served over TLS. For each name the certificate that expires
     /// last is served; a wildcard covers one label under its parent.
+    /// Certificates whose issuer runs an OCSP responder get its response stapled (while HTTPS is
+    /// served).
     pub fn set_certificates(&self, certificates: Vec<Certificate>) {
+        for certificate in &certificates {
+            self.stapler.restore(certificate);
+        }
         self.tls.certs.store(Arc::new(CertTable::new(certificates)));
+        self.stapler.wake();
     }
 
     /// The certificate served for `host`, if any.
@@ -231,6 +240,7 @@ impl Ingress {
     /// Handshakes for names without a certificate fail.
     pub async fn serve_tls(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let config = tls::server_config(self.tls.clone()).map_err(std::io::Error::other)?;
+        ocsp::start(&self);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         self.accept_loop(listener, Some(acceptor)).await
     }

@@ -204,6 +204,28 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// The request target sent upstream: origin form (`/path?query`) for HTTP/1.1 apps, reusing the
+/// client's target when it already is one; absolute form with `authority` for h2c apps.
+fn upstream_uri(uri: &hyper::Uri, method: &Method, authority: Option<&HeaderValue>) -> Result<hyper::Uri, ProxyError> {
+    let path_and_query = uri.path_and_query().map(|pq| pq.as_str());
+    if authority.is_none() && uri.authority().is_none() && path_and_query.is_some_and(|pq| pq.starts_with('/')) {
+        return Ok(uri.clone());
+    }
+    let path_and_query = match path_and_query {
+        None | Some("") => "/".to_string(),
+        Some("*") if method == Method::OPTIONS => "*".to_string(),
+        Some(pq) if pq.starts_with('/') => pq.to_string(),
+        // Absolute-form targets like `http://host?x` keep the query but need a path.
+        Some(pq) => format!("/{pq}"),
+    };
+    match authority.map(|a| a.to_str()) {
+        Some(Ok(authority)) => format!("http://{authority}{path_and_query}").parse(),
+        Some(Err(_)) => return Err(ProxyError::BadHost),
+        None => path_and_query.parse(),
+    }
+    .map_err(|_| ProxyError::BadHost)
+}
+
 /// Methods whose requests may be sent twice without changing their meaning (RFC 9110 9.2.2).
 fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
@@ -352,26 +374,17 @@ impl Ingress {
         if grpc_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        self.set_forwarded(&mut headers, conn, authority);
-        let host_value = HeaderValue::from_str(&authority.to_header()).map_err(|_| ProxyError::BadHost)?;
-        let path_and_query = match parts.uri.path_and_query().map(|pq| pq.as_str()) {
-            None | Some("") => "/".to_string(),
-            Some("*") if parts.method == Method::OPTIONS => "*".to_string(),
-            Some(pq) if pq.starts_with('/') => pq.to_string(),
-            // Absolute-form targets like `http://host?x` keep the query but need a path.
-            Some(pq) => format!("/{pq}"),
-        };
-        let uri: hyper::Uri = if h2c {
+        let host_value = HeaderValue::try_from(authority.to_header()).map_err(|_| ProxyError::BadHost)?;
+        self.set_forwarded(&mut headers, conn, &host_value);
+        let uri = upstream_uri(&parts.uri, &parts.method, h2c.then_some(&host_value))?;
+        if h2c {
             headers.remove(header::HOST);
-            format!("http://{}{path_and_query}", authority.to_header()).parse()
         } else {
             headers.insert(header::HOST, host_value);
             if from_h2 {
                 join_cookies(&mut headers);
             }
-            path_and_query.parse()
         }
-        .map_err(|_| ProxyError::BadHost)?;
         // A request without a body and with an idempotent method can be replayed after a failure
         // past the point of sending, as long as no response has reached the client.
         let replayable = body.is_end_stream() && idempotent(&parts.method);
@@ -466,15 +479,18 @@ impl Ingress {
 
     /// Forwarding headers: from untrusted peers, every client-set forwarding header is replaced by
     /// what the ingress saw; a trusted proxy's are kept and extended.
-    pub(crate) fn set_forwarded(&self, headers: &mut HeaderMap, conn: Conn, authority: &Authority) {
+    pub(crate) fn set_forwarded(&self, headers: &mut HeaderMap, conn: Conn, authority: &HeaderValue) {
         let xff = HeaderName::from_static("x-forwarded-for");
         let xfp = HeaderName::from_static("x-forwarded-proto");
         let xfh = HeaderName::from_static("x-forwarded-host");
         let peer_ip = crate::config::canonical(conn.peer.ip()).to_string();
         let trusted = self.config.trusts(conn.peer.ip());
         let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(earlier) if trusted => format!("{earlier}, {peer_ip}"),
-            _ => peer_ip.clone(),
+            Some(earlier) if trusted => HeaderValue::try_from(format!("{earlier}, {peer_ip}")),
+            _ => HeaderValue::try_from(peer_ip),
+        };
+        let Ok(forwarded_for) = forwarded_for else {
+            return;
         };
         if !trusted {
             headers.remove(&xfp);
@@ -482,20 +498,15 @@ impl Ingress {
             for name in &CLIENT_FORWARDING {
                 headers.remove(name);
             }
-            if let Ok(value) = HeaderValue::from_str(&peer_ip) {
-                headers.insert(HeaderName::from_static("x-real-ip"), value);
-            }
+            // From an untrusted peer the list is the peer alone.
+            headers.insert(HeaderName::from_static("x-real-ip"), forwarded_for.clone());
         }
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(xff, value);
-        }
+        headers.insert(xff, forwarded_for);
         if !headers.contains_key(&xfp) {
             headers.insert(xfp, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
         }
-        if !headers.contains_key(&xfh)
-            && let Ok(value) = HeaderValue::from_str(&authority.to_header())
-        {
-            headers.insert(xfh, value);
+        if !headers.contains_key(&xfh) {
+            headers.insert(xfh, authority.clone());
         }
     }
 
@@ -799,10 +810,6 @@ mod tests {
         Conn { peer: peer.parse().unwrap(), tls }
     }
 
-    fn authority(text: &str) -> Authority {
-        parse_authority(text).unwrap()
-    }
-
     #[test]
     fn untrusted_forwarding_headers_are_replaced() {
         let ingress = Ingress::new(Default::default());
@@ -812,7 +819,11 @@ mod tests {
         headers.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=https"));
         headers.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         headers.insert("x-original-url", HeaderValue::from_static("/admin"));
-        ingress.set_forwarded(&mut headers, conn("10.0.0.7:5555", false), &authority("web.localhost:8080"));
+        ingress.set_forwarded(
+            &mut headers,
+            conn("10.0.0.7:5555", false),
+            &HeaderValue::from_static("web.localhost:8080"),
+        );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "web.localhost:8080");
@@ -820,7 +831,7 @@ mod tests {
         assert!(headers.get("forwarded").is_none());
         assert!(headers.get("x-original-url").is_none());
         let mut headers = HeaderMap::new();
-        ingress.set_forwarded(&mut headers, conn("10.0.0.7:5555", true), &authority("web.example.com"));
+        ingress.set_forwarded(&mut headers, conn("10.0.0.7:5555", true), &HeaderValue::from_static("web.example.com"));
         assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
@@ -834,7 +845,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         headers.insert("forwarded", HeaderValue::from_static("for=1.2.3.4;proto=https"));
-        ingress.set_forwarded(&mut headers, conn("10.0.0.7:5555", false), &authority("web.localhost"));
+        ingress.set_forwarded(&mut headers, conn("10.0.0.7:5555", false), &HeaderValue::from_static("web.localhost"));
         assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["forwarded"], "for=1.2.3.4;proto=https");

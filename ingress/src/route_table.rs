@@ -105,11 +105,13 @@ impl Endpoint {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// An idle connection that is still open and younger than `max_idle`, if any.
+    /// An idle connection that is still open and younger than `max_idle`, if any. It may not be
+    /// ready yet (its connection task has not seen the end of the last response): the caller
+    /// waits for that rather than throwing a good connection away.
     pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
         while let Some((sender, since)) = idle.pop() {
-            if since.elapsed() < max_idle && sender.is_ready() {
+            if since.elapsed() < max_idle && !sender.is_closed() {
                 return Some(sender);
             }
         }

@@ -14,6 +14,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::ocsp::OcspSource;
+
 /// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
@@ -43,7 +45,10 @@ pub struct Certificate {
     pub not_after: SystemTime,
     /// The issuer's distinguished name, for display.
     pub issuer: String,
-    pub(crate) key: Arc<CertifiedKey>,
+    /// The chain and key as served: swapped when an OCSP response is stapled to it.
+    pub(crate) key: Arc<ArcSwap<CertifiedKey>>,
+    /// Its OCSP responder, when it names one and the chain carries its issuer.
+    pub(crate) ocsp: Option<Arc<OcspSource>>,
 }
 
 impl fmt::Debug for Certificate {
@@ -75,7 +80,20 @@ impl Certificate {
         if names.is_empty() {
             return Err(CertificateError::NoNames);
         }
-        Ok(Certificate { names, not_before, not_after, issuer, key: Arc::new(certified) })
+        let ocsp = OcspSource::of(&certified.cert).map(Arc::new);
+        Ok(Certificate { names, not_before, not_after, issuer, key: Arc::new(ArcSwap::from_pointee(certified)), ocsp })
+    }
+
+    /// Whether an OCSP response is stapled to it now.
+    pub fn ocsp_stapled(&self) -> bool {
+        self.key.load().ocsp.is_some()
+    }
+
+    /// Staples `response` (DER), or removes the staple.
+    pub(crate) fn set_ocsp(&self, response: Option<Vec<u8>>) {
+        let mut key = CertifiedKey::clone(&self.key.load());
+        key.ocsp = response;
+        self.key.store(Arc::new(key));
     }
 
     /// Whether this certificate serves `host` (exactly, or by a wildcard one label deep).
@@ -172,13 +190,13 @@ impl fmt::Debug for TlsState {
 impl ResolvesServerCert for TlsState {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = hello.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
-            return self.certs.load().fallback().map(|c| c.key.clone());
+            return self.certs.load().fallback().map(|c| c.key.load_full());
         };
         let acme = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if acme {
             return self.alpn_challenges.lock().expect("BUG: challenge lock poisoned").get(&name).cloned();
         }
-        self.certs.load().find(&name).map(|c| c.key.clone())
+        self.certs.load().find(&name).map(|c| c.key.load_full())
     }
 }
 

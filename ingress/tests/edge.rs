@@ -539,3 +539,87 @@ async fn metrics_count_requests_by_host_and_class() {
     assert!(text.contains("berth_ingress_in_flight{host=\"web.localhost\"} 0\n"), "{text}");
     assert!(text.contains("berth_ingress_certificate_expiry_timestamp_seconds{name=\"web.localhost\"} "), "{text}");
 }
+
+/// OpenSSL's OCSP responder on a free port, for the CA in `dir`; stopped when dropped.
+struct Responder(std::process::Child);
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A certificate whose CA runs an OCSP responder (OpenSSL's, a real third party) is served with
+/// the responder's "good" answer stapled, as `openssl s_client -status` sees it.
+#[tokio::test]
+async fn ocsp_responses_are_stapled_when_the_issuer_runs_a_responder() {
+    use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("berth-ocsp-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/");
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, "Berth OCSP test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["stapled.example".to_string()]).unwrap();
+    params.serial_number = Some(0x1000u64.into());
+    // AuthorityInfoAccess: SEQUENCE { SEQUENCE { id-ad-ocsp, [6] URI } }
+    let mut access = vec![0x06, 0x08, 0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x86, url.len() as u8];
+    access.extend_from_slice(url.as_bytes());
+    let access = [&[0x30, access.len() as u8 + 2, 0x30, access.len() as u8][..], &access].concat();
+    params.custom_extensions.push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], access));
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("index.txt"), "V\t491231235959Z\t\t1000\tunknown\t/CN=stapled\n").unwrap();
+    let _responder = Responder(
+        std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args(["ocsp", "-index", "index.txt", "-port", &port.to_string(), "-rsigner", "ca.pem"])
+            .args(["-rkey", "ca.key", "-CA", "ca.pem", "-nmin", "10"])
+            .stdout(std::fs::File::create(dir.join("responder.log")).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed"),
+    );
+    // A responder that is down is retried after a minute: wait until it listens. (Not by
+    // connecting: this responder serves one connection at a time and an empty one wedges it.)
+    for _ in 0..100 {
+        if std::fs::read_to_string(dir.join("responder.log")).unwrap_or_default().contains("ACCEPT") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ingress = Ingress::new(IngressConfig::default());
+    let certificate =
+        Certificate::from_pem(format!("{}{}", leaf.pem(), ca.pem()).as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap();
+    assert!(!certificate.ocsp_stapled());
+    ingress.set_certificates(vec![certificate]);
+    let tls = start_tls(&ingress).await;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let output = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &tls.to_string(), "-servername", "stapled.example", "-status"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        seen = String::from_utf8_lossy(&output.stdout).into_owned();
+        if seen.contains("Cert Status: good") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(seen.contains("OCSP Response Status: successful"), "{seen}");
+    assert!(seen.contains("Cert Status: good"), "{seen}");
+    assert!(ingress.certificate_for("stapled.example").unwrap().ocsp_stapled());
+}

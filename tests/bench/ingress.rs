@@ -163,6 +163,15 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
 
+    // `BERTH_BENCH_HOLD=SECONDS` keeps the three proxies up for that long before measuring, for
+    // profiling by hand (`perf record -p`, `strace -c -p`).
+    if let Some(hold) = std::env::var("BERTH_BENCH_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) {
+        for proxy in &proxies {
+            println!("{:<8} http://{}  https://{}", proxy.name, proxy.http, proxy.https);
+        }
+        println!("berth pid {pid}; holding for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     println!(
         "ingress benchmark: berth, nginx {} and haproxy {} proxying to the same 2 replicas;\n\
          proxy on core {PROXY_CORE} (one worker each), load generator and upstreams on core {LOAD_CORE}; \
@@ -427,7 +436,8 @@ impl Reference {
 
 impl Drop for Reference {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM, not SIGKILL: nginx's master then stops its worker too.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }
