@@ -94,6 +94,11 @@ pub async fn put<B: Serialize, T: DeserializeOwned>(path: impl Into<String>, bod
     request("PUT", path.into(), Some(body)).await
 }
 
+pub async fn patch<B: Serialize, T: DeserializeOwned>(path: impl Into<String>, body: &B) -> Result<T, ApiError> {
+    let body = serde_json::to_string(body).expect("BUG: request bodies always serialise");
+    request("PATCH", path.into(), Some(body)).await
+}
+
 pub async fn delete(path: impl Into<String>) -> Result<(), ApiError> {
     request::<serde_json::Value>("DELETE", path.into(), None).await.map(|_| ())
 }
@@ -135,6 +140,7 @@ async fn fetch(request: ApiRequest) -> Result<ApiResponse, ApiError> {
         "GET" => Method::GET,
         "POST" => Method::POST,
         "PUT" => Method::PUT,
+        "PATCH" => Method::PATCH,
         "DELETE" => Method::DELETE,
         other => return Err(ApiError::network(format!("unsupported method {other}"))),
     };

@@ -1,8 +1,9 @@
 //! The dashboard in a real headless Chromium against a real `berth server` and Docker engine:
-//! sign-in, create, deploy, watch progress, roll back, sign out; and what each role may do.
+//! sign-in, create, deploy, watch progress, roll back, sign out; custom domains and edge settings;
+//! and what each role may do.
 //! Screenshots of every page go to `target/artifacts/screenshots` (or `$BERTH_ARTIFACTS`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_tests::browser::Browser;
 use berth_tests::{Fixture, Server, get};
@@ -303,6 +304,106 @@ async fn the_builds_panel_shows_pushes_and_their_live_log() -> anyhow::Result<()
     browser.wait_text("#builds tr[data-build='2'] .build-message", "missing-file").await?;
     browser.wait_text("#build-log", "build 2 failed").await?;
     browser.screenshot("22-build-failed").await?;
+    browser.close().await?;
+    Ok(())
+}
+
+/// Waits up to 30 s until no element matches `css`.
+async fn wait_gone(browser: &Browser, css: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let script = "return document.querySelector(arguments[0]) === null;";
+        if browser.client().execute(script, vec![css.into()]).await? == json!(true) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = browser.screenshot("timeout-gone").await;
+            anyhow::bail!("{css:?} is still on the page after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domains_panel_adds_and_removes_domains_and_saves_edge_settings() -> anyhow::Result<()> {
+    ensure_dashboard_built()?;
+    let fixture = Fixture::new()?;
+    let server = fixture.start_server().await?;
+    let base = format!("http://{}", server.api);
+    let password = std::fs::read_to_string(server.data_dir.join("admin.password"))?.trim().to_string();
+    let api = server.api();
+    let release = api
+        .create_app(
+            json!({ "name": "shop", "image": fixture.image_v1, "port": 8080, "replicas": 1, "health_path": "/up" }),
+        )
+        .await?;
+    api.wait_serving("shop", release).await?;
+    let browser = Browser::start(&fixture.dir, "domains").await?;
+    sign_in(&browser, &server, "admin@localhost", &password).await?;
+    browser.goto(&format!("{base}/teams/main/apps/shop")).await?;
+    browser.wait_hydrated().await?;
+    // The app's own name is listed; this server has no ACME, so no name gets a certificate.
+    browser.wait_for("#domains .domain-row[data-domain='shop.localhost'][data-state='none']").await?;
+    browser.client().execute("document.querySelector('#domains-panel').scrollIntoView();", vec![]).await?;
+
+    // A name that is not a domain is refused with the API's reason; nothing is added.
+    browser.fill("#domain-name", "not a domain").await?;
+    browser.click("#add-domain").await?;
+    let refused = browser.wait_text("#domain-outcome", "is not a domain you can add").await?;
+    println!("bad domain: {refused}");
+
+    // Added: its row shows, without a certificate (state none: ACME is not configured).
+    browser.fill("#domain-name", "shop.example.com").await?;
+    browser.click("#add-domain").await?;
+    browser.wait_text("#domain-outcome", "shop.example.com now serves the app").await?;
+    let row = ".domain-row[data-domain='shop.example.com']";
+    let state = browser.wait_for(row).await?.attr("data-state").await?;
+    assert_eq!(state.as_deref(), Some("none"));
+    browser.wait_text(row, "none").await?;
+
+    // The edge settings: redirect off, HSTS for 600 s, saved with one button.
+    let checked = browser.client().execute("return document.querySelector('#edge-redirect').checked;", vec![]).await?;
+    assert_eq!(checked, json!(true), "redirecting to HTTPS is on by default");
+    browser.click("#edge-redirect").await?;
+    browser.fill("#edge-hsts", "600").await?;
+    browser.click("#save-edge").await?;
+    browser.wait_text("#edge-outcome", "HSTS max-age 600 s").await?;
+    let (status, edge) = api.call(reqwest::Method::GET, "/shop/edge", None).await?;
+    assert_eq!(status, 200, "{edge}");
+    assert_eq!(edge["hsts_max_age"], json!(600), "{edge}");
+    assert_eq!(edge["https_redirect"], json!(false), "{edge}");
+    browser.screenshot("30-domain-added").await?;
+
+    // Removing takes a second click; then the row goes.
+    let remove = format!("{row} button.remove-domain");
+    browser.click(&remove).await?;
+    browser.wait_text(&remove, "Click again").await?;
+    let (_, listed) = api.call(reqwest::Method::GET, "/shop/domains", None).await?;
+    assert!(listed.to_string().contains("shop.example.com"), "one click removes nothing: {listed}");
+    browser.click(&remove).await?;
+    wait_gone(&browser, row).await?;
+    browser.wait_text("#domain-outcome", "shop.example.com no longer serves the app").await?;
+    let (_, listed) = api.call(reqwest::Method::GET, "/shop/domains", None).await?;
+    assert!(!listed.to_string().contains("shop.example.com"), "{listed}");
+    browser.screenshot("31-domain-removed").await?;
+
+    // A viewer sees the names but may not add one: the API's refusal is shown.
+    browser.click("#sign-out").await?;
+    browser.wait_for("#sign-in").await?;
+    let viewer_password = "a long enough password";
+    invite(&server, "main", "viewer", "viewer@example.com", viewer_password).await?;
+    sign_in(&browser, &server, "viewer@example.com", viewer_password).await?;
+    browser.goto(&format!("{base}/teams/main/apps/shop")).await?;
+    browser.wait_hydrated().await?;
+    browser.wait_for("#domains .domain-row[data-domain='shop.localhost']").await?;
+    browser.fill("#domain-name", "viewer.example.com").await?;
+    browser.click("#add-domain").await?;
+    let refused = browser.wait_text("#domain-outcome", "Not allowed").await?;
+    println!("viewer adding a domain: {refused}");
+    browser.client().execute("document.querySelector('#domains-panel').scrollIntoView();", vec![]).await?;
+    browser.screenshot("32-viewer-cannot-add-domains").await?;
+    let (_, listed) = api.call(reqwest::Method::GET, "/shop/domains", None).await?;
+    assert!(!listed.to_string().contains("viewer.example.com"), "{listed}");
     browser.close().await?;
     Ok(())
 }

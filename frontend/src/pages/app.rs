@@ -1,10 +1,11 @@
 //! One app: its state, releases with deploy and rollback, live progress, charts, replicas, logs,
-//! scale and environment.
+//! scale and environment, custom domains and edge settings.
 
 use berth_wire::api::{
     AppDetail, AppMetrics, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState, Rollback, Scale,
 };
 use berth_wire::builds::{BuildInfo, BuildLogLine, BuildState, GitInfo, WebhookDelivery};
+use berth_wire::edge::{AddDomain, CertState, DomainInfo, EdgeSettings};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -17,6 +18,9 @@ use crate::ui::{ErrorNote, LineChart, Series, format_bytes, format_time};
 const USAGE_POINTS: usize = 60;
 /// Log lines kept on the page.
 const LOG_LINES: usize = 300;
+/// How often the panels the event stream does not cover (builds, domains) are refreshed while the
+/// page is open.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone, Copy)]
 struct Ctx {
@@ -26,6 +30,9 @@ struct Ctx {
     /// The outcome of the last action (deploy, scale, …), shown under the actions.
     outcome: RwSignal<Option<Result<String, ApiError>>>,
     busy: RwSignal<bool>,
+    /// Counts the page's refreshes (one every [`REFRESH_EVERY`], in the browser only): the panels
+    /// the event stream does not cover reload when it moves.
+    tick: RwSignal<u64>,
 }
 
 impl Ctx {
@@ -66,7 +73,14 @@ pub fn AppPage() -> impl IntoView {
     let metrics: RwSignal<Option<AppMetrics>> = RwSignal::new(None);
     let usage: RwSignal<Vec<(u64, u64)>> = RwSignal::new(Vec::new());
     let gone: RwSignal<Option<ApiError>> = RwSignal::new(None);
-    let ctx = Ctx { team, app, detail, outcome: RwSignal::new(None), busy: RwSignal::new(false) };
+    let ctx =
+        Ctx { team, app, detail, outcome: RwSignal::new(None), busy: RwSignal::new(false), tick: RwSignal::new(0) };
+    // In the browser only (effects do not run on the server): the one refresh clock of the page.
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(move || ctx.tick.update(|t| *t += 1), REFRESH_EVERY) {
+            on_cleanup(move || handle.clear());
+        }
+    });
 
     Effect::new(move |_| {
         let url = format!("/api/v1/teams/{}/apps/{}/watch", team.get(), app.get());
@@ -120,6 +134,7 @@ pub fn AppPage() -> impl IntoView {
                             <Replicas current=current/>
                             <Releases ctx current=current/>
                             <Builds ctx/>
+                            <Domains ctx/>
                             <Logs ctx/>
                             <Danger ctx/>
                         }.into_any()
@@ -433,8 +448,6 @@ fn Releases(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
     }
 }
 
-/// How often the builds list is refreshed while the page is open.
-const BUILDS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Build log lines kept on the page.
 const BUILD_LOG_LINES: usize = 2000;
 
@@ -453,24 +466,19 @@ fn Builds(ctx: Ctx) -> impl IntoView {
     let builds: RwSignal<Option<Vec<BuildInfo>>> = RwSignal::new(None);
     let deliveries: RwSignal<Vec<WebhookDelivery>> = RwSignal::new(Vec::new());
     let log: RwSignal<Vec<BuildLogLine>> = RwSignal::new(Vec::new());
-    // In the browser only: refresh the list, so a build started by a push shows up.
+    // In the browser only: refresh the list with the page, so a build started by a push shows up.
     Effect::new(move |_| {
+        ctx.tick.track();
         let base = ctx.base();
-        let refresh = move || {
-            let (url, hooks) = (format!("{base}/builds"), format!("{base}/webhook-deliveries"));
-            leptos::task::spawn_local(async move {
-                if let Ok(list) = api::get::<Vec<BuildInfo>>(url).await {
-                    builds.set(Some(list));
-                }
-                if let Ok(list) = api::get::<Vec<WebhookDelivery>>(hooks).await {
-                    deliveries.set(list);
-                }
-            });
-        };
-        refresh();
-        if let Ok(handle) = set_interval_with_handle(refresh, BUILDS_EVERY) {
-            on_cleanup(move || handle.clear());
-        }
+        let (url, hooks) = (format!("{base}/builds"), format!("{base}/webhook-deliveries"));
+        leptos::task::spawn_local(async move {
+            if let Ok(list) = api::get::<Vec<BuildInfo>>(url).await {
+                builds.set(Some(list));
+            }
+            if let Ok(list) = api::get::<Vec<WebhookDelivery>>(hooks).await {
+                deliveries.set(list);
+            }
+        });
     });
     // The newest build's log: followed from its first line whenever a newer build appears (a
     // reconnecting stream resumes after its last line; lines are kept in index order).
@@ -580,6 +588,226 @@ fn build_class(state: BuildState) -> &'static str {
         BuildState::Failed | BuildState::TimedOut => "bad",
         BuildState::Queued | BuildState::Building | BuildState::Releasing => "warn",
         BuildState::Canceled => "",
+    }
+}
+
+/// The names the app is served at, with their certificates (reloaded with the page, so an
+/// issued or failed certificate shows), adding and removing custom domains (removal behind a
+/// second click), and the edge settings: redirect to HTTPS and HSTS.
+#[component]
+fn Domains(ctx: Ctx) -> impl IntoView {
+    let initial = Resource::new(
+        move || (ctx.team.get(), ctx.app.get()),
+        |(team, app)| api::get::<Vec<DomainInfo>>(format!("/api/v1/teams/{team}/apps/{app}/domains")),
+    );
+    let edge = Resource::new(
+        move || (ctx.team.get(), ctx.app.get()),
+        |(team, app)| api::get::<EdgeSettings>(format!("/api/v1/teams/{team}/apps/{app}/edge")),
+    );
+    let domains: RwSignal<Option<Vec<DomainInfo>>> = RwSignal::new(None);
+    let name = RwSignal::new(String::new());
+    let outcome: RwSignal<Option<Result<String, ApiError>>> = RwSignal::new(None);
+    let busy = RwSignal::new(false);
+    // The domain whose Remove button was clicked once.
+    let armed: RwSignal<Option<String>> = RwSignal::new(None);
+    let reload = move || {
+        let url = format!("{}/domains", ctx.base());
+        leptos::task::spawn_local(async move {
+            // Only a change redraws the table (a redraw would take the focus off its buttons).
+            if let Ok(list) = api::get::<Vec<DomainInfo>>(url).await
+                && domains.with_untracked(|d| d.as_ref() != Some(&list))
+            {
+                domains.set(Some(list));
+            }
+        });
+    };
+    // In the browser only: with the page.
+    Effect::new(move |_| {
+        ctx.tick.track();
+        reload();
+    });
+
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let input = AddDomain { name: name.get_untracked().trim().to_string() };
+        busy.set(true);
+        outcome.set(None);
+        let url = format!("{}/domains", ctx.base());
+        leptos::task::spawn_local(async move {
+            match api::post::<_, DomainInfo>(url, &input).await {
+                Ok(added) => {
+                    name.set(String::new());
+                    let certificate = cert_label(added.state);
+                    outcome.set(Some(Ok(format!("{} now serves the app; certificate: {certificate}", added.name))));
+                    reload();
+                }
+                Err(error) => outcome.set(Some(Err(error))),
+            }
+            busy.set(false);
+        });
+    };
+    let remove = move |domain: String| {
+        if armed.get_untracked().as_deref() != Some(domain.as_str()) {
+            return armed.set(Some(domain));
+        }
+        armed.set(None);
+        busy.set(true);
+        outcome.set(None);
+        let url = format!("{}/domains/{domain}", ctx.base());
+        leptos::task::spawn_local(async move {
+            let result = api::delete(url).await;
+            outcome.set(Some(result.map(|()| format!("{domain} no longer serves the app"))));
+            reload();
+            busy.set(false);
+        });
+    };
+
+    view! {
+        <section aria-labelledby="domains-title" id="domains-panel">
+            <h2 id="domains-title">"Domains"</h2>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match initial.await {
+                        Err(error) => view! { <ErrorNote error/> }.into_any(),
+                        Ok(first) => view! {
+                            {move || {
+                                let list = domains.get().unwrap_or_else(|| first.clone());
+                                view! {
+                                    <div class="table-wrap">
+                                        <table id="domains">
+                                            <thead><tr><th>"Name"</th><th>"Certificate"</th><th>"Expires (UTC)"</th><th></th></tr></thead>
+                                            <tbody>
+                                                {list.into_iter().map(|d| {
+                                                    let state: &'static str = d.state.into();
+                                                    let source: Option<&'static str> = d.source.map(Into::into);
+                                                    let for_remove = d.name.clone();
+                                                    let is_armed = {
+                                                        let name = d.name.clone();
+                                                        move || armed.with(|a| a.as_deref() == Some(name.as_str()))
+                                                    };
+                                                    view! {
+                                                        <tr class="domain-row" data-domain=d.name.clone() data-state=state>
+                                                            <td><code>{d.name.clone()}</code>
+                                                                {(!d.custom).then(|| view! { <div class="muted small">"the app's own name"</div> })}</td>
+                                                            <td><span class=format!("badge {}", cert_class(d.state))>{cert_label(d.state)}</span>
+                                                                {source.map(|s| view! { " "<span class="muted small">{format!("({s})")}</span> })}
+                                                                {(d.state == CertState::None).then(|| view! { <div class="muted small">"HTTPS is off for this name"</div> })}
+                                                                {d.error.clone().map(|e| view! { <div class="small error domain-error">{e}</div> })}
+                                                                {d.next_attempt_at.map(|at| view! { <div class="muted small">{format!("next attempt {} UTC", format_time(at))}</div> })}</td>
+                                                            <td>{d.not_after.map_or_else(|| "-".to_string(), format_time)}</td>
+                                                            <td>{d.custom.then(|| view! {
+                                                                <button type="button" class="small danger remove-domain"
+                                                                    disabled=move || busy.get()
+                                                                    on:click=move |_| remove(for_remove.clone())>
+                                                                    {move || if is_armed() { "Click again to remove" } else { "Remove" }}
+                                                                </button>
+                                                            })}</td>
+                                                        </tr>
+                                                    }
+                                                }).collect_view()}
+                                            </tbody>
+                                        </table>
+                                    </div>
+                                }
+                            }}
+                        }.into_any(),
+                    }
+                })}
+            </Suspense>
+            <div class="grid">
+                <form class="panel stack" on:submit=add id="add-domain-form">
+                    <h3>"Add a domain"</h3>
+                    <label for="domain-name">"Name"</label>
+                    <input id="domain-name" bind:value=name placeholder="www.example.com" aria-describedby="domain-help"/>
+                    <p class="help" id="domain-help">"Point the name's DNS at this Berth; with ACME configured, a certificate is obtained for it."</p>
+                    <button type="submit" id="add-domain" disabled=move || busy.get()>"Add domain"</button>
+                    {move || outcome.get().map(|outcome| match outcome {
+                        Ok(message) => view! { <p class="notice" role="status" id="domain-outcome">{message}</p> }.into_any(),
+                        Err(error) => view! { <div id="domain-outcome"><ErrorNote error/></div> }.into_any(),
+                    })}
+                </form>
+                <Suspense fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        match edge.await {
+                            Ok(settings) => view! { <Edge ctx settings/> }.into_any(),
+                            Err(error) => view! { <ErrorNote error/> }.into_any(),
+                        }
+                    })}
+                </Suspense>
+            </div>
+        </section>
+    }
+}
+
+/// Redirect to HTTPS and HSTS, saved together.
+#[component]
+fn Edge(ctx: Ctx, settings: EdgeSettings) -> impl IntoView {
+    let redirect = RwSignal::new(settings.https_redirect.unwrap_or(true));
+    let hsts = RwSignal::new(settings.hsts_max_age.unwrap_or(0).to_string());
+    let outcome: RwSignal<Option<Result<String, ApiError>>> = RwSignal::new(None);
+    let busy = RwSignal::new(false);
+    let save = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let Ok(age) = hsts.get_untracked().trim().parse::<u64>() else {
+            return outcome.set(Some(Err(ApiError {
+                status: 422,
+                code: "validation".into(),
+                message: "the HSTS max-age is a whole number of seconds (0 turns HSTS off)".into(),
+                field: Some("hsts_max_age".into()),
+            })));
+        };
+        let change = EdgeSettings { https_redirect: Some(redirect.get_untracked()), hsts_max_age: Some(age) };
+        busy.set(true);
+        outcome.set(None);
+        let url = format!("{}/edge", ctx.base());
+        leptos::task::spawn_local(async move {
+            match api::patch::<_, EdgeSettings>(url, &change).await {
+                Ok(saved) => {
+                    let on = saved.https_redirect.unwrap_or(true);
+                    redirect.set(on);
+                    hsts.set(saved.hsts_max_age.unwrap_or(0).to_string());
+                    let age = saved.hsts_max_age.map_or_else(|| "off".to_string(), |age| format!("max-age {age} s"));
+                    let to_https = if on { "on" } else { "off" };
+                    outcome.set(Some(Ok(format!("Saved: redirect to HTTPS {to_https}, HSTS {age}"))));
+                }
+                Err(error) => outcome.set(Some(Err(error))),
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        <form class="panel stack" on:submit=save id="edge-form">
+            <h3>"Edge settings"</h3>
+            <label class="check">
+                <input id="edge-redirect" type="checkbox" bind:checked=redirect/>
+                " Redirect HTTP to HTTPS (for names with a certificate)"
+            </label>
+            <label for="edge-hsts">"HSTS max-age (seconds; 0 = off)"</label>
+            <input id="edge-hsts" type="number" min="0" bind:value=hsts/>
+            <button type="submit" id="save-edge" disabled=move || busy.get()>"Save edge settings"</button>
+            {move || outcome.get().map(|outcome| match outcome {
+                Ok(message) => view! { <p class="notice" role="status" id="edge-outcome">{message}</p> }.into_any(),
+                Err(error) => view! { <div id="edge-outcome"><ErrorNote error/></div> }.into_any(),
+            })}
+        </form>
+    }
+}
+
+fn cert_label(state: CertState) -> &'static str {
+    match state {
+        CertState::None => "none",
+        CertState::Pending => "pending",
+        CertState::Issued => "issued",
+        CertState::Failed => "failed",
+    }
+}
+
+fn cert_class(state: CertState) -> &'static str {
+    match state {
+        CertState::Issued => "ok",
+        CertState::Pending => "warn",
+        CertState::Failed => "bad",
+        CertState::None => "",
     }
 }
 
