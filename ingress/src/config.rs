@@ -49,6 +49,10 @@ pub struct IngressConfig {
     pub access_log: bool,
     /// The port clients use for HTTPS, for redirects from HTTP (443 in production).
     pub https_port: Option<u16>,
+    /// Fetch OCSP responses from responders on loopback, private and link-local addresses too.
+    /// Off by default: a certificate a user uploads names its own responder, which must not turn
+    /// the ingress into a client of internal services.
+    pub ocsp_private_responders: bool,
 }
 
 impl Default for IngressConfig {
@@ -68,6 +72,7 @@ impl Default for IngressConfig {
             max_connections: 20_000,
             max_connections_per_ip: 1_000,
             max_concurrent_streams: 128,
+            ocsp_private_responders: false,
             access_log: false,
             https_port: None,
         }

@@ -33,6 +33,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// How often to refresh a response that names no `nextUpdate`.
 const REFRESH_WITHOUT_NEXT_UPDATE: Duration = Duration::from_secs(3600);
+/// The longest a response is kept without asking again, however long it claims to be valid.
+const MAX_REFRESH: Duration = Duration::from_secs(12 * 3600);
 
 /// Where and how to ask about one certificate.
 #[derive(Debug)]
@@ -40,8 +42,8 @@ pub(crate) struct OcspSource {
     url: String,
     /// The DER `OCSPRequest`; also the key of the certificate's stapling state.
     request: Vec<u8>,
-    /// The certificate's serial number as encoded (the INTEGER's content octets).
-    serial: Vec<u8>,
+    /// The `CertID` asked about, without its tag and length: a response must name exactly it.
+    cert_id: Vec<u8>,
 }
 
 impl OcspSource {
@@ -56,14 +58,15 @@ impl OcspSource {
         }
         let name_hash = sha1(leaf.issuer().as_raw());
         let key_hash = sha1(&issuer.public_key().subject_public_key.data);
-        let serial = leaf.raw_serial().to_vec();
         // CertID ::= SEQUENCE { hashAlgorithm (SHA-1, NULL parameters), issuerNameHash,
         // issuerKeyHash, serialNumber }
-        let cert_id = seq(&[&SHA1_ALGORITHM, &tlv(0x04, &name_hash), &tlv(0x04, &key_hash), &tlv(0x02, &serial)]);
+        let cert_id =
+            [&SHA1_ALGORITHM[..], &tlv(0x04, &name_hash), &tlv(0x04, &key_hash), &tlv(0x02, leaf.raw_serial())]
+                .concat();
         // OCSPRequest { TBSRequest { requestList SEQUENCE OF Request { reqCert } } }, no nonce
         // (responders precompute responses; a nonce would defeat that).
-        let request = seq(&[&seq(&[&seq(&[&seq(&[&cert_id])])])]);
-        Some(OcspSource { url, request, serial })
+        let request = seq(&[&seq(&[&seq(&[&seq(&[&tlv(0x30, &cert_id)])])])]);
+        Some(OcspSource { url, request, cert_id })
     }
 }
 
@@ -114,7 +117,7 @@ pub(crate) enum OcspError {
     Malformed,
     #[error("the responder answered status {0} (1 malformed request, 2 internal error, 3 try later, 6 unauthorized)")]
     Status(u8),
-    #[error("the response does not cover this certificate")]
+    #[error("the response does not cover this certificate (or names it by another hash than SHA-1)")]
     NoMatch,
     #[error("the certificate's status is not good (revoked or unknown)")]
     NotGood,
@@ -122,13 +125,15 @@ pub(crate) enum OcspError {
     Expired,
     #[error("fetching from the responder failed: {0}")]
     Fetch(String),
+    #[error("the responder is on a private address ({0}); see --ocsp-private-responders")]
+    PrivateResponder(std::net::IpAddr),
 }
 
-/// When a response may be stapled for the certificate with `serial`: its `thisUpdate` and
-/// `nextUpdate`.
+/// When a response may be stapled for the certificate `cert_id` names (the `CertID`'s content):
+/// its `thisUpdate` and `nextUpdate`. Its signature is for clients to check.
 pub(crate) fn check_response(
     der: &[u8],
-    serial: &[u8],
+    cert_id: &[u8],
     now: SystemTime,
 ) -> Result<(SystemTime, Option<SystemTime>), OcspError> {
     const U: Class = Class::Universal;
@@ -156,11 +161,7 @@ pub(crate) fn check_response(
     let mut responses = expect(&mut data, U, 16)?.data;
     while !responses.is_empty() {
         let mut single = expect(&mut responses, U, 16)?.data;
-        let mut cert_id = expect(&mut single, U, 16)?.data;
-        expect(&mut cert_id, U, 16)?;
-        expect(&mut cert_id, U, 4)?;
-        expect(&mut cert_id, U, 4)?;
-        if expect(&mut cert_id, U, 2)?.data != serial {
+        if expect(&mut single, U, 16)?.data != cert_id {
             continue;
         }
         let status = next(&mut single)?;
@@ -208,15 +209,43 @@ fn time(any: &Any<'_>) -> Result<SystemTime, OcspError> {
     Ok(UNIX_EPOCH + Duration::from_secs(time.unix_timestamp().max(0) as u64))
 }
 
+/// Addresses an uploaded certificate must not make the ingress talk to.
+fn private(ip: std::net::IpAddr) -> bool {
+    match crate::config::canonical(ip) {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// `POST`s `request` to an `http://` responder.
-async fn fetch(url: &str, request: &[u8]) -> Result<Vec<u8>, OcspError> {
+async fn fetch(url: &str, request: &[u8], allow_private: bool) -> Result<Vec<u8>, OcspError> {
     let failed = |e: &dyn std::fmt::Display| OcspError::Fetch(e.to_string());
     let uri: hyper::Uri = url.parse().map_err(|e| failed(&e))?;
     let authority = uri.authority().ok_or_else(|| OcspError::Fetch("no host in the URL".into()))?.clone();
     let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect((authority.host(), port)).await.map_err(|e| failed(&e))?;
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host, port)).await.map_err(|e| failed(&e))?.collect();
+        if !allow_private && let Some(addr) = addrs.iter().find(|a| private(a.ip())) {
+            return Err(OcspError::PrivateResponder(addr.ip()));
+        }
+        let stream = tokio::net::TcpStream::connect(&addrs[..]).await.map_err(|e| failed(&e))?;
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
         tokio::spawn(connection);
         let request = hyper::Request::post(path)
@@ -235,9 +264,8 @@ async fn fetch(url: &str, request: &[u8]) -> Result<Vec<u8>, OcspError> {
 }
 
 /// A response being stapled.
-#[derive(Clone)]
 struct Staple {
-    der: Arc<Vec<u8>>,
+    der: Vec<u8>,
     next_update: Option<SystemTime>,
     refresh_at: SystemTime,
 }
@@ -260,19 +288,25 @@ pub(crate) struct Stapler {
 impl Stapler {
     /// Staples what is known for `certificate` now (a new table keeps its staples).
     pub(crate) fn restore(&self, certificate: &Certificate) {
-        let Some(source) = &certificate.ocsp else {
-            return;
-        };
-        let states = self.states.lock().expect("BUG: stapler lock poisoned");
-        if let Some(staple) = states.get(&source.request).and_then(|s| s.staple.as_ref())
-            && staple.next_update.is_none_or(|next| next > SystemTime::now())
-        {
-            certificate.set_ocsp(Some(staple.der.to_vec()));
+        if let Some(source) = &certificate.ocsp {
+            let states = self.states.lock().expect("BUG: stapler lock poisoned");
+            sync(certificate, states.get(&source.request), SystemTime::now());
         }
     }
 
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+}
+
+/// Makes what `certificate` serves match what is known: the current staple, or none.
+fn sync(certificate: &Certificate, state: Option<&State>, now: SystemTime) {
+    let want = state
+        .and_then(|s| s.staple.as_ref())
+        .filter(|staple| staple.next_update.is_none_or(|next| next > now))
+        .map(|staple| staple.der.as_slice());
+    if certificate.key.load().ocsp.as_deref() != want {
+        certificate.set_ocsp(want.map(<[u8]>::to_vec));
     }
 }
 
@@ -300,89 +334,108 @@ async fn run(ingress: Weak<Ingress>, wake: Arc<Notify>) {
     }
 }
 
-/// Fetches what is due, staples what is valid, unstaples what expired; returns the time until
-/// something is due again.
-async fn round(ingress: &Ingress) -> Duration {
+/// The certificates served now that name a responder (each once).
+fn served(ingress: &Ingress) -> Vec<Arc<Certificate>> {
+    let table = ingress.tls.certs.load();
     let mut certificates: Vec<Arc<Certificate>> = Vec::new();
+    for certificate in table.all().chain(table.fallback()) {
+        if certificate.ocsp.is_some() && !certificates.iter().any(|c| Arc::ptr_eq(c, certificate)) {
+            certificates.push(certificate.clone());
+        }
+    }
+    certificates
+}
+
+/// Drops expired staples, fetches what is due (all at once), and brings every certificate
+/// served at the end (the table may have been replaced meanwhile) in line with what is known.
+/// Returns the time until something is due or expires.
+async fn round(ingress: &Ingress) -> Duration {
+    let stapler = &ingress.stapler;
+    let now = SystemTime::now();
+    let mut due: Vec<Arc<OcspSource>> = Vec::new();
     {
-        let table = ingress.tls.certs.load();
-        for certificate in table.all().chain(table.fallback()) {
-            if certificate.ocsp.is_some() && !certificates.iter().any(|c| Arc::ptr_eq(c, certificate)) {
-                certificates.push(certificate.clone());
+        let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
+        let certificates = served(ingress);
+        states.retain(|request, _| certificates.iter().any(|c| c.ocsp.as_ref().is_some_and(|s| s.request == *request)));
+        for certificate in &certificates {
+            let source = certificate.ocsp.as_ref().expect("BUG: served() keeps certificates with a responder");
+            let state = states.entry(source.request.clone()).or_default();
+            if state.staple.as_ref().is_some_and(|s| s.next_update.is_some_and(|next| next <= now)) {
+                tracing::warn!(url = %source.url, names = ?certificate.names, "the stapled OCSP response expired; serving without one");
+                state.staple = None;
+            }
+            let due_at = state.retry_at.or(state.staple.as_ref().map(|s| s.refresh_at)).unwrap_or(now);
+            if due_at <= now && !due.iter().any(|d| d.request == source.request) {
+                due.push(source.clone());
             }
         }
     }
-    let stapler = &ingress.stapler;
-    let mut pause = RETRY_MAX;
-    for certificate in &certificates {
-        let source = certificate.ocsp.as_ref().expect("BUG: filtered on ocsp above");
-        let now = SystemTime::now();
-        let due = {
-            let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
-            let state = states.entry(source.request.clone()).or_default();
-            if let Some(staple) = &state.staple
-                && staple.next_update.is_some_and(|next| next <= now)
-            {
-                tracing::warn!(url = %source.url, names = ?certificate.names, "the stapled OCSP response expired; serving without one");
-                state.staple = None;
-                certificate.set_ocsp(None);
-            }
-            let due_at = match (&state.staple, state.retry_at) {
-                (_, Some(retry)) => retry,
-                (Some(staple), None) => staple.refresh_at,
-                (None, None) => now,
+    let allow_private = ingress.config.ocsp_private_responders;
+    let mut fetches = tokio::task::JoinSet::new();
+    for source in due {
+        fetches.spawn(async move {
+            let result = match fetch(&source.url, &source.request, allow_private).await {
+                Ok(der) => check_response(&der, &source.cert_id, SystemTime::now()).map(|times| (der, times)),
+                Err(error) => Err(error),
             };
-            match due_at.duration_since(now) {
-                Ok(wait) if !wait.is_zero() => {
-                    pause = pause.min(wait);
-                    false
-                }
-                _ => true,
-            }
-        };
-        if !due {
-            continue;
-        }
-        let result = match fetch(&source.url, &source.request).await {
-            Ok(der) => check_response(&der, &source.serial, SystemTime::now()).map(|times| (der, times)),
-            Err(error) => Err(error),
-        };
-        let now = SystemTime::now();
-        let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
+            (source, result)
+        });
+    }
+    let results = fetches.join_all().await;
+
+    let now = SystemTime::now();
+    let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
+    for (source, result) in results {
         let state = states.entry(source.request.clone()).or_default();
         match result {
             Ok((der, (this_update, next_update))) => {
-                let refresh_at = match next_update {
+                // Halfway to nextUpdate, at most every 12 h and at least a minute apart, and
+                // never after nextUpdate.
+                let half = match next_update {
                     Some(next) => this_update + next.duration_since(this_update).unwrap_or_default() / 2,
                     None => now + REFRESH_WITHOUT_NEXT_UPDATE,
-                }
-                .max(now + Duration::from_secs(60));
-                tracing::debug!(url = %source.url, names = ?certificate.names, "stapling a fresh OCSP response");
-                certificate.set_ocsp(Some(der.clone()));
-                state.staple = Some(Staple { der: Arc::new(der), next_update, refresh_at });
+                };
+                let refresh_at = half.min(now + MAX_REFRESH).max(now + Duration::from_secs(60));
+                let refresh_at = next_update.map_or(refresh_at, |next| refresh_at.min(next));
+                tracing::debug!(url = %source.url, "stapling a fresh OCSP response");
+                state.staple = Some(Staple { der, next_update, refresh_at });
                 state.retry_at = None;
                 state.failures = 0;
-                pause = pause.min(refresh_at.duration_since(now).unwrap_or_default());
             }
             Err(error) => {
                 state.failures += 1;
                 let backoff = RETRY_FIRST.saturating_mul(1 << state.failures.min(7).saturating_sub(1)).min(RETRY_MAX);
-                tracing::warn!(url = %source.url, names = ?certificate.names, %error, retry_in = ?backoff, "no OCSP response to staple");
+                tracing::warn!(url = %source.url, %error, retry_in = ?backoff, "no OCSP response to staple");
                 if error == OcspError::NotGood {
                     state.staple = None;
-                    certificate.set_ocsp(None);
                 }
-                state.retry_at = Some(now + backoff);
-                pause = pause.min(backoff);
+                let retry_at = now + backoff;
+                state.retry_at = Some(match state.staple.as_ref().and_then(|s| s.next_update) {
+                    Some(next) => retry_at.min(next),
+                    None => retry_at,
+                });
             }
         }
     }
-    // Forget certificates no longer served.
-    stapler
-        .states
-        .lock()
-        .expect("BUG: stapler lock poisoned")
-        .retain(|request, _| certificates.iter().any(|c| c.ocsp.as_ref().is_some_and(|s| s.request == *request)));
+    let mut pause = RETRY_MAX;
+    for certificate in served(ingress) {
+        let source = certificate.ocsp.as_ref().expect("BUG: served() keeps certificates with a responder");
+        let state = states.get(&source.request);
+        sync(&certificate, state, now);
+        let Some(state) = state else {
+            // Served since the round began: due now.
+            pause = Duration::ZERO;
+            continue;
+        };
+        let times = [
+            state.retry_at,
+            state.staple.as_ref().map(|s| s.refresh_at),
+            state.staple.as_ref().and_then(|s| s.next_update),
+        ];
+        for at in times.into_iter().flatten() {
+            pause = pause.min(at.duration_since(now).unwrap_or_default());
+        }
+    }
     pause.max(Duration::from_secs(1))
 }
 
@@ -440,19 +493,43 @@ mod tests {
         let (leaf, ca, ca_pem, ca_key_pem) = chain(0x1000);
         let source = OcspSource::of(&[CertificateDer::from(leaf.clone()), CertificateDer::from(ca.clone())]).unwrap();
         assert_eq!(source.url, "http://127.0.0.1:9/ocsp");
-        assert_eq!(source.serial, vec![0x10, 0x00]);
+        assert!(source.cert_id.ends_with(&[0x02, 0x02, 0x10, 0x00]), "the serial ends the CertID");
         // Without its issuer in the chain there is nothing to ask.
         assert!(OcspSource::of(&[CertificateDer::from(leaf)]).is_none());
 
         let now = SystemTime::now();
         let good = openssl_response(&source.request, &ca_pem, &ca_key_pem, "V", 10);
-        let (this_update, next_update) = check_response(&good, &source.serial, now).unwrap();
+        let (this_update, next_update) = check_response(&good, &source.cert_id, now).unwrap();
         assert!(this_update <= now + Duration::from_secs(5));
         assert!(next_update.unwrap() > now + Duration::from_secs(500));
-        assert_eq!(check_response(&good, &[0x20, 0x00], now), Err(OcspError::NoMatch));
-        assert_eq!(check_response(&good, &source.serial, now + Duration::from_secs(3600)), Err(OcspError::Expired));
+        // Another issuer's certificate with the same serial is not covered.
+        let (other_leaf, other_ca, _, _) = chain(0x1000);
+        let other = OcspSource::of(&[CertificateDer::from(other_leaf), CertificateDer::from(other_ca)]).unwrap();
+        assert_eq!(check_response(&good, &other.cert_id, now), Err(OcspError::NoMatch));
+        assert_eq!(check_response(&good, &source.cert_id, now + Duration::from_secs(3600)), Err(OcspError::Expired));
         let revoked = openssl_response(&source.request, &ca_pem, &ca_key_pem, "R", 10);
-        assert_eq!(check_response(&revoked, &source.serial, now), Err(OcspError::NotGood));
+        assert_eq!(check_response(&revoked, &source.cert_id, now), Err(OcspError::NotGood));
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!private(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

@@ -247,6 +247,10 @@ fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
     parse_authority(text).ok_or(ProxyError::BadHost)
 }
 
+/// How long a request waits for a pooled upstream connection to become ready before it is
+/// dropped and the next one (or a new one) is tried.
+const POOLED_READY_WAIT: Duration = Duration::from_millis(250);
+
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 impl Ingress {
@@ -532,7 +536,10 @@ impl Ingress {
             return Ok(Sender::H2(sender));
         }
         while let Some(mut pooled) = endpoint.take_idle(self.config.upstream_idle_timeout) {
-            if pooled.ready().await.is_ok() {
+            // A pooled connection is ready at once, or as soon as its task has seen the end of
+            // the last exchange; one still writing an earlier request body (the app answered an
+            // upload early) may never be, so it is not waited for long.
+            if let Ok(Ok(())) = tokio::time::timeout(POOLED_READY_WAIT, pooled.ready()).await {
                 return Ok(Sender::H1(pooled));
             }
         }

@@ -597,7 +597,8 @@ async fn ocsp_responses_are_stapled_when_the_issuer_runs_a_responder() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let ingress = Ingress::new(IngressConfig::default());
+    // The responder is on loopback, which only an operator's opt-in allows.
+    let ingress = Ingress::new(IngressConfig { ocsp_private_responders: true, ..IngressConfig::default() });
     let certificate =
         Certificate::from_pem(format!("{}{}", leaf.pem(), ca.pem()).as_bytes(), key.serialize_pem().as_bytes())
             .unwrap();

@@ -8,6 +8,10 @@
 //!   (`wrk` with `Connection: close`: one handshake per request), h2 over TLS (`h2load`).
 //! - Rounds alternate the order of the proxies; every round is printed, then the medians and the
 //!   ratios. Figures, not assertions.
+//! - "Proxy core busy" is all of core 0 (the proxy, the kernel's network work it causes, and
+//!   whatever else runs there: Berth's control plane is pinned with its ingress). Below ~95 % the
+//!   load side (core 1) set the pace, and "req per core-s" (req/s over that busy share) is the
+//!   better comparison of what each proxy costs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -372,7 +376,7 @@ impl Reference {
              events {{ worker_connections 4096; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             upstream app {{\n{servers}  keepalive 64;\n }}\n\
+             upstream app {{\n{servers}  keepalive 64;\n  keepalive_requests 100000;\n }}\n\
              server {{\n  listen {http};\n  listen {https} ssl http2;\n\
              ssl_certificate {};\n  ssl_certificate_key {};\n  ssl_protocols TLSv1.2 TLSv1.3;\n\
              ssl_session_cache shared:SSL:10m;\n  keepalive_requests 100000;\n\

@@ -186,14 +186,32 @@ async fn open_websockets_and_event_streams_survive_a_release_until_the_drain_tim
         body.starts_with("hello from v2 ").then_some(())
     })
     .await?;
+    let switched = std::time::SystemTime::now();
     assert_eq!(exchange(&mut socket, "after the switch").await?, "v1: after the switch");
-    let event = next_event(&mut events).await?;
-    assert!(event.starts_with("data: v1 "), "{event}");
-    let info = api.release("live", release).await?;
+    // Events written a second after the switch still come from v1 (not ones buffered before it):
+    // each carries the time v1 wrote it.
+    let wanted = switched + Duration::from_secs(1);
+    loop {
+        let text = next_event(&mut events).await?;
+        let mut latest = std::time::UNIX_EPOCH;
+        for line in text.lines().filter(|l| l.starts_with("data: ")) {
+            assert!(line.starts_with("data: v1 "), "{line}");
+            let millis: u64 = line.rsplit(' ').next().unwrap_or_default().parse()?;
+            latest = latest.max(std::time::UNIX_EPOCH + Duration::from_millis(millis));
+        }
+        if latest >= wanted {
+            break;
+        }
+    }
+    let draining = berth_tests::eventually("the release draining", Duration::from_secs(10), || async {
+        let info = api.release("live", release).await.ok()?;
+        info.events.iter().any(|e| e.phase == "draining").then_some(info)
+    })
+    .await?;
     assert!(
-        info.events.iter().any(|e| e.phase == "draining") && !info.events.iter().any(|e| e.phase == "stopping_old"),
+        !draining.events.iter().any(|e| e.phase == "stopping_old"),
         "the old replica must not stop while its streams are open: {:?}",
-        info.events
+        draining.events
     );
 
     // After the drain timeout the old replica stops and both streams end; the release is done.

@@ -6,7 +6,8 @@
 //! - `GET /slow?ms=N` answers after N milliseconds (for draining).
 //! - `Upgrade: echo` switches protocols and echoes bytes back (for upgrade proxying).
 //! - `Upgrade: websocket` (RFC 6455) answers each text message `<VERSION>: <message>`.
-//! - `GET /events` is a server-sent event stream: `data: <VERSION> <n>` every 200 ms, forever.
+//! - `GET /events` is a server-sent event stream: `data: <VERSION> <n> <unix ms>` every 200 ms,
+//!   forever.
 //! - Exits at once on SIGTERM: Berth must drain before it stops a replica.
 //! - `hello stamp` prints `stamp <unix ms>` and exits (build output latency).
 //! - `hello sleep N` sleeps N seconds and exits 0 (a slow build step: `RUN ["/hello", "sleep", "30"]`).
@@ -216,7 +217,8 @@ fn events(mut out: TcpStream) -> std::io::Result<()> {
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n",
     )?;
     for n in 0u64.. {
-        let event = format!("data: {} {n}\n\n", version());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let event = format!("data: {} {n} {}\n\n", version(), now.as_millis());
         write!(out, "{:x}\r\n{event}\r\n", event.len())?;
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -629,6 +629,10 @@ struct ServerArgs {
     /// Log one line per ingress request (target `berth::access`).
     #[arg(long, env = "BERTH_ACCESS_LOG")]
     access_log: bool,
+    /// Staple OCSP responses from responders on private, loopback and link-local addresses too
+    /// (a private PKI's); off by default, as uploaded certificates name their own responder.
+    #[arg(long, env = "BERTH_OCSP_PRIVATE_RESPONDERS")]
+    ocsp_private_responders: bool,
     /// Time a client has to send a request head or finish a TLS handshake. [default: 30]
     #[arg(long, env = "BERTH_INGRESS_HEADER_TIMEOUT", value_parser = server::parse_duration)]
     ingress_header_timeout: Option<Duration>,
@@ -692,6 +696,7 @@ impl ServerArgs {
             trusted_proxies: self.trusted_proxies,
             proxy_protocol: self.proxy_protocol.then_some(true),
             access_log: self.access_log.then_some(true),
+            ocsp_private_responders: self.ocsp_private_responders.then_some(true),
             ingress_header_timeout: self.ingress_header_timeout,
             ingress_body_timeout: self.ingress_body_timeout,
             upstream_connect_timeout: self.upstream_connect_timeout,

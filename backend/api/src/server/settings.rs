@@ -70,6 +70,8 @@ pub struct ServerSettings {
     pub proxy_protocol: Option<bool>,
     /// One log line per ingress request (target `berth::access`).
     pub access_log: Option<bool>,
+    /// Staple OCSP responses from responders on private addresses too.
+    pub ocsp_private_responders: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub ingress_header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -174,6 +176,7 @@ impl ServerSettings {
             trusted_proxies: if self.trusted_proxies.is_empty() { under.trusted_proxies } else { self.trusted_proxies },
             proxy_protocol: self.proxy_protocol.or(under.proxy_protocol),
             access_log: self.access_log.or(under.access_log),
+            ocsp_private_responders: self.ocsp_private_responders.or(under.ocsp_private_responders),
             ingress_header_timeout: self.ingress_header_timeout.or(under.ingress_header_timeout),
             ingress_body_timeout: self.ingress_body_timeout.or(under.ingress_body_timeout),
             upstream_connect_timeout: self.upstream_connect_timeout.or(under.upstream_connect_timeout),
@@ -203,6 +206,7 @@ impl ServerSettings {
             response_header_timeout: self.upstream_response_timeout.unwrap_or(defaults.response_header_timeout),
             trusted_proxies: self.trusted_proxies.clone(),
             proxy_protocol: self.proxy_protocol.unwrap_or(false),
+            ocsp_private_responders: self.ocsp_private_responders.unwrap_or(false),
             header_read_timeout: self.ingress_header_timeout.unwrap_or(defaults.header_read_timeout),
             max_header_bytes: match self.ingress_max_header_size {
                 Some(size) if !(1024..=1 << 20).contains(&size) => {
