@@ -27,6 +27,7 @@ mod ocsp;
 mod proxy;
 mod proxy_protocol;
 mod route_table;
+mod stapler;
 mod tls;
 
 pub use config::{IngressConfig, IpNet, is_trusted, parse_cidr};
@@ -63,7 +64,7 @@ pub struct Ingress {
     /// Open client connections by address, for the per-address cap.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     connections: Arc<Semaphore>,
-    stapler: ocsp::Stapler,
+    stapler: stapler::Stapler,
 }
 
 impl Ingress {
@@ -78,7 +79,7 @@ impl Ingress {
             http_challenges: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
-            stapler: ocsp::Stapler::default(),
+            stapler: stapler::Stapler::default(),
             config,
         })
     }
@@ -240,7 +241,7 @@ impl Ingress {
     /// Handshakes for names without a certificate fail.
     pub async fn serve_tls(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let config = tls::server_config(self.tls.clone()).map_err(std::io::Error::other)?;
-        ocsp::start(&self);
+        stapler::start(&self);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         self.accept_loop(listener, Some(acceptor)).await
     }
