@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use berth_tests::{Fixture, quantile};
+
+use super::{APP, HOST};
 use serde_json::json;
 
-const APP: &str = "bench";
-const HOST: &str = "bench.localhost";
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 5;
 const PROXY_CORE: &str = "0";
@@ -129,13 +129,8 @@ pub async fn run() -> anyhow::Result<()> {
         .await?;
     let pid = server.pid().context("the server is not running")?;
     pin(&["-a", "-p", "-c", PROXY_CORE, &pid.to_string()])?;
+    super::create_app(&fixture, &server).await?;
     let api = server.api();
-    let first = api
-        .create_app(
-            json!({ "name": APP, "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
-        )
-        .await?;
-    api.wait_serving(APP, first).await?;
     // Plain HTTP must be proxied, not redirected, for the HTTP/1.1 scenario.
     let (status, body) =
         api.call(reqwest::Method::PATCH, &format!("/{APP}/edge"), Some(json!({ "https_redirect": false }))).await?;

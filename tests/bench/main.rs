@@ -205,10 +205,17 @@ async fn builds(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Resu
     Ok(())
 }
 
-/// A fresh server with the benchmark app (2 replicas of the test app) serving its first release.
+/// A fresh server with the benchmark app serving its first release.
 async fn serving_app() -> anyhow::Result<(Fixture, berth_tests::Server, u32)> {
     let fixture = Fixture::new()?;
     let server = fixture.start_server().await?;
+    let first = create_app(&fixture, &server).await?;
+    Ok((fixture, server, first))
+}
+
+/// Creates the benchmark app on `server` (2 replicas of the test app) and waits until its first
+/// release serves; returns that release's number.
+async fn create_app(fixture: &Fixture, server: &berth_tests::Server) -> anyhow::Result<u32> {
     let api = server.api();
     let first = api
         .create_app(
@@ -216,7 +223,7 @@ async fn serving_app() -> anyhow::Result<(Fixture, berth_tests::Server, u32)> {
         )
         .await?;
     api.wait_serving(APP, first).await?;
-    Ok((fixture, server, first))
+    Ok(first)
 }
 
 fn ms(micros: u64) -> f64 {
