@@ -103,15 +103,19 @@ impl Plane {
     async fn start(&self, commit_digit: char, dockerfile: &str) -> Started {
         match self.builds.start_build(self.order(commit_digit, dockerfile, false)).await {
             Ok(started) => started,
-            Err(StartError::Busy(running)) => {
-                panic!("the build did not start: build {} is {:?}", running.number, running.state())
-            }
-            Err(StartError::Failed(error)) => panic!("the build did not start: {error:#}"),
+            Err(error) => panic!("the build did not start: {}", describe(&error)),
         }
     }
 
     async fn state(&self, number: i64) -> BuildState {
         self.store.build(self.app.id, number).await.unwrap().expect("the build exists").state()
+    }
+}
+
+fn describe(error: &StartError) -> String {
+    match error {
+        StartError::Busy(running) => format!("busy with build {} ({:?})", running.number, running.state()),
+        StartError::Failed(error) => format!("{error:#}"),
     }
 }
 
@@ -182,7 +186,7 @@ async fn one_build_per_app_a_cancel_frees_it_at_once_and_replace_cancels_the_run
     // `replace` cancels the running build and starts its own.
     let mut third = match plane.builds.start_build(plane.order('f', "FROM scratch\n", true)).await {
         Ok(started) => started,
-        Err(_) => panic!("replace must start the build"),
+        Err(error) => panic!("replace must start the build: {}", describe(&error)),
     };
     assert_eq!(plane.state(2).await, BuildState::Canceled);
     assert_eq!(third.row.number, 3);
@@ -219,7 +223,7 @@ async fn a_host_runs_one_build_at_a_time_and_the_next_waits_for_its_slot() {
     order.app = other.clone();
     let mut waiting = match plane.builds.start_build(order).await {
         Ok(started) => started,
-        Err(_) => panic!("another app's build is accepted"),
+        Err(error) => panic!("another app's build is accepted: {}", describe(&error)),
     };
     for _ in 0..100 {
         if waiting.log.lines_from(0).iter().any(|l| l.line == "waiting for a build slot on h1") {

@@ -49,7 +49,7 @@ impl Store {
     /// (the app is built from git; `spec` is kept for its first release). Fails with a unique
     /// violation when the name is taken.
     pub async fn create_app(&self, team_id: i64, name: &str, spec: &AppSpec) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let now = now_ms();
         let initial = spec.image.is_empty().then_some(Json(spec));
         let app_id: i64 = sqlx::query_scalar(
@@ -116,7 +116,7 @@ impl Store {
 
     /// Adds a queued release numbered after every earlier one and returns its number.
     pub async fn create_release(&self, app_id: i64, spec: &AppSpec, rollback_of: Option<i64>) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let number = insert_release(&mut tx, app_id, spec, rollback_of).await?;
         tx.commit().await?;
         Ok(number)
@@ -195,7 +195,7 @@ impl Store {
     /// Routes `app_id` to `release` from now on; the release that served before is superseded.
     /// The new release stays `in_progress` until its old replicas are drained and stopped.
     pub async fn switch_serving(&self, app_id: i64, release: &ReleaseRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE releases SET state = 'superseded' WHERE app_id = ? AND state = 'serving' AND id != ?")
             .bind(app_id)
             .bind(release.id)

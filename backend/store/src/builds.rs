@@ -131,7 +131,7 @@ impl Store {
     /// Records a queued build, numbered after the app's earlier ones, unless the app has an
     /// unfinished build (then that one is returned).
     pub async fn insert_build(&self, build: NewBuild<'_>) -> Result<BuildInsert> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if let Some(running) = sqlx::query_as::<_, BuildRow>(
             "SELECT * FROM builds WHERE app_id = ? AND state IN ('queued', 'building', 'releasing') LIMIT 1",
         )
@@ -324,7 +324,7 @@ impl Store {
         reason: &str,
         build: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO webhook_deliveries (webhook_id, delivery, at, verdict, reason, build_number) \
              VALUES (?, ?, ?, ?, ?, ?)",

@@ -85,7 +85,7 @@ impl Store {
 
     /// Removes the app's `name`; false when it had no such domain.
     pub async fn remove_domain(&self, app_id: i64, name: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let removed = sqlx::query("DELETE FROM domains WHERE app_id = ? AND name = ?")
             .bind(app_id)
             .bind(name)

@@ -93,7 +93,7 @@ impl Store {
         capacity: &HostCapacity,
         credential_hash: &str,
     ) -> Result<(), JoinError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let spent = sqlx::query(
             "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = ? AND uses_left > 0 AND expires_at > ?",
         )

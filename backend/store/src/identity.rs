@@ -71,7 +71,7 @@ impl Store {
     /// On an empty store: creates the instance admin, the team `main` (the admin owns it) and an
     /// admin API token stored as `token_hash`. Returns false when the store was already set up.
     pub async fn bootstrap(&self, token_hash: &str, password_hash: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *tx).await?;
         if users > 0 {
             return Ok(false);
@@ -177,7 +177,7 @@ impl Store {
     /// Sets the password and revokes every login token (signed-in sessions) of the user except
     /// `keep_token`.
     pub async fn set_password(&self, user_id: i64, password_hash: &str, keep_token: Option<i64>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
             .bind(password_hash)
             .bind(user_id)
@@ -228,7 +228,7 @@ impl Store {
     // ---- teams and members ----
 
     pub async fn create_team(&self, name: &str, owner: i64) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let team_id: i64 = sqlx::query_scalar("INSERT INTO teams (name, created_at) VALUES (?, ?) RETURNING id")
             .bind(name)
             .bind(now_ms())

@@ -64,4 +64,12 @@ impl Store {
         sqlx::migrate!("../../migrations").run(&pool).await.context("applying database migrations")?;
         Ok(Store { pool })
     }
+
+    /// Begins a transaction that writes. SQLite's default (deferred) transaction takes the write
+    /// lock only at its first write, and if another connection committed after this one's first
+    /// read, that upgrade fails at once with "database is locked" (the busy timeout does not apply
+    /// to it). `BEGIN IMMEDIATE` takes the write lock up front, so writers wait their turn instead.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
 }

@@ -30,7 +30,7 @@ pub struct Placement {
 impl Store {
     /// Replaces a replica by a new one of the same app and release on `host`, atomically.
     pub async fn move_replica(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         insert_replacement(&mut tx, replica_id, new_id, host).await?;
         sqlx::query("DELETE FROM replicas WHERE id = ?").bind(replica_id).execute(&mut *tx).await?;
         tx.commit().await
@@ -43,7 +43,7 @@ impl Store {
     }
 
     pub async fn mark_retiring(&self, ids: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for id in ids {
             sqlx::query("UPDATE replicas SET retiring = 1 WHERE id = ?").bind(id).execute(&mut *tx).await?;
         }
@@ -81,7 +81,7 @@ impl Store {
     }
 
     pub async fn delete_replicas(&self, ids: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for id in ids {
             sqlx::query("DELETE FROM replicas WHERE id = ?").bind(id).execute(&mut *tx).await?;
         }

@@ -1,0 +1,77 @@
+//! Writers on separate connections of the pool, as the server's tasks are.
+
+use std::collections::BTreeMap;
+
+use berth_store::{BuildInsert, NewBuild, Store};
+use berth_wire::AppSpec;
+
+fn spec() -> AppSpec {
+    AppSpec {
+        image: "web:1".into(),
+        port: 8080,
+        replicas: 1,
+        env: BTreeMap::new(),
+        health_path: None,
+        cpu_millis: None,
+        memory_mb: None,
+        constraints: BTreeMap::new(),
+        privileges: Default::default(),
+        protocol: Default::default(),
+    }
+}
+
+/// A transaction that reads before it writes must wait for another writer, never fail with
+/// "database is locked" (a deferred SQLite transaction cannot upgrade to a writer once another
+/// connection has committed since its read, and the busy timeout does not help it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_read_then_write_transactions_wait_for_each_other_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let store = Store::open(dir.path()).await.expect("opening the store");
+    store.bootstrap("token hash", "password hash").await.unwrap();
+    let team = store.team_id("main").await.unwrap().expect("team main");
+    let mut apps = Vec::new();
+    for i in 0..4 {
+        apps.push(store.create_app(team, &format!("app{i}"), &spec()).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for round in 0..25 {
+        for &app in &apps {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.create_release(app, &spec(), None).await.map_err(|e| format!("create_release: {e}"))?;
+                let commit = format!("{round:040}");
+                let build = NewBuild {
+                    app_id: app,
+                    commit: &commit,
+                    git_ref: "refs/heads/main",
+                    pusher: "dev",
+                    trigger: "push",
+                    image_template: "berth/main/app:{build}",
+                };
+                match store.insert_build(build).await.map_err(|e| format!("insert_build: {e}"))? {
+                    BuildInsert::Created(row) => {
+                        store
+                            .finish_build(row.id, berth_wire::builds::BuildState::Succeeded, None)
+                            .await
+                            .map_err(|e| format!("finish_build: {e}"))?;
+                    }
+                    BuildInsert::Busy(_) => {}
+                }
+                Ok::<(), String>(())
+            }));
+        }
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        if let Err(error) = task.await.expect("the task does not panic") {
+            errors.push(error);
+        }
+    }
+    assert!(errors.is_empty(), "{} of 100 writers failed: {:?}", errors.len(), &errors[..errors.len().min(3)]);
+    for &app in &apps {
+        let numbers: Vec<i64> = store.releases(app).await.unwrap().iter().map(|r| r.number).collect();
+        // Release 1 came with the app.
+        let expected: Vec<i64> = (1..=26).rev().collect();
+        assert_eq!(numbers, expected, "release numbers are gap-free and unique");
+    }
+}
