@@ -92,6 +92,16 @@ pub struct HostCapacity {
     pub memory_mb: u64,
 }
 
+impl HostCapacity {
+    /// The most a host may claim: 4 096 cores and 64 TiB. A larger claim is a lie (or a bug), and
+    /// believed it would draw every replica of the fleet to that host.
+    pub const MAX: HostCapacity = HostCapacity { cpu_millis: 4_096_000, memory_mb: 64 << 20 };
+
+    pub fn is_plausible(&self) -> bool {
+        self.cpu_millis <= Self::MAX.cpu_millis && self.memory_mb <= Self::MAX.memory_mb
+    }
+}
+
 /// `POST /api/v1/agents/join`: a new host asks to join with a join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {

@@ -719,7 +719,7 @@ async fn ensure_image(
 /// Loads `image` from another host through `source`.
 async fn ship_image(runtime: &dyn ContainerRuntime, source: &dyn ImageSource, image: &str) -> anyhow::Result<()> {
     let archive = source.fetch(image).await?;
-    runtime.load(archive).await.map_err(|e| anyhow::anyhow!("loading the image failed: {e}"))?;
+    runtime.load(archive, image).await.map_err(|e| anyhow::anyhow!("loading the image failed: {e}"))?;
     if !runtime.has_image(image).await.unwrap_or(false) {
         anyhow::bail!("the shipped archive did not contain it");
     }
@@ -783,12 +783,15 @@ fn endpoint_of(details: &ContainerDetails, mode: &EndpointMode, port: u16, host_
     if host_network {
         return Some(match mode {
             EndpointMode::ContainerIp => format!("127.0.0.1:{port}"),
-            EndpointMode::Published(ip) => format!("{ip}:{port}"),
+            EndpointMode::Published(ip) => std::net::SocketAddr::new(*ip, port).to_string(),
         });
     }
     match mode {
         EndpointMode::ContainerIp => details.addresses.first().map(|ip| format!("{ip}:{port}")),
-        EndpointMode::Published(ip) => details.published.get(&port).map(|host_port| format!("{ip}:{host_port}")),
+        // `[v6]:port` for IPv6 (`SocketAddr` writes the brackets).
+        EndpointMode::Published(ip) => {
+            details.published.get(&port).map(|host_port| std::net::SocketAddr::new(*ip, *host_port).to_string())
+        }
     }
 }
 

@@ -252,9 +252,29 @@ impl ContainerRuntime for DockerRuntime {
         .boxed()
     }
 
-    fn load(&self, archive: ByteStream) -> BoxFuture<'_, Result<()>> {
+    fn load<'a>(&'a self, archive: ByteStream, image: &'a str) -> BoxFuture<'a, Result<()>> {
         async move {
-            let mut load = self.docker.import_image_stream(ImportImageOptions::default(), archive, None);
+            // Spooled to a file first: the archive's index must be checked before the engine
+            // sees any of it, and Docker writes it at the end.
+            let other = |e: anyhow::Error| RuntimeError::Other(format!("{e:#}"));
+            let spool = spool(archive).await.map_err(other)?;
+            let path = spool.path().to_path_buf();
+            let wanted = image.to_string();
+            tokio::task::spawn_blocking(move || crate::images::check_archive(&path, &wanted))
+                .await
+                .map_err(|e| RuntimeError::Other(e.to_string()))?
+                .map_err(other)?;
+            let file = tokio::fs::File::open(spool.path()).await.map_err(|e| RuntimeError::Other(e.to_string()))?;
+            let chunks = futures::stream::unfold(file, |mut file| async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut chunk = bytes::BytesMut::with_capacity(1 << 16);
+                match file.read_buf(&mut chunk).await {
+                    Ok(0) => None,
+                    Ok(_) => Some((Ok::<_, std::io::Error>(chunk.freeze()), file)),
+                    Err(error) => Some((Err(error), file)),
+                }
+            });
+            let mut load = self.docker.import_image_stream(ImportImageOptions::default(), chunks, None);
             while let Some(progress) = load.next().await {
                 progress.map_err(error)?;
             }
@@ -422,6 +442,19 @@ impl ContainerRuntime for DockerRuntime {
         }
         .boxed()
     }
+}
+
+/// Writes `archive` to a temporary file (removed when the handle drops).
+async fn spool(mut archive: ByteStream) -> anyhow::Result<tempfile::NamedTempFile> {
+    use anyhow::Context as _;
+    use tokio::io::AsyncWriteExt as _;
+    let spool = tempfile::Builder::new().prefix("berth-image-").tempfile().context("creating a spool file")?;
+    let mut file = tokio::fs::File::from_std(spool.reopen().context("opening the spool file")?);
+    while let Some(chunk) = archive.next().await {
+        file.write_all(&chunk.context("receiving the image archive")?).await.context("spooling the image archive")?;
+    }
+    file.flush().await.context("spooling the image archive")?;
+    Ok(spool)
 }
 
 #[cfg(test)]

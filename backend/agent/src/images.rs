@@ -36,3 +36,120 @@ impl ImageSource for HttpImageSource {
         .boxed()
     }
 }
+
+/// `image` as Docker names it in an archive: `docker.io/` and `library/` left out, `:latest`
+/// added when it has no tag (a digest reference stays as it is).
+fn familiar(image: &str) -> String {
+    let name = image.strip_prefix("docker.io/").unwrap_or(image);
+    let name = name.strip_prefix("library/").unwrap_or(name);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') { name.to_string() } else { format!("{name}:latest") }
+}
+
+/// Checks that loading the image archive at `path` (as `docker save` writes it) can create or
+/// move no tag but `image`: an archive from another host must not retag any other image here (a
+/// crafted `manifest.json` naming `postgres:16` would otherwise replace it for every app).
+pub fn check_archive(path: &std::path::Path, image: &str) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    const MAX_INDEX: u64 = 1 << 20;
+    let wanted = familiar(image);
+    let mut tags: Vec<String> = Vec::new();
+    let mut manifest = false;
+    let mut archive = tar::Archive::new(std::fs::File::open(path).context("opening the image archive")?);
+    for entry in archive.entries().context("reading the image archive")? {
+        let entry = entry.context("reading the image archive")?;
+        let name = entry.path().context("an entry's name")?.to_string_lossy().trim_start_matches("./").to_string();
+        if !matches!(name.as_str(), "manifest.json" | "repositories" | "index.json") {
+            continue;
+        }
+        if entry.size() > MAX_INDEX {
+            bail!("{name} in the image archive is larger than {MAX_INDEX} bytes");
+        }
+        let mut text = String::new();
+        entry.take(MAX_INDEX).read_to_string(&mut text).with_context(|| format!("reading {name}"))?;
+        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{name} is not JSON"))?;
+        match name.as_str() {
+            "manifest.json" => {
+                manifest = true;
+                let entries = json.as_array().with_context(|| "manifest.json is not a list")?;
+                for entry in entries {
+                    for tag in entry["RepoTags"].as_array().into_iter().flatten() {
+                        tags.push(tag.as_str().context("a RepoTag is not a string")?.to_string());
+                    }
+                }
+            }
+            "repositories" => {
+                let repositories = json.as_object().context("repositories is not an object")?;
+                for (repository, by_tag) in repositories {
+                    for tag in by_tag.as_object().context("repositories is malformed")?.keys() {
+                        tags.push(format!("{repository}:{tag}"));
+                    }
+                }
+            }
+            _ => {
+                for descriptor in json["manifests"].as_array().into_iter().flatten() {
+                    if let Some(name) = descriptor["annotations"]["io.containerd.image.name"].as_str() {
+                        tags.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    if !manifest {
+        bail!("the image archive has no manifest.json");
+    }
+    if let Some(other) = tags.iter().find(|tag| familiar(tag) != wanted) {
+        bail!("the image archive for {image} would also tag {other}; refused");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(files: &[(&str, &str)]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut builder = tar::Builder::new(file.reopen().unwrap());
+        for (name, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, text.as_bytes()).unwrap();
+        }
+        builder.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn an_archive_may_tag_only_the_image_asked_for() {
+        let good = archive(&[
+            ("manifest.json", r#"[{"Config":"c.json","RepoTags":["berth/main/web:abc-1"],"Layers":[]}]"#),
+            ("repositories", r#"{"berth/main/web":{"abc-1":"x"}}"#),
+        ]);
+        check_archive(good.path(), "berth/main/web:abc-1").unwrap();
+        let official = archive(&[("manifest.json", r#"[{"RepoTags":["nginx:latest"]}]"#)]);
+        check_archive(official.path(), "docker.io/library/nginx").unwrap();
+        let untagged = archive(&[("manifest.json", r#"[{"RepoTags":null}]"#)]);
+        check_archive(untagged.path(), "web@sha256:0123").unwrap();
+
+        let retags = archive(&[("manifest.json", r#"[{"RepoTags":["berth/main/web:abc-1","postgres:16"]}]"#)]);
+        let error = check_archive(retags.path(), "berth/main/web:abc-1").unwrap_err().to_string();
+        assert!(error.contains("postgres:16"), "{error}");
+        let legacy = archive(&[
+            ("manifest.json", r#"[{"RepoTags":["web:1"]}]"#),
+            ("repositories", r#"{"postgres":{"16":"x"}}"#),
+        ]);
+        assert!(check_archive(legacy.path(), "web:1").is_err(), "the legacy index is checked too");
+        let oci = archive(&[
+            ("manifest.json", r#"[{"RepoTags":["web:1"]}]"#),
+            (
+                "index.json",
+                r#"{"manifests":[{"annotations":{"io.containerd.image.name":"docker.io/library/redis:7"}}]}"#,
+            ),
+        ]);
+        assert!(check_archive(oci.path(), "web:1").is_err(), "the OCI index is checked too");
+        assert!(check_archive(archive(&[]).path(), "web:1").is_err(), "no manifest");
+    }
+}

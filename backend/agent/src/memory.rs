@@ -402,7 +402,7 @@ impl ContainerRuntime for MemoryRuntime {
         futures::future::ready(result).boxed()
     }
 
-    fn load(&self, archive: ByteStream) -> BoxFuture<'_, Result<()>> {
+    fn load<'a>(&'a self, archive: ByteStream, wanted: &'a str) -> BoxFuture<'a, Result<()>> {
         async move {
             let chunks: Vec<_> = archive.collect().await;
             let mut bytes = Vec::new();
@@ -410,6 +410,12 @@ impl ContainerRuntime for MemoryRuntime {
                 bytes.extend_from_slice(&chunk.map_err(|e| RuntimeError::Other(e.to_string()))?);
             }
             let image = String::from_utf8(bytes).map_err(|_| RuntimeError::Other("not an image archive".into()))?;
+            // Like the Docker runtime: an archive naming another image is refused.
+            if image != wanted {
+                return Err(RuntimeError::Other(format!(
+                    "the image archive for {wanted} would also tag {image}; refused"
+                )));
+            }
             self.add_image(&image);
             Ok(())
         }

@@ -154,8 +154,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn has_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool>>;
     /// Pulls `image` from its registry.
     fn pull<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Loads an image archive (as `export` produces).
-    fn load(&self, archive: ByteStream) -> BoxFuture<'_, Result<()>>;
+    /// Loads the archive of `image` (as `export` produces), refusing an archive that would tag
+    /// any other image.
+    fn load<'a>(&'a self, archive: ByteStream, image: &'a str) -> BoxFuture<'a, Result<()>>;
     /// The image as an archive another engine can load.
     fn export(&self, image: &str) -> ByteStream;
     /// `None` when the container is not running or the engine has no figures.

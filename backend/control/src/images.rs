@@ -1,10 +1,12 @@
 //! Images that exist on one host only (built or loaded there, no registry): when an agent cannot
 //! pull an image, the control plane asks the other hosts' agents for it and relays the archive of
-//! the first one that has it to the agent that needs it, which loads it.
+//! the first one that has it to the agent that needs it, which loads it. Only an image the
+//! requesting host has a desired container for is shipped to it, and the agent loads nothing but
+//! that image from the archive.
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use berth_agent::ByteStream;
 use berth_agent::images::ImageSource;
 use berth_wire::agent::ControlMessage;
@@ -18,7 +20,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Finds `image` on a host other than `requester` and returns its archive.
 pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::Result<ByteStream> {
-    let transfer = links.relay().open();
+    let requesting = links.get(requester).context("the requesting host is not registered")?;
+    if !requesting.desires_image(image) {
+        bail!("host {requester} runs no container of image {image}");
+    }
+    let mut transfer = links.relay().open();
     let mut asked = 0;
     for link in links.all().into_iter().filter(|l| l.name != requester) {
         if let Some(agent) = link.local_agent() {
@@ -26,12 +32,14 @@ pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::R
                 tracing::info!(image, from = link.name, to = requester, "shipping an image");
                 return Ok(agent.export_image(image));
             }
-        } else if link.send_command(ControlMessage::ExportImage { transfer: transfer.id.clone(), image: image.into() })
-        {
-            asked += 1;
+        } else {
+            let command = ControlMessage::ExportImage { transfer: transfer.id.clone(), image: image.into() };
+            if transfer.ask(&link.name, || link.send_command(command)) {
+                asked += 1;
+            }
         }
     }
-    match transfer.first_upload(asked, ASK_TIMEOUT).await {
+    match transfer.first_upload(ASK_TIMEOUT).await {
         Some(stream) => {
             tracing::info!(image, to = requester, "shipping an image from a remote host");
             Ok(stream)

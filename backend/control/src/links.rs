@@ -3,7 +3,7 @@
 //! agent, a WebSocket for `berth agent`). `HostLinks` is the registry of every host's link, the
 //! union of their reports, and the relay that carries agents' uploads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,20 @@ pub struct HostLink {
     closed: watch::Sender<bool>,
     /// The agent has reported since this control plane started.
     reported: std::sync::atomic::AtomicBool,
+    /// What the agent reported last, unfiltered, and the replica ids it may report on.
+    reports: Mutex<Reports>,
+}
+
+/// An agent speaks only for the replicas placed on its host: a report counts for the replica
+/// ids the host was given in a desired list and still desires or still reports (a replica being
+/// stopped after it left the list), never for another host's replicas. A stolen or compromised
+/// host credential thus cannot make another app's replicas look ready or point them elsewhere.
+#[derive(Default)]
+struct Reports {
+    last: Observed,
+    assigned: HashSet<String>,
+    /// Ids dropped from the last report (logged when they change).
+    foreign: Vec<String>,
 }
 
 impl HostLink {
@@ -129,6 +143,7 @@ impl HostLink {
             commands: Mutex::new(None),
             closed: watch::Sender::new(false),
             reported: std::sync::atomic::AtomicBool::new(false),
+            reports: Mutex::new(Reports::default()),
         }
     }
 
@@ -161,8 +176,11 @@ impl HostLink {
         self.desired.subscribe()
     }
 
-    /// Replaces the desired list; the agent hears of it only when it changed.
+    /// Replaces the desired list; the agent hears of it only when it changed. Its replicas are
+    /// the host's to report on from now on.
     pub fn set_desired(&self, containers: Vec<DesiredContainer>) {
+        let ids: Vec<String> = containers.iter().map(|c| c.replica_id.clone()).collect();
+        self.reports.lock().expect("BUG: reports lock poisoned").assigned.extend(ids);
         self.desired.send_if_modified(|current| {
             if current.as_ref() == Some(&containers) {
                 false
@@ -171,17 +189,43 @@ impl HostLink {
                 true
             }
         });
+        // A report that came before the list now counts.
+        self.publish(None);
     }
 
-    /// An agent report: also a heartbeat.
+    /// Whether a container of `image` is desired on this host (an image is shipped only then).
+    pub fn desires_image(&self, image: &str) -> bool {
+        self.desired.borrow().as_ref().is_some_and(|list| list.iter().any(|c| c.image == image))
+    }
+
+    /// An agent report: also a heartbeat. Only the host's own replicas count (see [`Reports`]).
     pub fn report(&self, observed: Observed) {
         self.touch();
         self.reported.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.publish(Some(observed));
+    }
+
+    /// Publishes the last report (replaced by `report` if given) filtered to the host's replicas.
+    fn publish(&self, report: Option<Observed>) {
+        let mut reports = self.reports.lock().expect("BUG: reports lock poisoned");
+        if let Some(report) = report {
+            reports.last = report;
+        }
+        let desired: HashSet<String> = self.desired.borrow().iter().flatten().map(|c| c.replica_id.clone()).collect();
+        let Reports { last, assigned, foreign } = &mut *reports;
+        assigned.retain(|id| desired.contains(id) || last.contains_key(id));
+        let kept: Observed =
+            last.iter().filter(|(id, _)| assigned.contains(*id)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let dropped: Vec<String> = last.keys().filter(|id| !assigned.contains(*id)).cloned().collect();
+        if !dropped.is_empty() && dropped != *foreign {
+            tracing::warn!(host = self.name, replicas = ?dropped, "ignoring the host's report on replicas not placed on it");
+        }
+        *foreign = dropped;
         self.observed.send_if_modified(|current| {
-            if *current == observed {
+            if *current == kept {
                 false
             } else {
-                *current = observed;
+                *current = kept;
                 true
             }
         });
@@ -202,6 +246,8 @@ impl HostLink {
 
     /// Drops everything the host reported, as when it is declared down.
     pub fn forget_observed(&self) {
+        let mut reports = self.reports.lock().expect("BUG: reports lock poisoned");
+        reports.last.clear();
         self.observed.send_replace(Observed::new());
     }
 

@@ -37,13 +37,13 @@ async fn remote(
     tail: u32,
     follow: bool,
 ) -> Option<BoxStream<'static, (String, String)>> {
-    let transfer = links.relay().open();
+    let mut transfer = links.relay().open();
     let command =
         ControlMessage::Logs { transfer: transfer.id.clone(), container_id: container_id.into(), tail, follow };
-    if !link.send_command(command) {
+    if !transfer.ask(&link.name, || link.send_command(command)) {
         return None;
     }
-    let bytes = transfer.first_upload(1, Duration::from_secs(10)).await?;
+    let bytes = transfer.first_upload(Duration::from_secs(10)).await?;
     // Chunks do not respect line boundaries: re-split them (a last line without its newline
     // still counts).
     let lines = FramedRead::new(StreamReader::new(bytes), LinesCodec::new_with_max_length(MAX_LINE));

@@ -1,8 +1,11 @@
 //! Byte streams from an agent to the control plane on request: the control plane opens a transfer,
 //! asks one or more agents (over their connections) to upload into it, and reads the first upload.
 //! Image shipping and logs of remote replicas use it. It knows nothing of what it carries.
+//!
+//! A transfer is bound to the hosts it asked: only they may answer it, each once. Another host's
+//! credential cannot feed a crafted archive into a transfer it overheard or guessed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,10 +22,17 @@ enum Answer {
 
 #[derive(Default)]
 pub struct Relay {
-    transfers: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
+    transfers: Mutex<HashMap<String, Open>>,
     /// Bytes the control plane offers one agent for an open transfer (a build's context): the
     /// host allowed to take them, and them.
     offers: Mutex<HashMap<String, (String, bytes::Bytes)>>,
+}
+
+/// An open transfer as the relay holds it: where answers go, and the hosts asked that have not
+/// answered yet.
+struct Open {
+    answers: mpsc::UnboundedSender<Answer>,
+    asked: HashSet<String>,
 }
 
 /// An open transfer; closed when dropped.
@@ -30,6 +40,7 @@ pub struct Transfer<'a> {
     relay: &'a Relay,
     pub id: String,
     answers: mpsc::UnboundedReceiver<Answer>,
+    asked: usize,
 }
 
 impl Relay {
@@ -38,14 +49,34 @@ impl Relay {
         rand::rng().fill_bytes(&mut id);
         let id = hex::encode(id);
         let (tx, answers) = mpsc::unbounded_channel();
-        self.transfers.lock().expect("BUG: transfer table poisoned").insert(id.clone(), tx);
-        Transfer { relay: self, id, answers }
+        let open = Open { answers: tx, asked: HashSet::new() };
+        self.transfers.lock().expect("BUG: transfer table poisoned").insert(id.clone(), open);
+        Transfer { relay: self, id, answers, asked: 0 }
     }
 
-    /// An agent's upload; resolves when the reader has read all of it (or gave up).
-    pub async fn deliver(&self, transfer: &str, stream: ByteStream) -> anyhow::Result<()> {
-        let sender = self.transfers.lock().expect("BUG: transfer table poisoned").get(transfer).cloned();
-        let sender = sender.context("no such transfer (it was answered already or timed out)")?;
+    fn allow(&self, transfer: &str, host: &str, allowed: bool) {
+        let mut transfers = self.transfers.lock().expect("BUG: transfer table poisoned");
+        if let Some(open) = transfers.get_mut(transfer) {
+            if allowed {
+                open.asked.insert(host.to_string());
+            } else {
+                open.asked.remove(host);
+            }
+        }
+    }
+
+    /// The answer channel of `transfer` if `host` was asked and has not answered yet; it has now.
+    fn answer_from(&self, transfer: &str, host: &str) -> Option<mpsc::UnboundedSender<Answer>> {
+        let mut transfers = self.transfers.lock().expect("BUG: transfer table poisoned");
+        let open = transfers.get_mut(transfer)?;
+        open.asked.remove(host).then(|| open.answers.clone())
+    }
+
+    /// `host`'s upload; resolves when the reader has read all of it (or gave up). Refused unless
+    /// the transfer asked `host` and it has not answered yet.
+    pub async fn deliver(&self, transfer: &str, host: &str, stream: ByteStream) -> anyhow::Result<()> {
+        let sender = self.answer_from(transfer, host);
+        let sender = sender.context("no such transfer for this host (not asked, answered already or timed out)")?;
         let (done, finished) = oneshot::channel();
         sender.send(Answer::Upload { stream, done }).map_err(|_| anyhow::anyhow!("the transfer was abandoned"))?;
         finished.await.context("the reader stopped reading")
@@ -65,20 +96,33 @@ impl Relay {
         None
     }
 
-    /// An agent says it cannot answer the transfer.
-    pub fn unavailable(&self, transfer: &str) {
-        if let Some(sender) = self.transfers.lock().expect("BUG: transfer table poisoned").get(transfer) {
+    /// Agent `host` says it cannot answer the transfer (counted only from a host asked, once).
+    pub fn unavailable(&self, transfer: &str, host: &str) {
+        if let Some(sender) = self.answer_from(transfer, host) {
             let _ = sender.send(Answer::Unavailable);
         }
     }
 }
 
 impl Transfer<'_> {
-    /// The first upload, unless all `asked` agents said no or `timeout` passed.
-    pub async fn first_upload(mut self, asked: usize, timeout: Duration) -> Option<ByteStream> {
+    /// Asks agent `host` with `send` (which sends it a command naming this transfer, and says
+    /// whether it could): from then on `host` may answer. False when it could not be asked.
+    pub fn ask(&mut self, host: &str, send: impl FnOnce() -> bool) -> bool {
+        self.relay.allow(&self.id, host, true);
+        if send() {
+            self.asked += 1;
+            true
+        } else {
+            self.relay.allow(&self.id, host, false);
+            false
+        }
+    }
+
+    /// The first upload, unless every agent asked said no or `timeout` passed.
+    pub async fn first_upload(mut self, timeout: Duration) -> Option<ByteStream> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut refused = 0;
-        while refused < asked {
+        while refused < self.asked {
             match tokio::time::timeout_at(deadline, self.answers.recv()).await {
                 Ok(Some(Answer::Upload { stream, done })) => return Some(notify_when_done(stream, done)),
                 Ok(Some(Answer::Unavailable)) => refused += 1,

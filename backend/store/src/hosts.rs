@@ -55,8 +55,8 @@ impl Store {
         .bind(name)
         .bind(address)
         .bind(now_ms())
-        .bind(capacity.cpu_millis as i64)
-        .bind(capacity.memory_mb as i64)
+        .bind(i64::try_from(capacity.cpu_millis).unwrap_or(i64::MAX))
+        .bind(i64::try_from(capacity.memory_mb).unwrap_or(i64::MAX))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -111,8 +111,8 @@ impl Store {
         .bind(name)
         .bind(address)
         .bind(Json(labels))
-        .bind(capacity.cpu_millis as i64)
-        .bind(capacity.memory_mb as i64)
+        .bind(i64::try_from(capacity.cpu_millis).unwrap_or(i64::MAX))
+        .bind(i64::try_from(capacity.memory_mb).unwrap_or(i64::MAX))
         .bind(credential_hash)
         .bind(now_ms())
         .execute(&mut *tx)
@@ -134,8 +134,8 @@ impl Store {
 
     pub async fn set_host_capacity(&self, name: &str, capacity: &HostCapacity) -> Result<()> {
         sqlx::query("UPDATE hosts SET cpu_millis = ?, memory_mb = ? WHERE name = ?")
-            .bind(capacity.cpu_millis as i64)
-            .bind(capacity.memory_mb as i64)
+            .bind(i64::try_from(capacity.cpu_millis).unwrap_or(i64::MAX))
+            .bind(i64::try_from(capacity.memory_mb).unwrap_or(i64::MAX))
             .bind(name)
             .execute(&self.pool)
             .await?;

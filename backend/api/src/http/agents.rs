@@ -50,13 +50,13 @@ pub(super) async fn build_context(
 
 /// An agent uploads what the control plane asked for (an image, a log stream).
 pub(super) async fn upload(
-    AgentHost(_): AgentHost,
+    AgentHost(host): AgentHost,
     State(s): State<AppState>,
     Path(transfer): Path<String>,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
-    s.services.agent_upload(&transfer, stream).await?;
+    s.services.agent_upload(&host, &transfer, stream).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,6 +1,7 @@
 //! The control plane's side of the agent protocol: a host authenticates with its credential,
 //! connects, reports, and uploads what it was asked for. Joining is in `hosts`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use berth_agent::{ByteStream, DesiredReceiver};
@@ -23,8 +24,13 @@ impl Services {
     /// The agent of `host` connected: its host counts as up again and the session carries its
     /// desired containers and commands down, its messages up.
     pub async fn agent_connected(&self, host: &str) -> Result<AgentSession> {
+        let row = self.store.hosts().await?.into_iter().find(|h| h.name == host);
+        let row = row.ok_or_else(|| ServiceError::NotFound(format!("host {host} is not registered")))?;
+        let address = row.address.parse::<IpAddr>().map_err(|_| {
+            ServiceError::Internal(anyhow::anyhow!("host {host} has no valid address ({:?})", row.address))
+        })?;
         let link = self.orchestrator.host_connected(host).await?;
-        Ok(AgentSession { link, services: self.clone(), capacity: HostCapacity::default() })
+        Ok(AgentSession { link, services: self.clone(), address, capacity: HostCapacity::default(), warned: false })
     }
 
     /// An image `host` lacks and cannot pull, from another host.
@@ -43,10 +49,11 @@ impl Services {
             .ok_or_else(|| ServiceError::NotFound(format!("no build context for host {host} in transfer {transfer}")))
     }
 
-    /// An agent's upload into a transfer the control plane opened; returns once it was read.
-    pub async fn agent_upload(&self, transfer: &str, stream: ByteStream) -> Result<()> {
+    /// `host`'s upload into a transfer the control plane opened and asked it to answer; returns
+    /// once it was read.
+    pub async fn agent_upload(&self, host: &str, transfer: &str, stream: ByteStream) -> Result<()> {
         let relay = self.orchestrator.links().relay();
-        relay.deliver(transfer, stream).await.map_err(|e| ServiceError::NotFound(format!("{e:#}")))
+        relay.deliver(transfer, host, stream).await.map_err(|e| ServiceError::NotFound(format!("{e:#}")))
     }
 }
 
@@ -55,8 +62,12 @@ impl Services {
 pub struct AgentSession {
     link: Arc<HostLink>,
     services: Services,
+    /// The host's registered address: the only one its endpoints may be on.
+    address: IpAddr,
     /// The capacity last stored for the host by this session.
     capacity: HostCapacity,
+    /// Whether a refused part of a report was logged already (once per connection).
+    warned: bool,
 }
 
 impl AgentSession {
@@ -83,14 +94,55 @@ impl AgentSession {
     pub async fn received(&mut self, message: AgentMessage) -> Result<()> {
         match message {
             AgentMessage::Report { observed, capacity } => {
-                self.link.report(observed.into_iter().map(|o| (o.replica_id.clone(), o)).collect());
-                if capacity != self.capacity {
+                let mut refused = Vec::new();
+                let observed = observed
+                    .into_iter()
+                    .map(|mut o| {
+                        // The ingress would send traffic wherever an endpoint points: only the
+                        // host's own address is believed (not the control plane's loopback, not
+                        // a cloud metadata address, not another host).
+                        if o.endpoint.as_deref().is_some_and(|e| !endpoint_on(e, self.address)) {
+                            refused.push(format!("{} at {}", o.replica_id, o.endpoint.take().unwrap_or_default()));
+                        }
+                        (o.replica_id.clone(), o)
+                    })
+                    .collect();
+                self.link.report(observed);
+                if !capacity.is_plausible() {
+                    refused.push(format!("capacity {} mCPU, {} MiB", capacity.cpu_millis, capacity.memory_mb));
+                } else if capacity != self.capacity {
                     self.services.store.set_host_capacity(&self.link.name, &capacity).await?;
                     self.capacity = capacity;
                 }
+                if !refused.is_empty() && !self.warned {
+                    self.warned = true;
+                    tracing::warn!(host = self.link.name, address = %self.address, ?refused, "ignoring what the host claims beyond itself");
+                }
             }
-            AgentMessage::Unavailable { transfer } => self.services.orchestrator.links().relay().unavailable(&transfer),
+            AgentMessage::Unavailable { transfer } => {
+                self.services.orchestrator.links().relay().unavailable(&transfer, &self.link.name)
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether `endpoint` (`ip:port`) is on `address`.
+fn endpoint_on(endpoint: &str, address: IpAddr) -> bool {
+    endpoint.parse::<SocketAddr>().is_ok_and(|e| e.ip().to_canonical() == address.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_on;
+
+    #[test]
+    fn endpoints_must_be_on_the_hosts_own_address() {
+        let host = "10.1.0.2".parse().unwrap();
+        assert!(endpoint_on("10.1.0.2:32768", host));
+        assert!(endpoint_on("[::ffff:10.1.0.2]:80", host));
+        for other in ["127.0.0.1:7878", "169.254.169.254:80", "10.1.0.3:32768", "10.1.0.2", "web:80", ""] {
+            assert!(!endpoint_on(other, host), "{other}");
+        }
     }
 }

@@ -29,8 +29,21 @@ impl Services {
     /// A new host joins with a join token and receives its own credential.
     async fn join_host_inner(&self, request: JoinRequest) -> Result<JoinResponse> {
         validate_app_name(&request.name).map_err(|_| invalid("name", "the host name must be a DNS label"))?;
-        if request.advertise_addr.parse::<std::net::IpAddr>().is_err() {
+        let Ok(address) = request.advertise_addr.parse::<std::net::IpAddr>() else {
             return Err(invalid("advertise_addr", format!("{:?} is not an IP address", request.advertise_addr)));
+        };
+        if let Some(why) = unroutable(address) {
+            return Err(invalid(
+                "advertise_addr",
+                format!("{address} is {why}: the ingress cannot reach a host there"),
+            ));
+        }
+        if !request.capacity.is_plausible() {
+            let max = HostCapacity::MAX;
+            return Err(invalid(
+                "capacity",
+                format!("at most {} mCPU and {} MiB can be claimed", max.cpu_millis, max.memory_mb),
+            ));
         }
         if let Some((k, v)) = request.labels.iter().find(|(k, v)| !valid_label(k) || !valid_label(v)) {
             return Err(invalid("labels", format!("{k}={v} is not a valid label")));
@@ -167,5 +180,24 @@ impl Services {
         let result = self.remove_host_inner(principal, name).await;
         self.audit(Some(principal), "remove_host", None, None, Some(name), &result).await?;
         result
+    }
+}
+
+/// Why a host cannot advertise `address`, if it cannot: its endpoints would point the ingress at
+/// the control plane's own loopback, a cloud metadata service (link-local) or nowhere.
+fn unroutable(address: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let address = address.to_canonical();
+    if address.is_loopback() {
+        return Some("a loopback address");
+    }
+    if address.is_unspecified() || address.is_multicast() {
+        return Some("not a unicast address");
+    }
+    match address {
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("not a unicast address"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
+        _ => None,
     }
 }

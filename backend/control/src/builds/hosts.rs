@@ -48,14 +48,14 @@ impl BuildTarget {
         match self {
             BuildTarget::Local(runtime) => Ok(runtime.build(spec, futures::stream::iter([Ok(context)]).boxed())),
             BuildTarget::Remote(link) => {
-                let transfer = links.relay().open();
+                let mut transfer = links.relay().open();
                 links.relay().offer(&transfer.id, &link.name, context);
                 let command = ControlMessage::Build { transfer: transfer.id.clone(), build: spec.into() };
-                if !link.send_command(command) {
+                if !transfer.ask(&link.name, || link.send_command(command)) {
                     bail!("host {} is not connected", link.name);
                 }
                 let upload = transfer
-                    .first_upload(1, START_TIMEOUT)
+                    .first_upload(START_TIMEOUT)
                     .await
                     .with_context(|| format!("host {} did not start the build", link.name))?;
                 let lines = FramedRead::new(StreamReader::new(upload), LinesCodec::new_with_max_length(MAX_LINE));
