@@ -409,3 +409,48 @@ async fn draining_a_host_moves_its_replicas_onto_another_and_reroutes() {
     }
     second_agent.shutdown();
 }
+
+#[tokio::test]
+async fn an_old_replica_moved_off_a_lost_host_during_the_drain_does_not_outlive_the_release() {
+    let mut plane = Plane::with(|config| {
+        config.heartbeat_timeout = Duration::from_millis(300);
+        config.host_check_every = Duration::from_millis(50);
+        config.drain_timeout = Duration::from_secs(10);
+    })
+    .await;
+    // A second host that counts as remote (joined), so its silence is noticed.
+    let second = MemoryRuntime::new();
+    second.add_image("web:1");
+    second.add_image("web:2");
+    plane.store.create_join_token("join", 1, i64::MAX, 1).await.unwrap();
+    let capacity = second.capacity().await;
+    plane.store.join_host("join", "h2", "127.0.0.1", &Default::default(), &capacity, "credential").await.unwrap();
+    let second_agent = local_agent(&plane.links, "h2", &second);
+    plane.restart_orchestrator().await;
+
+    let app = plane.create(&spec("web:1", 2)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    assert_eq!((plane.runtime.running().len(), second.running().len()), (1, 1), "one replica per host");
+
+    // Release 2 drains release 1 for as long as a slow request runs; meanwhile h2 goes silent
+    // and its release-1 replica is moved onto h1 under a new id.
+    let slow = plane.slow_request(Duration::from_millis(2500)).await;
+    let number = plane.deploy(app, &spec("web:2", 2)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !plane.phases(app, number).await.iter().any(|p| p == "draining") {
+        assert!(tokio::time::Instant::now() < deadline, "release 2 never started draining");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    second_agent.shutdown();
+    assert_eq!(plane.settled(app, number).await.0, ReleaseState::Serving);
+    // (Whichever replica it reached, the slow request only held the drain open.)
+    let _ = slow.await;
+    let rows = plane.store.replicas_of_app(app).await.unwrap();
+    assert!(rows.iter().all(|r| r.release_number == number), "replicas of release 1 outlived release 2: {rows:#?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while plane.runtime.running().iter().any(|c| c.release() != "2") {
+        let running: Vec<String> = plane.runtime.running().iter().map(|c| c.release().to_string()).collect();
+        assert!(tokio::time::Instant::now() < deadline, "h1 still runs {running:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -92,15 +92,23 @@ impl Orchestrator {
         store.switch_serving(app.id, release).await?;
         self.publish_routes().await?;
 
-        // 5-6. Drain the old replicas, then stop them.
-        let old: Vec<String> = store
-            .replicas_of_app(app.id)
-            .await?
-            .into_iter()
-            .filter(|r| r.release_id != release.id)
-            .map(|r| r.id)
-            .collect();
-        self.drain_and_stop(Some(release), &old).await?;
+        // 5-6. Drain the old replicas, then stop them. Host checks do not wait for this app's
+        // lock (a release holds it for minutes; failover must take seconds), so an old replica
+        // moved off a lost host meanwhile comes back under a new id: the drain repeats until no
+        // replica of an older release is left.
+        loop {
+            let old: Vec<String> = store
+                .replicas_of_app(app.id)
+                .await?
+                .into_iter()
+                .filter(|r| r.release_id != release.id)
+                .map(|r| r.id)
+                .collect();
+            if old.is_empty() {
+                break;
+            }
+            self.drain_and_stop(Some(release), &old).await?;
+        }
         store.set_release_state(release.id, ReleaseState::Serving, None).await?;
         self.event(release, "done", &format!("release {} serves all traffic", release.number)).await?;
         Ok(())
