@@ -168,7 +168,9 @@ fn SignIn() -> impl IntoView {
     let query = use_query_map();
     let error = move || {
         query.read().get("error").map(|code| match code.as_str() {
-            "invalid" => "Wrong email or password, or the account is locked or disabled.",
+            "invalid" => {
+                "Wrong email or password, or the account is disabled (after repeated failures, wait a few minutes)."
+            }
             "rate" => "Too many sign-in attempts from here. Wait a minute and try again.",
             "external" => "Signing in with that provider did not work (or no account matches its verified email).",
             _ => "Signing in failed on the server; its log has the details.",

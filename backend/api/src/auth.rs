@@ -143,8 +143,22 @@ pub fn hash_token(secret: &str) -> String {
 /// Resolves a bearer token to its principal. Lookup is by hash, so the secret itself is never
 /// compared byte by byte against stored data.
 pub async fn authenticate(store: &Store, secret: &str) -> Result<Principal, AuthError> {
+    let row = store.token(&hash_token(secret)).await?;
+    principal_of(store, row).await
+}
+
+/// The principal `principal`'s token stands for now: an open stream checks with it that its
+/// token was not revoked, has not expired, its user is not disabled, and which teams it still
+/// reaches (the address it connected from is kept).
+pub async fn reauthenticate(store: &Store, principal: &Principal) -> Result<Principal, AuthError> {
+    let row = store.token_by_id(principal.token_id).await?;
+    let fresh = principal_of(store, row).await?;
+    Ok(Principal { address: principal.address.clone(), ..fresh })
+}
+
+async fn principal_of(store: &Store, row: Option<berth_store::TokenRow>) -> Result<Principal, AuthError> {
     let unauthorized = || AuthError::Unauthorized("the token is not valid".into());
-    let row = store.token(&hash_token(secret)).await?.ok_or_else(unauthorized)?;
+    let row = row.ok_or_else(unauthorized)?;
     if row.revoked_at.is_some() || row.disabled || row.expires_at.is_some_and(|at| at <= now_ms()) {
         return Err(unauthorized());
     }
@@ -173,10 +187,25 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<Principal, Auth
     })
 }
 
+/// Longest password accepted (argon2 takes any length; a megabyte of it is only a cost).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// How many argon2 computations run at once. Each takes ~19 MiB and a core for tens of
+/// milliseconds, so hundreds of parallel sign-in requests would otherwise cost gigabytes; the
+/// rest wait their turn.
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores.clamp(2, 8))
+    })
+}
+
 /// Hashes a password with argon2id (off the async threads: it is deliberately slow).
 pub async fn hash_password(password: &str) -> anyhow::Result<String> {
     use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
     let password = password.to_string();
+    let _permit = argon2_permits().acquire().await.expect("BUG: the argon2 semaphore is never closed");
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         argon2::Argon2::default()
@@ -197,8 +226,14 @@ pub async fn verify_password(hash: Option<&str>, password: &str) -> bool {
         Some(hash) => (hash.to_string(), true),
         None => (DUMMY.to_string(), false),
     };
+    if password.len() > MAX_PASSWORD_LEN {
+        return false;
+    }
     let password = password.to_string();
+    let _permit = argon2_permits().acquire().await.expect("BUG: the argon2 semaphore is never closed");
     let verified = tokio::task::spawn_blocking(move || {
+        #[cfg(test)]
+        let _running = tests::Running::enter();
         PasswordHash::new(&hash)
             .is_ok_and(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
@@ -212,6 +247,45 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts argon2 verifications running at once (the peak is what the test reads).
+    pub(super) struct Running;
+
+    impl Running {
+        pub(super) fn enter() -> Running {
+            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            Running
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn argon2_work_is_bounded_however_many_sign_ins_arrive() {
+        let hash = hash_password("correct horse battery").await.unwrap();
+        let attempts: Vec<_> = (0..40)
+            .map(|i| {
+                let hash = hash.clone();
+                tokio::spawn(async move { verify_password(Some(&hash), &format!("guess {i}")).await })
+            })
+            .collect();
+        for attempt in attempts {
+            assert!(!attempt.await.unwrap());
+        }
+        let permits = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!((1..=permits).contains(&peak), "{peak} verifications ran at once; at most {permits} may");
+        assert!(!verify_password(Some(&hash), &"x".repeat(MAX_PASSWORD_LEN + 1)).await, "over-long passwords fail");
+    }
 
     fn principal(role: Role) -> Principal {
         Principal {

@@ -180,7 +180,30 @@ pub fn router_with_dashboard(state: AppState, dashboard_dir: Option<&std::path::
         .merge(git::routes())
         .route("/hooks/{provider}/{id}", axum::routing::post(builds::webhook))
         .with_state(state.clone());
-    api.clone().merge(dashboard(dashboard_dir, state, api))
+    api.clone().merge(dashboard(dashboard_dir, state, api)).layer(axum::middleware::map_response(security_headers))
+}
+
+/// The content security policy of every answer: the dashboard's own scripts, styles and wasm
+/// only (its hydration bootstrap is an inline module script), nothing framed or framing it (no
+/// clickjacking of a Delete button), forms and `<base>` only to this origin.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+    frame-ancestors 'none'; base-uri 'self'; form-action 'self'";
+
+/// Headers every answer carries (set where a handler did not choose its own).
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, axum::http::HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 /// The Leptos dashboard, rendered on the server and hydrated by `/pkg/berth.js`, and the sign-in
@@ -344,6 +367,7 @@ async fn logs(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let lines = s.services.logs(&p, &team, &app, q.tail.min(10_000), q.follow).await?;
+    let lines = s.services.while_authorized(&p, crate::services::Scope::Team(team), lines);
     let wants_events = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

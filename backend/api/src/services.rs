@@ -20,6 +20,28 @@ mod validate;
 mod webhooks;
 
 pub use agents::AgentSession;
+
+/// How often an open stream checks that its caller may still see it.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What an open stream needs its caller to keep reaching.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Membership of the team.
+    Team(String),
+    /// Instance-admin powers.
+    Instance,
+}
+
+impl Scope {
+    /// The caller's access to the scope (`None`: none).
+    fn access(&self, principal: &crate::auth::Principal) -> Option<crate::auth::Role> {
+        match self {
+            Scope::Team(team) => principal.role_in(team),
+            Scope::Instance => principal.instance_admin.then_some(crate::auth::Role::Owner),
+        }
+    }
+}
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
 pub use identity::{SESSION_TTL, set_password_offline};
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
@@ -122,6 +144,39 @@ impl Services {
     /// The principal a bearer token (or a dashboard session's secret) speaks for.
     pub async fn authenticate(&self, secret: &str) -> Result<crate::auth::Principal> {
         Ok(crate::auth::authenticate(&self.store, secret).await?)
+    }
+
+    /// Passes `stream` on for as long as `principal`'s token holds and reaches `scope` as it did
+    /// when the stream opened (checked every [`RECHECK`]): a stream opened before a sign-out, a
+    /// revoked or expired token, a disabled user, a removed member or a changed role ends within
+    /// seconds instead of showing what its caller may no longer see (a browser reconnects, as
+    /// whoever it now is). A store error does not end it (the next check decides).
+    pub fn while_authorized<S>(
+        &self,
+        principal: &crate::auth::Principal,
+        scope: Scope,
+        stream: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send + 'static + use<S>
+    where
+        S: futures::Stream + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        let (store, principal) = (self.store.clone(), principal.clone());
+        let opened_with = scope.access(&principal);
+        let lost = async move {
+            let mut tick = tokio::time::interval(RECHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match crate::auth::reauthenticate(&store, &principal).await {
+                    Ok(now) if opened_with.is_some() && scope.access(&now) == opened_with => {}
+                    Ok(_) | Err(crate::auth::AuthError::Unauthorized(_)) => return,
+                    Err(error) => tracing::warn!(%error, "checking an open stream's token"),
+                }
+            }
+        };
+        stream.take_until(Box::pin(lost))
     }
 
     /// Enables sign-in through OAuth2 / OIDC providers.

@@ -28,8 +28,6 @@ pub struct UserRow {
     pub is_instance_admin: bool,
     pub password_hash: Option<String>,
     pub disabled: bool,
-    pub failed_logins: i64,
-    pub locked_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -59,7 +57,7 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
-const USER_COLUMNS: &str = "id, email, name, is_instance_admin, password_hash, disabled, failed_logins, locked_until";
+const USER_COLUMNS: &str = "id, email, name, is_instance_admin, password_hash, disabled";
 
 impl Store {
     /// True once the instance has its first user.
@@ -104,6 +102,18 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The token `id` as authentication sees it, without counting a use (open streams check
+    /// that their token still holds).
+    pub async fn token_by_id(&self, id: i64) -> Result<Option<TokenRow>> {
+        sqlx::query_as(
+            "SELECT k.id AS token_id, k.user_id, u.email, k.kind, u.is_instance_admin, u.disabled, k.team_id, k.role, \
+             k.expires_at, k.revoked_at FROM api_tokens k JOIN users u ON u.id = k.user_id WHERE k.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
@@ -178,8 +188,13 @@ impl Store {
     /// `keep_token`.
     pub async fn set_password(&self, user_id: i64, password_hash: &str, keep_token: Option<i64>) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = NULL WHERE id = ?")
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(password_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        // A new password ends every address's backoff for the account.
+        sqlx::query("DELETE FROM login_failures WHERE email = (SELECT email FROM users WHERE id = ?)")
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
@@ -204,22 +219,57 @@ impl Store {
     }
 
     /// Counts a failed sign-in; locks the account until `lock_until` once `max` is reached.
-    pub async fn record_failed_login(&self, user_id: i64, max: i64, lock_until: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE users SET failed_logins = failed_logins + 1, \
-             locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END WHERE id = ?",
-        )
-        .bind(max)
-        .bind(lock_until)
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Until when sign-ins for `email` from `address` are refused (a time in the past or none:
+    /// not refused).
+    pub async fn login_blocked_until(&self, email: &str, address: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT blocked_until FROM login_failures WHERE email = ? AND address = ?")
+            .bind(email)
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await
     }
 
-    pub async fn record_successful_login(&self, user_id: i64) -> Result<()> {
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
-            .bind(user_id)
+    /// Counts a failed sign-in for `email` from `address`; `block(failures)` says until when that
+    /// pair is then refused (0: not at all). Pairs quiet for a day are forgotten.
+    pub async fn record_failed_login(
+        &self,
+        email: &str,
+        address: &str,
+        now: i64,
+        block: impl FnOnce(i64) -> i64,
+    ) -> Result<i64> {
+        const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM login_failures WHERE updated_at < ? AND blocked_until < ?")
+            .bind(now - FORGET_AFTER_MS)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let failures: i64 = sqlx::query_scalar(
+            "INSERT INTO login_failures (email, address, failures, blocked_until, updated_at) VALUES (?, ?, 1, 0, ?) \
+             ON CONFLICT (email, address) DO UPDATE SET failures = failures + 1, updated_at = excluded.updated_at \
+             RETURNING failures",
+        )
+        .bind(email)
+        .bind(address)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE login_failures SET blocked_until = ? WHERE email = ? AND address = ?")
+            .bind(block(failures))
+            .bind(email)
+            .bind(address)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(failures)
+    }
+
+    /// A successful sign-in clears that address's failures for the email.
+    pub async fn clear_failed_logins(&self, email: &str, address: &str) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE email = ? AND address = ?")
+            .bind(email)
+            .bind(address)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -420,7 +470,21 @@ impl Store {
 
     // ---- audit ----
 
+    /// Writes an audit record. Every text is cut to a bounded length first: most come from
+    /// requests (an email typed at sign-in, a name in a refused call), and a stranger must not
+    /// be able to write megabytes per request into the log.
     pub async fn audit(&self, record: AuditRecord) -> Result<()> {
+        let record = AuditRecord {
+            actor: cap(record.actor, 320),
+            action: cap(record.action, 64),
+            team: record.team.map(|t| cap(t, 128)),
+            app: record.app.map(|a| cap(a, 128)),
+            target: record.target.map(|t| cap(t, 512)),
+            address: record.address.map(|a| cap(a, 64)),
+            outcome: cap(record.outcome, 32),
+            detail: record.detail.map(|d| cap(d, 1024)),
+            ..record
+        };
         sqlx::query(
             "INSERT INTO audit_log (at, user_id, token_id, actor, action, team_id, team, app, target, address, outcome, detail) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -480,5 +544,31 @@ impl Store {
                 detail: r.detail,
             })
             .collect())
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+fn cap(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap;
+
+    #[test]
+    fn audit_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(cap("short".into(), 10), "short");
+        let cut = cap("é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cap("x".repeat(2_000_000), 320).len(), 320);
     }
 }

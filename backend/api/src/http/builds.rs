@@ -107,8 +107,10 @@ pub(super) async fn log(
         _ => q.from,
     };
     let (build, lines) = s.services.build_log(&p, &team, &app, number, from, q.follow || wants_events).await?;
+    let scope = crate::services::Scope::Team(team.clone());
     if wants_events {
         let services = s.services.clone();
+        let principal = p.clone();
         let number = build.number;
         let events = lines
             .map(|line| {
@@ -120,9 +122,10 @@ pub(super) async fn log(
                 let done = services.show_build(&p, &team, &app, Some(number)).await.ok();
                 Ok(Event::default().event("done").id("done").json_data(&done).expect("BUG: serialises"))
             }));
+        let events = s.services.while_authorized(&principal, scope, events);
         return Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response());
     }
-    let body = lines.map(|line| {
+    let body = s.services.while_authorized(&p, scope, lines).map(|line| {
         let mut json = serde_json::to_vec(&line).expect("BUG: a BuildLogLine always serialises");
         json.push(b'\n');
         Ok::<_, Infallible>(json)

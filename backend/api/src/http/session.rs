@@ -22,7 +22,12 @@ use super::AppState;
 use super::extract::ClientAddress;
 use crate::services::{SESSION_TTL, ServiceError};
 
+/// The session cookie over plain HTTP (a local instance) ...
 pub const SESSION_COOKIE: &str = "berth_session";
+/// ... and over HTTPS, where the `__Host-` prefix makes browsers refuse it unless it was set
+/// `Secure`, for this host alone (no `Domain`) and `Path=/`: an app on a sibling subdomain cannot
+/// plant a session of its choosing (session fixation), and a plain-named cookie is ignored there.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-berth_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The CSRF token of a session: a hash of the session's secret, so it needs no storage, changes
@@ -34,10 +39,16 @@ pub fn csrf_token(secret: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The session secret in the request's cookies, if any.
+/// The session secret in the request's cookies, if any: over HTTPS only from the `__Host-`
+/// cookie.
 pub fn session_secret(headers: &HeaderMap) -> Option<String> {
     let jar = CookieJar::from_headers(headers);
-    jar.get(SESSION_COOKIE).map(|c| c.value().trim().to_string()).filter(|value| !value.is_empty())
+    let value = |name| jar.get(name).map(|c| c.value().trim().to_string()).filter(|value| !value.is_empty());
+    match value(SECURE_SESSION_COOKIE) {
+        Some(secret) => Some(secret),
+        None if !secure(headers) => value(SESSION_COOKIE),
+        None => None,
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -62,12 +73,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
 
+/// Whether the browser speaks HTTPS to us: the API listener itself is plain HTTP, so only a
+/// trusted proxy's `X-Forwarded-Proto` says so (the listener drops anyone else's).
 fn secure(headers: &HeaderMap) -> bool {
     headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
 fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((SESSION_COOKIE, value))
+    let name = if secure { SECURE_SESSION_COOKIE } else { SESSION_COOKIE };
+    let cookie = Cookie::build((name, value))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -77,10 +91,24 @@ fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&cookie.to_string()).expect("BUG: session secrets are URL-safe")
 }
 
-/// Only paths of this site are followed after sign-in (no open redirect).
+/// Only paths of this site are followed after sign-in (no open redirect), by a strict grammar:
+/// one `/`, then anything but `/` or `\\`, then only characters that no browser reads as an
+/// authority, a scheme or whitespace to strip (a tab in `/\t/evil.example` is dropped by
+/// browsers, which then go to `//evil.example`).
 fn local_path(next: Option<&str>) -> &str {
+    const MAX: usize = 2048;
+    fn allowed(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"/-._~%?=&+,:@".contains(&b)
+    }
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+        Some(path)
+            if path.len() <= MAX
+                && path.starts_with('/')
+                && !matches!(path.as_bytes().get(1), Some(b'/' | b'\\'))
+                && path.bytes().all(allowed) =>
+        {
+            path
+        }
         _ => "/",
     }
 }
@@ -210,6 +238,26 @@ mod tests {
     }
 
     #[test]
+    fn over_https_the_session_is_a_host_only_secure_cookie_and_a_planted_plain_one_is_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        // A sibling subdomain's app planted `berth_session` (Domain=example.com): not a session here.
+        headers.insert(header::COOKIE, HeaderValue::from_static("berth_session=planted"));
+        assert_eq!(session_secret(&headers), None);
+        headers.insert(header::COOKIE, HeaderValue::from_static("berth_session=planted; __Host-berth_session=mine"));
+        assert_eq!(session_secret(&headers).as_deref(), Some("mine"));
+        let cookie = session_cookie("mine", 60, secure(&headers));
+        let cookie = cookie.to_str().unwrap();
+        assert!(cookie.starts_with("__Host-berth_session=mine"), "{cookie}");
+        assert!(cookie.contains("Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"), "{cookie}");
+        // Over plain HTTP (a local instance) the plain name, without Secure.
+        let plain = session_cookie("mine", 60, false);
+        assert!(
+            plain.to_str().unwrap().starts_with("berth_session=mine") && !plain.to_str().unwrap().contains("Secure")
+        );
+    }
+
+    #[test]
     fn mutations_need_the_csrf_token_and_reads_do_not() {
         let mut headers = HeaderMap::new();
         assert!(csrf_ok(&Method::GET, &headers, "s"));
@@ -227,6 +275,16 @@ mod tests {
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
         assert_eq!(local_path(None), "/");
+        // Browsers strip tabs and newlines from URLs: `/\t/evil` would become `//evil`.
+        for hostile in ["/\t/evil.example", "/\n/evil.example", "/\r//evil.example", "/ /evil.example", "/\u{0}x"] {
+            assert_eq!(local_path(Some(hostile)), "/", "{hostile:?}");
+        }
+        assert_eq!(local_path(Some("javascript:alert(1)")), "/");
+        assert_eq!(local_path(Some("/a\\b")), "/");
+        assert_eq!(local_path(Some("/é")), "/");
+        assert_eq!(local_path(Some(&format!("/{}", "a".repeat(5000)))), "/");
+        assert_eq!(local_path(Some("/teams/main/apps/web?tab=logs&x=%2F")), "/teams/main/apps/web?tab=logs&x=%2F");
+        assert_eq!(local_path(Some("/")), "/");
     }
 
     #[test]

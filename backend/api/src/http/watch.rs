@@ -1,7 +1,8 @@
 //! Server-sent event streams that keep the dashboard live: the same reads as the REST API, pushed
 //! whenever their answer changes (checked twice a second), so a page never reloads to see state.
 //! Every poll goes through the service layer with the caller's principal, so a stream shows
-//! exactly what the corresponding GET would.
+//! exactly what the corresponding GET would; and every stream ends when that principal's token
+//! no longer reaches what it shows (`Services::while_authorized`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use super::{ApiResult, AppState};
 use crate::auth::Principal;
-use crate::services::ServiceError;
+use crate::services::{Scope, ServiceError};
 
 const POLL: Duration = Duration::from_millis(500);
 const METRICS_EVERY: Duration = Duration::from_secs(2);
@@ -79,10 +80,16 @@ pub(super) async fn apps(
 ) -> ApiResult<impl IntoResponse> {
     // Fail fast (404/403) instead of opening a stream that only says so.
     s.services.list_apps(&p, &team).await?;
-    Ok(sse(changes("apps", POLL, true, move || {
-        let (s, p, team) = (s.clone(), p.clone(), team.clone());
-        async move { s.services.list_apps(&p, &team).await }
-    })))
+    let scope = Scope::Team(team.clone());
+    let services = s.services.clone();
+    let changes = changes("apps", POLL, true, {
+        let p = p.clone();
+        move || {
+            let (s, p, team) = (s.clone(), p.clone(), team.clone());
+            async move { s.services.list_apps(&p, &team).await }
+        }
+    });
+    Ok(sse(services.while_authorized(&p, scope, changes)))
 }
 
 /// `GET /api/v1/teams/{team}/apps/{app}/watch`: `app` events with the app's detail (releases with
@@ -101,20 +108,29 @@ pub(super) async fn app(
             async move { s.services.show_app(&p, &team, &app).await }
         })
     };
-    let metrics = changes("metrics", METRICS_EVERY, false, move || {
-        let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
-        async move { s.services.app_metrics(&p, &team, &app).await }
+    let (services, scope) = (s.services.clone(), Scope::Team(team.clone()));
+    let metrics = changes("metrics", METRICS_EVERY, false, {
+        let p = p.clone();
+        move || {
+            let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
+            async move { s.services.app_metrics(&p, &team, &app).await }
+        }
     });
-    Ok(sse(futures::stream::select(detail.boxed(), metrics.boxed())))
+    Ok(sse(services.while_authorized(&p, scope, futures::stream::select(detail.boxed(), metrics.boxed()))))
 }
 
 /// `GET /api/v1/watch/hosts`: `hosts` events with every host, for instance admins.
 pub(super) async fn hosts(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {
     s.services.list_hosts(&p).await?;
-    Ok(sse(changes("hosts", POLL, true, move || {
-        let (s, p) = (s.clone(), p.clone());
-        async move { s.services.list_hosts(&p).await }
-    })))
+    let services = s.services.clone();
+    let changes = changes("hosts", POLL, true, {
+        let p = p.clone();
+        move || {
+            let (s, p) = (s.clone(), p.clone());
+            async move { s.services.list_hosts(&p).await }
+        }
+    });
+    Ok(sse(services.while_authorized(&p, Scope::Instance, changes)))
 }
 
 /// Log lines as `log` events (the logs endpoint answers with this when asked for

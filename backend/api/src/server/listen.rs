@@ -44,6 +44,15 @@ impl Default for ApiLimits {
     }
 }
 
+/// Drops what only a trusted proxy may say about the request (`X-Forwarded-Proto`: whether the
+/// client spoke HTTPS, which decides the session cookie's `Secure` and `__Host-` name) when the
+/// peer is not one.
+pub(crate) fn strip_untrusted_forwarding(peer: SocketAddr, headers: &mut axum::http::HeaderMap, proxies: &[IpNet]) {
+    if !trusted(proxies, peer.ip()) {
+        headers.remove("x-forwarded-proto");
+    }
+}
+
 /// The client behind trusted proxies: the rightmost `X-Forwarded-For` entry that is not itself a
 /// trusted proxy (entries further left are the client's own claims).
 pub(crate) fn client_address(peer: SocketAddr, headers: &axum::http::HeaderMap, proxies: &[IpNet]) -> SocketAddr {
@@ -97,6 +106,7 @@ pub async fn serve(
         let (app, proxies) = (app.clone(), proxies.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let client = client_address(peer, request.headers(), &proxies);
+            strip_untrusted_forwarding(peer, request.headers_mut(), &proxies);
             request.extensions_mut().insert(ConnectInfo(client));
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
@@ -131,5 +141,16 @@ mod tests {
         assert_eq!(direct.ip().to_string(), "198.51.100.1", "an untrusted peer's header is ignored");
         let no_header = client_address("10.0.0.2:4000".parse().unwrap(), &Default::default(), &proxies);
         assert_eq!(no_header.ip().to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_the_client_spoke_https() {
+        let proxies = vec![berth_ingress::parse_cidr("10.0.0.0/8").unwrap()];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        strip_untrusted_forwarding("10.0.0.2:4000".parse().unwrap(), &mut headers, &proxies);
+        assert!(headers.contains_key("x-forwarded-proto"), "a trusted proxy's word stands");
+        strip_untrusted_forwarding("198.51.100.1:4000".parse().unwrap(), &mut headers, &proxies);
+        assert!(!headers.contains_key("x-forwarded-proto"), "anyone else's is dropped");
     }
 }

@@ -1,7 +1,6 @@
 //! Identity services: sign-in, passwords, users, teams, members, invitations, tokens, audit.
 //! Every mutation is written to the audit log with its outcome, including refusals.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,30 +17,68 @@ use crate::auth::{self, Action, Principal, Role};
 use crate::clock::now_ms;
 use crate::oidc::SignInError;
 
-/// Failed sign-ins before an account is locked, and for how long.
-const MAX_FAILED_LOGINS: i64 = 5;
-const LOCKOUT: Duration = Duration::from_secs(300);
+/// Failed sign-ins for one email from one address before that address must wait, the first
+/// wait, and the longest (each further failure doubles it).
+const FREE_FAILURES: i64 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Sign-in attempts allowed per client address per minute.
-const ATTEMPTS_PER_MINUTE: usize = 20;
+const ATTEMPTS_PER_MINUTE: u32 = 20;
 /// How long a dashboard session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a token made by signing in from the CLI (`POST /login`) or by accepting an
+/// invitation lasts; personal and team tokens have their own, chosen expiry.
+pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Sign-in attempts per client address in the last minute.
-#[derive(Default)]
+/// Until when an address that has failed `failures` times in a row for an email must wait.
+fn backoff_until(now: i64, failures: i64) -> i64 {
+    if failures < FREE_FAILURES {
+        return 0;
+    }
+    let doublings = u32::try_from(failures - FREE_FAILURES).unwrap_or(u32::MAX).min(16);
+    let wait = FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+    now + wait.as_millis() as i64
+}
+
+/// Sign-in attempts per client address (an IPv6 address by its /64, which one client usually
+/// holds whole): a burst of [`ATTEMPTS_PER_MINUTE`], refilled over a minute. Addresses quiet long
+/// enough to be back at a full burst are forgotten, at most every few seconds.
 pub struct LoginLimiter {
-    attempts: Mutex<HashMap<String, Vec<Instant>>>,
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    swept: Mutex<Instant>,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(ATTEMPTS_PER_MINUTE).expect("BUG: not 0"));
+        LoginLimiter { limiter: governor::RateLimiter::keyed(quota), swept: Mutex::new(Instant::now()) }
+    }
 }
 
 impl LoginLimiter {
+    const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
     fn allow(&self, address: &str) -> bool {
-        let mut attempts = self.attempts.lock().expect("BUG: limiter lock poisoned");
-        let recent = attempts.entry(address.to_string()).or_default();
-        recent.retain(|at| at.elapsed() < Duration::from_secs(60));
-        if recent.len() >= ATTEMPTS_PER_MINUTE {
-            return false;
+        let allowed = self.limiter.check_key(&limiter_key(address)).is_ok();
+        let mut swept = self.swept.lock().expect("BUG: limiter lock poisoned");
+        if swept.elapsed() >= Self::SWEEP_EVERY {
+            *swept = Instant::now();
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
-        recent.push(Instant::now());
-        true
+        allowed
+    }
+}
+
+/// The limiter's key for a client address: IPv6 by its /64.
+fn limiter_key(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().expect("checked").to_string(),
+        _ => address.to_string(),
     }
 }
 
@@ -51,23 +88,38 @@ fn parse_role(field: &str, role: &str) -> Result<Role> {
 
 fn validate_email(email: &str) -> Result<String> {
     let email = email.trim().to_lowercase();
+    let email = email.as_str();
+    let domain_ok = |domain: &str| {
+        domain == "localhost"
+            || (domain.contains('.') && domain.split('.').all(|label| !label.is_empty() && label.len() <= 63))
+    };
     let valid = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') || domain == "localhost")
-        && !email.chars().any(char::is_whitespace);
-    if valid { Ok(email) } else { Err(invalid("email", format!("{email:?} is not an email address"))) }
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && local.len() <= 64 && !domain.contains('@') && domain_ok(domain)
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(email.to_string())
+    } else {
+        let shown: String = email.chars().take(64).collect();
+        Err(invalid("email", format!("{shown:?} is not an email address")))
+    }
 }
 
 fn validate_password(field: &str, password: &str) -> Result<()> {
     if password.chars().count() < auth::MIN_PASSWORD_LEN {
         return Err(invalid(field, format!("passwords need at least {} characters", auth::MIN_PASSWORD_LEN)));
     }
+    if password.len() > auth::MAX_PASSWORD_LEN {
+        return Err(invalid(field, format!("passwords may have at most {} bytes", auth::MAX_PASSWORD_LEN)));
+    }
     Ok(())
 }
 
 fn generic_login_failure() -> ServiceError {
-    ServiceError::Unauthorized("wrong email or password, or the account is locked or disabled".into())
+    ServiceError::Unauthorized(
+        "wrong email or password, or the account is disabled (after repeated failures from one address, it must wait a while)".into(),
+    )
 }
 
 impl Services {
@@ -117,7 +169,8 @@ impl Services {
 
     pub async fn login(&self, input: Login, address: Option<String>) -> Result<LoginResponse> {
         let email = input.email.trim().to_lowercase();
-        let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref(), None).await;
+        let expires_at = now_ms() + LOGIN_TOKEN_TTL.as_millis() as i64;
+        let result = self.login_inner(&email, &input.password, input.token_name, address.as_deref(), expires_at).await;
         self.audit_sign_in("login", email, address, result).await
     }
 
@@ -146,8 +199,7 @@ impl Services {
     pub async fn sign_in_session(&self, email: &str, password: &str, address: Option<String>) -> Result<LoginResponse> {
         let email = email.trim().to_lowercase();
         let expires_at = now_ms() + SESSION_TTL.as_millis() as i64;
-        let result =
-            self.login_inner(&email, password, Some("dashboard".into()), address.as_deref(), Some(expires_at)).await;
+        let result = self.login_inner(&email, password, Some("dashboard".into()), address.as_deref(), expires_at).await;
         self.audit_sign_in("sign_in", email, address, result).await
     }
 
@@ -164,30 +216,49 @@ impl Services {
         password: &str,
         token_name: Option<String>,
         address: Option<&str>,
-        expires_at: Option<i64>,
+        expires_at: i64,
     ) -> Result<LoginResponse> {
-        if !self.login_limiter.allow(address.unwrap_or("unknown")) {
+        let user = self.check_password(email, password, address).await?;
+        let secret = auth::new_token();
+        let name = token_name.unwrap_or_else(|| "sign-in".into());
+        self.store
+            .create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, Some(expires_at))
+            .await?;
+        Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
+    }
+
+    /// Checks a password for an account as every sign-in does (the API's, the dashboard's, an
+    /// invitation accepted by an existing account): the per-address rate limit, then the backoff
+    /// for this (email, address) pair, then argon2 (against a dummy hash for unknown accounts,
+    /// so timing tells nothing), counting the failure. The answer never says which check failed.
+    async fn check_password(&self, email: &str, password: &str, address: Option<&str>) -> Result<UserRow> {
+        let address = address.unwrap_or("unknown");
+        if !self.login_limiter.allow(address) {
             return Err(ServiceError::TooManyRequests(
                 "too many sign-in attempts from this address; wait a minute".into(),
             ));
         }
+        if email.len() > 254 {
+            return Err(generic_login_failure());
+        }
+        let now = now_ms();
+        // Refused without argon2 work: the pair is waiting out its backoff (known and unknown
+        // emails alike, so this says nothing about the account).
+        if self.store.login_blocked_until(email, address).await?.is_some_and(|until| until > now) {
+            return Err(generic_login_failure());
+        }
         let user = self.store.user_by_email(email).await?;
-        // Always verify (against a dummy hash for unknown accounts), so timing tells nothing.
         let verified = auth::verify_password(user.as_ref().and_then(|u| u.password_hash.as_deref()), password).await;
-        let Some(user) = user else { return Err(generic_login_failure()) };
-        if user.disabled || user.locked_until.is_some_and(|until| until > now_ms()) {
-            return Err(generic_login_failure());
+        match user {
+            Some(user) if verified && !user.disabled => {
+                self.store.clear_failed_logins(email, address).await?;
+                Ok(user)
+            }
+            _ => {
+                self.store.record_failed_login(email, address, now, |failures| backoff_until(now, failures)).await?;
+                Err(generic_login_failure())
+            }
         }
-        if !verified {
-            let until = now_ms() + LOCKOUT.as_millis() as i64;
-            self.store.record_failed_login(user.id, MAX_FAILED_LOGINS, until).await?;
-            return Err(generic_login_failure());
-        }
-        self.store.record_successful_login(user.id).await?;
-        let secret = auth::new_token();
-        let name = token_name.unwrap_or_else(|| "sign-in".into());
-        self.store.create_token(&auth::hash_token(&secret), &name, user.id, "login", None, None, expires_at).await?;
-        Ok(LoginResponse { token: secret, user: self.me_of(&user).await? })
     }
 
     async fn me_of(&self, user: &UserRow) -> Result<Me> {
@@ -442,12 +513,10 @@ impl Services {
                 return Err(ServiceError::Forbidden("this invitation is for another address".into()));
             }
             let user = match self.store.user_by_email(&email).await? {
-                Some(user) => {
-                    if user.disabled || !auth::verify_password(user.password_hash.as_deref(), &input.password).await {
-                        return Err(generic_login_failure());
-                    }
-                    user
-                }
+                // An existing account proves its password exactly as signing in does: same rate
+                // limit, same backoff, same failure accounting (else an invitation would be an
+                // unthrottled password oracle for any account).
+                Some(_) => self.check_password(&email, &input.password, address.as_deref()).await?,
                 None => {
                     validate_password("password", &input.password)?;
                     let name =
@@ -467,7 +536,10 @@ impl Services {
                 self.store.set_membership(invite.team_id, user.id, offered.as_str()).await?;
             }
             let secret = auth::new_token();
-            self.store.create_token(&auth::hash_token(&secret), "sign-in", user.id, "login", None, None, None).await?;
+            let expires_at = now_ms() + LOGIN_TOKEN_TTL.as_millis() as i64;
+            self.store
+                .create_token(&auth::hash_token(&secret), "sign-in", user.id, "login", None, None, Some(expires_at))
+                .await?;
             Ok((invite.team, LoginResponse { token: secret, user: self.me_of(&user).await? }))
         }
         .await;
@@ -666,4 +738,49 @@ pub async fn set_password_offline(store: &Store, email: &str, password: &str) ->
     };
     store.audit(record).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_is_one_limiter_key_even_across_its_ipv6_block() {
+        assert_eq!(limiter_key("2001:db8:1:2:aaaa::1"), limiter_key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(limiter_key("2001:db8:1:2::1"), limiter_key("2001:db8:1:3::1"));
+        assert_eq!(limiter_key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(limiter_key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(limiter_key("unknown"), "unknown");
+    }
+
+    #[test]
+    fn failures_past_the_free_ones_double_the_wait_up_to_a_cap() {
+        assert_eq!(backoff_until(1000, FREE_FAILURES - 1), 0);
+        assert_eq!(backoff_until(1000, FREE_FAILURES), 1000 + 30_000);
+        assert_eq!(backoff_until(1000, FREE_FAILURES + 1), 1000 + 60_000);
+        assert_eq!(backoff_until(1000, FREE_FAILURES + 40), 1000 + 15 * 60_000);
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_dotted_domain_or_localhost() {
+        assert_eq!(validate_email(" Admin@Localhost ").unwrap(), "admin@localhost");
+        assert_eq!(validate_email("dev@example.com").unwrap(), "dev@example.com");
+        for bad in [
+            "@localhost",
+            "@example.com",
+            "dev@",
+            "dev",
+            "dev@example",
+            "a@b@example.com",
+            "dev@example..com",
+            "dev@.example.com",
+            "de v@example.com",
+            "dev@exa\tmple.com",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad:?} must be refused");
+        }
+        let long = format!("{}@example.com", "a".repeat(300));
+        let message = validate_email(&long).unwrap_err().to_string();
+        assert!(message.len() < 200, "the error does not echo the whole input: {message}");
+    }
 }

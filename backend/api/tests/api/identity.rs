@@ -30,7 +30,23 @@ async fn instance(name: &str) -> Instance {
 
 impl Instance {
     async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_from(None, method, uri, token, body).await
+    }
+
+    /// Like `call`, from the client address `from` (as the listener records it).
+    async fn call_from(
+        &self,
+        from: Option<&str>,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = Request::builder().method(method).uri(uri);
+        if let Some(from) = from {
+            let address: std::net::SocketAddr = format!("{from}:40000").parse().expect("an IPv4 address");
+            request = request.extension(axum::extract::ConnectInfo(address));
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -71,33 +87,171 @@ impl Instance {
 }
 
 #[tokio::test]
-async fn sign_in_locks_out_after_repeated_failures() {
+async fn repeated_failures_make_that_address_wait_and_never_lock_the_account_for_others() {
     let i = instance("lockout").await;
     let login = |password: &str| json!({ "email": "admin@localhost", "password": password });
-    let (status, body) = i.call(Method::POST, "/api/v1/login", None, Some(login("admin password 1"))).await;
+    let from = |address: &'static str, password: &str| {
+        i.call_from(Some(address), Method::POST, "/api/v1/login", None, Some(login(password)))
+    };
+    let (status, body) = from("10.0.0.1", "admin password 1").await;
     assert_eq!(status, 200, "{body}");
     assert!(body["token"].as_str().unwrap().starts_with("berth_"));
     assert_eq!(body["user"]["instance_admin"], true);
 
     for _ in 0..5 {
-        let (status, body) = i.call(Method::POST, "/api/v1/login", None, Some(login("wrong"))).await;
+        let (status, body) = from("10.0.0.66", "wrong").await;
         assert_eq!(status, 401, "{body}");
     }
-    // Locked: even the right password is refused now, with the same message.
-    let (status, body) = i.call(Method::POST, "/api/v1/login", None, Some(login("admin password 1"))).await;
+    // That address now waits: even the right password is refused, with the same message.
+    let (status, body) = from("10.0.0.66", "admin password 1").await;
     assert_eq!(status, 401);
     assert!(body["message"].as_str().unwrap().contains("wrong email or password"));
-    // Unknown accounts get the same answer.
-    let (status, _) =
-        i.call(Method::POST, "/api/v1/login", None, Some(json!({ "email": "nobody@x.org", "password": "p" }))).await;
-    assert_eq!(status, 401);
+    // The stranger has not locked the admin out: from anywhere else the password works.
+    assert_eq!(from("10.0.0.1", "admin password 1").await.0, 200, "other addresses are not affected");
+    // Unknown accounts get the same answers, backoff included.
+    let nobody = json!({ "email": "nobody@x.org", "password": "p" });
+    for _ in 0..6 {
+        let (status, _) =
+            i.call_from(Some("10.0.0.66"), Method::POST, "/api/v1/login", None, Some(nobody.clone())).await;
+        assert_eq!(status, 401);
+    }
     // And too many attempts from one address are refused outright.
     let mut limited = false;
     for _ in 0..30 {
-        let (status, _) = i.call(Method::POST, "/api/v1/login", None, Some(login("wrong"))).await;
+        let (status, _) = from("10.0.0.77", "wrong").await;
         limited |= status == 429;
     }
     assert!(limited, "sign-in attempts are rate limited");
+    // A password reset by an instance admin ends every address's wait.
+    let reset = json!({ "password": "admin password 2" });
+    let (status, body) =
+        i.call(Method::POST, "/api/v1/users/admin@localhost/password", Some(&i.admin), Some(reset)).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(from("10.0.0.66", "admin password 2").await.0, 200, "the reset cleared the backoff");
+}
+
+#[tokio::test]
+async fn accepting_an_invitation_checks_an_existing_password_like_sign_in_and_its_token_expires() {
+    let i = instance("invite-oracle").await;
+    // Any signed-in user can make a team and an open invitation: it must not become a way to
+    // guess another account's password without limit.
+    let dev = i.join("main", "dev@example.com", "viewer").await;
+    let (status, _) = i.call(Method::POST, "/api/v1/teams", Some(&dev), Some(json!({ "name": "lab" }))).await;
+    assert_eq!(status, 201);
+    let (status, invite) =
+        i.call(Method::POST, "/api/v1/teams/lab/invites", Some(&dev), Some(json!({ "role": "viewer" }))).await;
+    assert_eq!(status, 201, "{invite}");
+    let uri = format!("/api/v1/invites/{}/accept", invite["token"].as_str().unwrap());
+    let accept = |password: &str| json!({ "email": "admin@localhost", "password": password });
+    for _ in 0..5 {
+        let (status, body) = i.call_from(Some("10.0.0.66"), Method::POST, &uri, None, Some(accept("guess"))).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // The guesses count as failed sign-ins: the right password now waits too, here and at sign-in.
+    let (status, _) = i.call_from(Some("10.0.0.66"), Method::POST, &uri, None, Some(accept("admin password 1"))).await;
+    assert_eq!(status, 401, "the address waits out its backoff");
+    let login = json!({ "email": "admin@localhost", "password": "admin password 1" });
+    assert_eq!(i.call_from(Some("10.0.0.66"), Method::POST, "/api/v1/login", None, Some(login)).await.0, 401);
+    // The same per-address rate limit as sign-in.
+    let mut limited = false;
+    for _ in 0..30 {
+        let (status, _) = i.call_from(Some("10.0.0.77"), Method::POST, &uri, None, Some(accept("guess"))).await;
+        limited |= status == 429;
+    }
+    assert!(limited, "invitation acceptance is rate limited");
+    // The invitation was not used up by the failures; the owner of the account accepts it.
+    let (status, joined) =
+        i.call_from(Some("10.0.0.1"), Method::POST, &uri, None, Some(accept("admin password 1"))).await;
+    assert_eq!(status, 200, "{joined}");
+    let token = joined["token"].as_str().unwrap();
+    let (_, tokens) = i.call(Method::GET, "/api/v1/tokens", Some(token), None).await;
+    let expiries: Vec<&Value> =
+        tokens.as_array().unwrap().iter().filter(|t| t["kind"] == "login").map(|t| &t["expires_at"]).collect();
+    assert!(!expiries.is_empty() && expiries.iter().all(|e| e.is_i64()), "every login token expires: {tokens}");
+}
+
+#[tokio::test]
+async fn strangers_cannot_write_megabytes_into_the_audit_log() {
+    let i = instance("audit-cap").await;
+    let huge = "x".repeat(1_500_000);
+    let (status, _) = i
+        .call_from(
+            Some("10.0.0.9"),
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({ "email": huge, "password": "p" })),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, entries) = i.call(Method::GET, "/api/v1/audit?limit=5", Some(&i.admin), None).await;
+    assert_eq!(status, 200, "{entries}");
+    let entry = entries.as_array().unwrap().iter().find(|e| e["action"] == "login").expect("the attempt is audited");
+    let actor = entry["actor"].as_str().unwrap();
+    assert!(actor.starts_with("xxx") && actor.len() <= 320, "the actor is cut: {} bytes", actor.len());
+    let text = entries.to_string();
+    assert!(text.len() < 8_000, "no audit field carries the request's megabytes ({} bytes)", text.len());
+}
+
+/// Opens an event stream and returns its body once the first event arrived.
+async fn open_stream(i: &Instance, uri: &str, token: &str) -> axum::body::BodyDataStream {
+    use futures::StreamExt as _;
+    let request = Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let response = i.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200, "{uri}");
+    let mut body = response.into_body().into_data_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await.expect("a first event");
+    assert!(first.is_some(), "the stream opened");
+    body
+}
+
+/// Whether the stream ends within `within` (events still arriving meanwhile are skipped).
+async fn ends_within(mut body: axum::body::BodyDataStream, within: Duration) -> bool {
+    use futures::StreamExt as _;
+    tokio::time::timeout(within, async { while body.next().await.is_some() {} }).await.is_ok()
+}
+
+#[tokio::test]
+async fn open_streams_end_when_their_token_is_revoked_or_the_member_removed() {
+    let i = instance("streams").await;
+    let dev = i.join("main", "dev@example.com", "deployer").await;
+    let ops = i.join("main", "ops@example.com", "deployer").await;
+    let removed = open_stream(&i, "/api/v1/teams/main/watch/apps", &dev).await;
+    let (_, tokens) = i.call(Method::GET, "/api/v1/tokens", Some(&ops), None).await;
+    let ops_token = tokens[0]["id"].as_i64().unwrap();
+    let revoked = open_stream(&i, "/api/v1/teams/main/watch/apps", &ops).await;
+    let admin_stream = open_stream(&i, "/api/v1/watch/hosts", &i.admin).await;
+
+    let (status, body) =
+        i.call(Method::DELETE, "/api/v1/teams/main/members/dev@example.com", Some(&i.admin), None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = i.call(Method::DELETE, &format!("/api/v1/tokens/{ops_token}"), Some(&ops), None).await;
+    assert_eq!(status, 204, "{body}");
+    // Checked every two seconds: each ends well within six.
+    let (removed, revoked) =
+        tokio::join!(ends_within(removed, Duration::from_secs(6)), ends_within(revoked, Duration::from_secs(6)));
+    assert!(removed, "the removed member's stream ended");
+    assert!(revoked, "the revoked token's stream ended");
+    assert!(!ends_within(admin_stream, Duration::from_secs(3)).await, "an unaffected stream stays open");
+}
+
+#[tokio::test]
+async fn every_answer_forbids_framing_and_sniffing_and_carries_a_content_security_policy() {
+    let i = instance("headers").await;
+    for uri in ["/signin", "/api/v1/me", "/api/v1/nothing-here"] {
+        let response =
+            i.router.clone().oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert_eq!(header("x-frame-options"), "DENY", "{uri}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{uri}");
+        let policy = header("content-security-policy");
+        assert!(policy.contains("frame-ancestors 'none'") && policy.contains("object-src 'none'"), "{uri}: {policy}");
+    }
 }
 
 #[tokio::test]
