@@ -157,6 +157,22 @@ async fn constraints_pick_hosts_and_unplaceable_releases_wait_visibly() -> anyho
     let logs = logs.as_str().unwrap_or_default().to_string();
     assert_eq!(logs.matches("listening on 8080").count(), 2, "{logs}");
 
+    // The agents joined over HTTPS (and talk over wss://): each pinned the CA it verified the
+    // control plane with in its credential file.
+    let ca = std::fs::read_to_string(cluster.fixture.dir.join("api-ca.pem"))?;
+    let membership: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.fixture.dir.join("agent-1/host.json"))?)?;
+    assert_eq!(membership["ca_pem"].as_str(), Some(ca.as_str()), "the CA is pinned at join");
+    // Plain HTTP to another machine is refused before anything is sent, unless --insecure.
+    let address = &cluster.hosts[0].address;
+    let refused = std::process::Command::new(berth_tests::berth_binary()?)
+        .args(["agent", "--join", &format!("http://{address}:7878"), "--token", "berth_join_x", "--name", "h9"])
+        .arg("--data-dir")
+        .arg(cluster.fixture.dir.join("agent-cleartext"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--insecure"), "{stderr}");
+
     // Nothing carries zone=z9: the release waits and says why, then fails; v1 keeps serving.
     let stuck = api.deploy("pinned", json!({ "constraints": { "zone": "z9" } })).await?;
     let info = api.wait_release("pinned", stuck).await?;

@@ -312,9 +312,10 @@ impl Server {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 bail!("berth server did not come up; its log:\n{log}");
             };
-            // "berth server: API on http://ADDR, apps on http://<app>.localhost:PORT"
+            // "berth server: API on http://ADDR[ and https://ADDR], apps on http://<app>.localhost:PORT"
             if let Some(rest) = line.strip_prefix("berth server: API on http://") {
                 let (api, apps) = rest.split_once(", apps on ").context("unexpected banner")?;
+                let api = api.split(" and https://").next().unwrap_or_default();
                 let apps = apps.split(' ').next().unwrap_or_default();
                 let port: u16 = apps.rsplit(':').next().unwrap_or_default().parse()?;
                 let mut api = api.parse::<SocketAddr>()?;
@@ -831,7 +832,24 @@ impl Cluster {
     pub async fn start_with(count: usize, server_args: &[&str], own_engine: &[usize]) -> anyhow::Result<Cluster> {
         let network = network_changes().await;
         let fixture = Fixture::new()?;
-        let mut args = vec!["--no-local-agent", "--listen", "0.0.0.0:0"];
+        // A subnet per fixture so parallel clusters cannot collide.
+        let octet = 100 + u8::from_str_radix(&fixture.id[..2], 16)? % 100;
+        // Agents join over HTTPS, as across a real network: a certificate for the addresses the
+        // hosts reach the control plane on, from a CA they are given at join (and then pin).
+        let names: Vec<String> = (1..=count).map(|n| format!("10.{octet}.{n}.1")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (chain, key, _) = pebble::test_certificate(&names)?;
+        let ca = chain.split_inclusive("-----END CERTIFICATE-----\n").nth(1).context("the chain names its CA")?;
+        let (cert_file, key_file, ca_file) =
+            (fixture.dir.join("api.crt"), fixture.dir.join("api.key"), fixture.dir.join("api-ca.pem"));
+        std::fs::write(&cert_file, &chain)?;
+        std::fs::write(&key_file, &key)?;
+        std::fs::write(&ca_file, ca)?;
+        let tls_port = pebble::free_addr()?.port();
+        let tls_listen = format!("0.0.0.0:{tls_port}");
+        let (cert_arg, key_arg) = (cert_file.display().to_string(), key_file.display().to_string());
+        let mut args = vec!["--no-local-agent", "--listen", "0.0.0.0:0", "--api-tls-listen", &tls_listen];
+        args.extend_from_slice(&["--api-tls-cert", &cert_arg, "--api-tls-key", &key_arg]);
         args.extend_from_slice(server_args);
         let server = fixture.start_server_with(&args).await?;
         let (status, token) = server
@@ -842,8 +860,6 @@ impl Cluster {
             bail!("creating a join token answered {status}: {token}");
         }
         let token = token["token"].as_str().context("no token")?.to_string();
-        // A subnet per fixture so parallel clusters cannot collide.
-        let octet = 100 + u8::from_str_radix(&fixture.id[..2], 16)? % 100;
         let mut engines = Vec::new();
         if !own_engine.is_empty() {
             engines.push(Engine::start(&fixture, octet).await?);
@@ -861,7 +877,9 @@ impl Cluster {
                 agent_args: vec![
                     "agent".into(),
                     "--join".into(),
-                    format!("http://10.{octet}.{n}.1:{}", cluster.server.api.port()),
+                    format!("https://10.{octet}.{n}.1:{tls_port}"),
+                    "--ca-file".into(),
+                    ca_file.display().to_string(),
                     "--token".into(),
                     token.clone(),
                     "--name".into(),

@@ -20,6 +20,7 @@ use crate::actor::{self, AgentConfig, AgentHandle, EndpointMode};
 use crate::docker::DockerRuntime;
 use crate::images::HttpImageSource;
 use crate::runtime::ContainerRuntime as _;
+use crate::tls::ControlPlane;
 use backon::BackoffBuilder as _;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub struct AgentDaemonConfig {
     pub advertise_addr: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
+    /// The CA to verify an `https://` control plane with at join (else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain `http://` to a non-loopback control plane.
+    pub insecure: bool,
 }
 
 /// What the agent keeps after joining (`<data dir>/host.json`, mode 0600).
@@ -40,6 +45,9 @@ struct Membership {
     host: String,
     credential: String,
     advertise_addr: IpAddr,
+    /// The control plane's CA (PEM) pinned at join over `https://`; nothing else is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
 }
 
 /// How often the agent reports even when nothing changed: its heartbeat.
@@ -51,19 +59,21 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let capacity = runtime.capacity().await;
     let base = config.control_plane.trim_end_matches('/').to_string();
+    crate::tls::check_cleartext(&base, config.insecure)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the agent's data directory {}", config.data_dir.display()))?;
     let membership = match load_membership(&config.data_dir)? {
         Some(membership) => membership,
         None => join(&config, &base, &capacity).await?,
     };
+    let plane = ControlPlane::new(&base, membership.ca_pem.as_deref())?;
     println!("berth agent: host {} ({}) connected to {base}", membership.host, membership.advertise_addr);
 
     let (desired_tx, desired_rx) = watch::channel(None);
     let mut agent_config =
         AgentConfig::new(membership.host.clone(), EndpointMode::Published(membership.advertise_addr));
     agent_config.image_source =
-        Some(Arc::new(HttpImageSource { base: base.clone(), credential: membership.credential.clone() }));
+        Some(Arc::new(HttpImageSource { plane: plane.clone(), credential: membership.credential.clone() }));
     let handle = actor::spawn(runtime, agent_config, desired_rx);
     // Capped low: a control plane that comes back should hear from every agent within its
     // start-up grace (and a dropped connection must not outlast the heartbeat timeout). backon's
@@ -80,7 +90,7 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
     let mut backoff = reconnect_backoff();
     loop {
         let started = std::time::Instant::now();
-        let outcome = session(&base, &membership, &desired_tx, &handle, &capacity).await;
+        let outcome = session(&plane, &membership, &desired_tx, &handle, &capacity).await;
         // A session that held for a while was a healthy one: the next failure starts afresh.
         if started.elapsed() > Duration::from_secs(10) {
             backoff = reconnect_backoff();
@@ -128,8 +138,15 @@ async fn join(config: &AgentDaemonConfig, base: &str, capacity: &HostCapacity) -
         labels: config.labels.clone(),
         capacity: capacity.clone(),
     };
-    let joined = post_join(base, &request).await.context("joining the control plane")?;
-    let membership = Membership { host: joined.host, credential: joined.credential, advertise_addr };
+    let (joined, ca_pem) = if base.to_ascii_lowercase().starts_with("https://") {
+        let trust = crate::tls::JoinTrust::new(config.ca_file.as_deref())?;
+        let joined = post_join(&trust.http, base, &request).await.context("joining the control plane")?;
+        (joined, Some(trust.pinned()?))
+    } else {
+        let joined = post_join(&reqwest::Client::new(), base, &request).await.context("joining the control plane")?;
+        (joined, None)
+    };
+    let membership = Membership { host: joined.host, credential: joined.credential, advertise_addr, ca_pem };
     store_membership(&config.data_dir, &membership)?;
     Ok(membership)
 }
@@ -148,8 +165,8 @@ async fn detect_address(base: &str) -> anyhow::Result<IpAddr> {
 }
 
 /// `POST /api/v1/agents/join`: the one API call an agent makes without a credential.
-async fn post_join(base: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
-    let response = reqwest::Client::new()
+async fn post_join(client: &reqwest::Client, base: &str, request: &JoinRequest) -> anyhow::Result<JoinResponse> {
+    let response = client
         .post(format!("{base}/api/v1/agents/join"))
         .json(request)
         .send()
@@ -195,18 +212,18 @@ fn store_membership(dir: &Path, membership: &Membership) -> anyhow::Result<()> {
 
 /// One connection: desired lists in, reports out (on every change and every heartbeat).
 async fn session(
-    base: &str,
+    plane: &ControlPlane,
     membership: &Membership,
     desired_tx: &watch::Sender<Option<Vec<berth_wire::agent::DesiredContainer>>>,
     handle: &AgentHandle,
     capacity: &HostCapacity,
 ) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/agents/connect", base.replacen("http", "ws", 1));
+    let url = plane.ws_url("/api/v1/agents/connect");
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", format!("Bearer {}", membership.credential).parse()?);
-    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request))
-        .await
-        .context("connecting timed out")??;
+    let connector = plane.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), connect).await.context("connecting timed out")??;
     tracing::info!(host = membership.host, "connected to the control plane");
     let (mut sink, mut stream) = socket.split();
     let (outgoing, mut to_send) = tokio::sync::mpsc::unbounded_channel::<AgentMessage>();
@@ -222,14 +239,14 @@ async fn session(
                             desired_tx.send_replace(Some(containers));
                         }
                         ControlMessage::Logs { transfer, container_id, tail, follow } => {
-                            let (base, credential) = (base.to_string(), membership.credential.clone());
-                            tokio::spawn(export_logs(base, credential, handle.clone(), transfer, container_id, tail, follow));
+                            let (plane, credential) = (plane.clone(), membership.credential.clone());
+                            tokio::spawn(export_logs(plane, credential, handle.clone(), transfer, container_id, tail, follow));
                         }
                         ControlMessage::ExportImage { transfer, image } => {
-                            tokio::spawn(export_image(base.to_string(), membership.credential.clone(), handle.clone(), transfer, image, outgoing.clone()));
+                            tokio::spawn(export_image(plane.clone(), membership.credential.clone(), handle.clone(), transfer, image, outgoing.clone()));
                         }
                         ControlMessage::Build { transfer, build } => {
-                            tokio::spawn(run_build(base.to_string(), membership.credential.clone(), handle.clone(), transfer, build));
+                            tokio::spawn(run_build(plane.clone(), membership.credential.clone(), handle.clone(), transfer, build));
                         }
                         ControlMessage::CleanImages { app, keep, cache_max_bytes } => {
                             let runtime = handle.runtime().clone();
@@ -270,7 +287,7 @@ where
 
 /// Uploads `image` for another host, or says this host does not have it.
 async fn export_image(
-    base: String,
+    plane: ControlPlane,
     credential: String,
     handle: AgentHandle,
     transfer: String,
@@ -282,21 +299,22 @@ async fn export_image(
         return;
     }
     tracing::info!(image, "uploading an image another host needs");
-    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(handle.export_image(&image))).await;
+    upload(&plane, &credential, &transfer, reqwest::Body::wrap_stream(handle.export_image(&image))).await;
 }
 
 /// Builds an image the control plane asked for: downloads the context, uploads the progress for
 /// as long as the control plane reads it (when it stops, the upload fails, the build stream is
 /// dropped and the engine cancels the build).
 async fn run_build(
-    base: String,
+    plane: ControlPlane,
     credential: String,
     handle: AgentHandle,
     transfer: String,
     build: berth_wire::agent::BuildRequest,
 ) {
-    let context = reqwest::Client::new()
-        .get(format!("{base}/api/v1/agents/transfers/{transfer}/context"))
+    let context = plane
+        .http
+        .get(format!("{}/api/v1/agents/transfers/{transfer}/context", plane.base))
         .bearer_auth(&credential)
         .send()
         .await
@@ -310,18 +328,18 @@ async fn run_build(
             };
             let mut json = serde_json::to_vec(&failed).expect("BUG: build updates serialise");
             json.push(b'\n');
-            upload(&base, &credential, &transfer, reqwest::Body::from(json)).await;
+            upload(&plane, &credential, &transfer, reqwest::Body::from(json)).await;
             return;
         }
     };
     tracing::info!(image = build.tag, "building an image");
     let lines = crate::builds::build_lines(handle.runtime().as_ref(), build, context);
-    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
+    upload(&plane, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
 }
 
 /// Uploads a container's log lines as JSON lines for as long as the control plane reads them.
 async fn export_logs(
-    base: String,
+    plane: ControlPlane,
     credential: String,
     handle: AgentHandle,
     transfer: String,
@@ -334,12 +352,13 @@ async fn export_logs(
         json.push(b'\n');
         Ok::<_, std::io::Error>(json)
     });
-    upload(&base, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
+    upload(&plane, &credential, &transfer, reqwest::Body::wrap_stream(lines)).await;
 }
 
-async fn upload(base: &str, credential: &str, transfer: &str, body: reqwest::Body) {
-    let sent = reqwest::Client::new()
-        .put(format!("{base}/api/v1/agents/transfers/{transfer}"))
+async fn upload(plane: &ControlPlane, credential: &str, transfer: &str, body: reqwest::Body) {
+    let sent = plane
+        .http
+        .put(format!("{}/api/v1/agents/transfers/{transfer}", plane.base))
         .bearer_auth(credential)
         .body(body)
         .send()

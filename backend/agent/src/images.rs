@@ -15,14 +15,16 @@ pub trait ImageSource: Send + Sync {
 
 /// A remote agent's source: `GET /api/v1/agents/images` on the control plane.
 pub struct HttpImageSource {
-    pub base: String,
+    pub plane: crate::tls::ControlPlane,
     pub credential: String,
 }
 
 impl ImageSource for HttpImageSource {
     fn fetch(&self, image: &str) -> BoxFuture<'static, anyhow::Result<ByteStream>> {
-        let request = reqwest::Client::new()
-            .get(format!("{}/api/v1/agents/images", self.base))
+        let request = self
+            .plane
+            .http
+            .get(format!("{}/api/v1/agents/images", self.plane.base))
             .query(&[("image", image)])
             .bearer_auth(&self.credential);
         async move {

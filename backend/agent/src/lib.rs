@@ -20,6 +20,7 @@ pub mod images;
 pub mod memory;
 mod probe;
 pub mod runtime;
+pub mod tls;
 mod usage;
 
 pub use actor::{AgentConfig, AgentHandle, DesiredReceiver, EndpointMode, Observed, spawn};

@@ -65,6 +65,16 @@ pub struct ServerConfig {
     pub ingress: IngressConfig,
     /// The API listener's limits.
     pub api: ApiLimits,
+    /// The HTTPS API listener, if any.
+    pub api_tls: Option<ApiTls>,
+}
+
+/// A second API listener that speaks HTTPS.
+#[derive(Debug, Clone)]
+pub struct ApiTls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// ACME as configured: certificates for custom domains (and app names under a public base
@@ -116,6 +126,17 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening for the API on {}", config.listen))?;
+    let api_tls = match &config.api_tls {
+        Some(tls) => {
+            let acceptor = listen::tls_acceptor(&tls.cert, &tls.key)?;
+            let listener = tokio::net::TcpListener::bind(tls.listen)
+                .await
+                .with_context(|| format!("listening for the HTTPS API on {}", tls.listen))?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
+    let api_tls_address = api_tls.as_ref().map(|(listener, _)| listener.local_addr()).transpose()?;
 
     let links = HostLinks::default();
     if config.local_agent {
@@ -191,8 +212,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::githook::serve(hook_listener, services.clone(), stop_hooks.clone()));
 
     println!(
-        "berth server: API on http://{}, apps on http://<app>.{}:{}{}",
+        "berth server: API on http://{}{}, apps on http://<app>.{}:{}{}",
         api_listener.local_addr()?,
+        api_tls_address.map(|a| format!(" and https://{a}")).unwrap_or_default(),
         config.base_domain,
         ingress_listener.local_addr()?.port(),
         match &https_listener {
@@ -210,16 +232,27 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let app = http::router_with_dashboard(AppState { services }, Some(&config.dashboard_dir))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
-    let shutdown = {
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
         // Pushes hold their connection until their build ends: end the builds at once, or
         // the graceful shutdown would wait for them.
-        let builds = builds.clone();
-        async move {
+        let (builds, stop) = (builds.clone(), stop.clone());
+        tokio::spawn(async move {
             shutdown_signal().await;
             builds.cancel_all();
-        }
-    };
-    listen::serve(api_listener, app, config.api.clone(), shutdown).await.context("serving the API")?;
+            stop.cancel();
+        });
+    }
+    let tls_task = api_tls.map(|(listener, acceptor)| {
+        let (app, limits, stop) = (app.clone(), config.api.clone(), stop.clone());
+        tokio::spawn(async move { listen::serve(listener, Some(acceptor), app, limits, stop.cancelled_owned()).await })
+    });
+    listen::serve(api_listener, None, app, config.api.clone(), stop.clone().cancelled_owned())
+        .await
+        .context("serving the API")?;
+    if let Some(task) = tls_task {
+        task.await.context("the HTTPS API listener")?.context("serving the API over HTTPS")?;
+    }
     stop_hooks.cancel();
     builds.shutdown().await;
     certs.shutdown().await;

@@ -306,6 +306,14 @@ struct AgentArgs {
     labels: Vec<String>,
     #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "./berth-agent")]
     data_dir: PathBuf,
+    /// CA certificate (PEM) to verify an https:// control plane with when joining (default: the
+    /// system's roots). What was verified against is pinned in the credential file.
+    #[arg(long, env = "BERTH_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a control plane that is not on this machine (the join token, the
+    /// host's credential and apps' environments then cross the network unencrypted).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -663,6 +671,16 @@ struct ServerArgs {
     /// Connections the API serves at once. [default: 4096]
     #[arg(long, env = "BERTH_API_MAX_CONNECTIONS")]
     api_max_connections: Option<usize>,
+    /// A second API listener speaking HTTPS (for agents, the CLI and browsers on other machines),
+    /// with --api-tls-cert and --api-tls-key.
+    #[arg(long, env = "BERTH_API_TLS_LISTEN")]
+    api_tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTPS API listener.
+    #[arg(long, env = "BERTH_API_TLS_CERT")]
+    api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the HTTPS API listener.
+    #[arg(long, env = "BERTH_API_TLS_KEY")]
+    api_tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -707,6 +725,9 @@ impl ServerArgs {
             ingress_max_connections_per_ip: self.ingress_max_connections_per_ip,
             api_header_timeout: self.api_header_timeout,
             api_max_connections: self.api_max_connections,
+            api_tls_listen: self.api_tls_listen,
+            api_tls_cert: self.api_tls_cert,
+            api_tls_key: self.api_tls_key,
             sign_in: self.sign_in.iter().map(|spec| Provider::parse(spec)).collect::<anyhow::Result<_>>()?,
         };
         Ok(flags.over(file))
@@ -775,6 +796,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             advertise_addr: args.advertise_addr,
             labels: cli::env_flags(&args.labels)?,
             data_dir: args.data_dir,
+            ca_file: args.ca_file,
+            insecure: args.insecure,
         };
         agent_daemon::run(config).await?;
         return Ok(std::process::ExitCode::SUCCESS);

@@ -1,7 +1,8 @@
 //! The API and dashboard listener: hyper with a header-read timeout (slowloris) and a cap on
 //! connections, the client address taken from `X-Forwarded-For` only when the peer is a trusted
 //! proxy, and a graceful shutdown that does not wait forever for open streams (SSE pages and
-//! `logs -f` never end by themselves).
+//! `logs -f` never end by themselves). A listener may speak TLS (`--api-tls-listen`): agents,
+//! the CLI and browsers on other machines then reach the API encrypted.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -69,10 +70,33 @@ pub(crate) fn client_address(peer: SocketAddr, headers: &axum::http::HeaderMap, 
     hops.iter().rev().find(|ip| !trusted(proxies, **ip)).map_or(peer, |ip| SocketAddr::new(*ip, 0))
 }
 
+/// The API's TLS settings from a certificate chain and key (PEM files): TLS 1.2 and 1.3,
+/// ALPN `h2` and `http/1.1`.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading the certificates in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("BUG: ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the API's certificate and key do not go together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `app` until `shutdown` completes, then lets open connections finish for the grace
-/// period.
+/// period. With `tls`, each connection's handshake must finish within the header-read timeout.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     limits: ApiLimits,
     shutdown: impl Future<Output = ()>,
@@ -110,10 +134,25 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(client));
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let stream = match tls {
+                None => tokio_util::either::Either::Left(stream),
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => tokio_util::either::Either::Right(stream),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "API TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "API TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "API connection ended with an error");
             }
             drop(permit);

@@ -89,6 +89,10 @@ pub struct ServerSettings {
     #[serde(default, deserialize_with = "duration")]
     pub api_header_timeout: Option<Duration>,
     pub api_max_connections: Option<usize>,
+    /// A second API listener speaking HTTPS, with its certificate chain and key (PEM).
+    pub api_tls_listen: Option<SocketAddr>,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     /// Sign-in providers, from flags or from the file's `[[sign_in]]` tables (a table's
     /// `client_secret_file` is read as the file is).
     #[serde(default, deserialize_with = "sign_in_tables")]
@@ -189,6 +193,9 @@ impl ServerSettings {
                 .or(under.ingress_max_connections_per_ip),
             api_header_timeout: self.api_header_timeout.or(under.api_header_timeout),
             api_max_connections: self.api_max_connections.or(under.api_max_connections),
+            api_tls_listen: self.api_tls_listen.or(under.api_tls_listen),
+            api_tls_cert: self.api_tls_cert.or(under.api_tls_cert),
+            api_tls_key: self.api_tls_key.or(under.api_tls_key),
             sign_in,
         }
     }
@@ -235,6 +242,11 @@ impl ServerSettings {
             (None, None) => None,
             _ => bail!("--tls-cert and --tls-key go together"),
         };
+        let api_tls = match (self.api_tls_listen, self.api_tls_cert, self.api_tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(super::ApiTls { listen, cert, key }),
+            (None, None, None) => None,
+            _ => bail!("--api-tls-listen, --api-tls-cert and --api-tls-key go together"),
+        };
         let acme = self.acme_email.map(|email| AcmeSettings {
             email,
             directory: self.acme_directory.unwrap_or_else(|| berth_control::certs::LETS_ENCRYPT.to_string()),
@@ -261,6 +273,7 @@ impl ServerSettings {
             acme,
             ingress,
             api,
+            api_tls,
         };
         super::check(&config)?;
         Ok(config)
