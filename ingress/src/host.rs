@@ -109,4 +109,43 @@ mod tests {
             assert_eq!(parse_authority(bad), None, "{bad:?} was accepted");
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a client sends as Host, parsing ends in an answer, never a panic.
+            #[test]
+            fn any_text_is_parsed_or_refused(text in ".{0,300}") {
+                let _ = parse_authority(&text);
+                let _ = host_key(&text);
+            }
+
+            /// What is accepted is normalised (lower case, no trailing dot, nothing that could
+            /// smuggle userinfo, a path or whitespace) and reads back as itself.
+            #[test]
+            fn accepted_authorities_are_normal_and_stable(text in "[ -~]{0,60}") {
+                if let Some(authority) = parse_authority(&text) {
+                    let host = &authority.host;
+                    prop_assert!(!host.is_empty() && !host.ends_with('.'));
+                    prop_assert!(!host.chars().any(|c| c.is_ascii_uppercase() || "@/\\?# ".contains(c)), "{host}");
+                    prop_assert_eq!(parse_authority(&authority.to_header()), Some(authority.clone()));
+                }
+            }
+
+            /// Every DNS name with any port is accepted as that name, in lower case.
+            #[test]
+            fn dns_names_with_ports_are_accepted(
+                labels in proptest::collection::vec("[a-zA-Z0-9][a-zA-Z0-9-]{0,20}", 1..5),
+                port in proptest::option::of(any::<u16>()),
+            ) {
+                let name = labels.join(".");
+                let text = match port { Some(port) => format!("{name}:{port}"), None => name.clone() };
+                let authority = parse_authority(&text).expect("a valid name");
+                prop_assert_eq!(authority.host, name.to_ascii_lowercase());
+                prop_assert_eq!(authority.port, port);
+            }
+        }
+    }
 }

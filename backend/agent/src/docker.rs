@@ -116,6 +116,14 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
+/// Processes (threads included) one app container may run: a fork bomb stops there instead of
+/// exhausting the host's PID space for every tenant.
+const PIDS_LIMIT: i64 = 4096;
+/// Each app container's log is rotated at this size, keeping this many files (a chatty app no
+/// longer fills the host's disk).
+const LOG_MAX_SIZE: &str = "10m";
+const LOG_MAX_FILES: &str = "5";
+
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let d = &spec.desired;
     let port_key = format!("{}/tcp", d.port);
@@ -139,6 +147,17 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .collect()
         }),
         cap_add: (!p.cap_add.is_empty()).then(|| p.cap_add.clone()),
+        // An instance admin's privileged container is trusted whole; every other one cannot gain
+        // privileges through setuid binaries and has a bounded process count.
+        pids_limit: (!p.privileged).then_some(PIDS_LIMIT),
+        security_opt: (!p.privileged).then(|| vec!["no-new-privileges:true".to_string()]),
+        log_config: Some(bollard::models::HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+            ])),
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -467,5 +486,31 @@ mod tests {
         assert_eq!(split_image("hello"), ("hello".into(), "latest".into()));
         assert_eq!(split_image("reg:5000/team/app"), ("reg:5000/team/app".into(), "latest".into()));
         assert_eq!(split_image("reg:5000/app:2"), ("reg:5000/app".into(), "2".into()));
+    }
+
+    #[test]
+    fn app_containers_cannot_gain_privileges_fork_without_bound_or_log_without_rotation() {
+        let desired = berth_wire::agent::DesiredContainer {
+            replica_id: "r1".into(),
+            team: "main".into(),
+            app: "web".into(),
+            release: 1,
+            image: "web:1".into(),
+            port: 8080,
+            env: Default::default(),
+            health_path: None,
+            cpu_millis: None,
+            memory_mb: None,
+            stop_grace_secs: 1,
+            privileges: Default::default(),
+        };
+        let spec = ContainerSpec { name: "c".into(), labels: HashMap::new(), desired, publish_on: None };
+        let host = create_body(&spec).host_config.expect("a host config");
+        assert_eq!(host.pids_limit, Some(PIDS_LIMIT));
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        let log = host.log_config.expect("a log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let options = log.config.expect("rotation options");
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10m", "5"));
     }
 }

@@ -644,4 +644,21 @@ mod tests {
         assert_eq!(env["B"], "x=y");
         assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
     }
+
+    mod properties {
+        use super::super::env_flags;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// `KEY=VALUE` splits at the first `=` (values may hold more), anything without one
+            /// is an error naming it; never a panic.
+            #[test]
+            fn pairs_split_at_the_first_equals_sign(key in "[^=]{0,20}", value in ".{0,40}") {
+                let pairs = env_flags(&[format!("{key}={value}")]).expect("a pair");
+                prop_assert_eq!(pairs.get(&key), Some(&value));
+                let error = env_flags(std::slice::from_ref(&key)).expect_err("no '='").to_string();
+                prop_assert!(error.contains("KEY=VALUE"));
+            }
+        }
+    }
 }

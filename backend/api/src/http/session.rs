@@ -268,6 +268,23 @@ mod tests {
         assert!(csrf_ok(&Method::DELETE, &headers, "s"));
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever `next` holds, the redirect stays on this site: one leading `/`, no
+            /// second `/` or `\\` after it, no character a browser strips or reads as an authority.
+            #[test]
+            fn any_next_leads_to_a_local_path(next in ".{0,80}") {
+                let path = local_path(Some(&next));
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!path.starts_with("//") && !path.starts_with("/\\"));
+                prop_assert!(path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'), "{path:?}");
+            }
+        }
+    }
+
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {
         assert_eq!(local_path(Some("/teams/main/apps")), "/teams/main/apps");

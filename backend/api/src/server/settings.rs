@@ -376,6 +376,34 @@ fn bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A duration from a flag, a file or the environment is parsed or refused, never a
+            /// panic, and never longer than the longest allowed.
+            #[test]
+            fn any_text_is_a_bounded_duration_or_an_error(text in ".{0,40}") {
+                if let Ok(duration) = parse_duration(&text) {
+                    prop_assert!(duration <= MAX_DURATION);
+                }
+            }
+
+            #[test]
+            fn numbers_are_seconds(seconds in 0u64..=7 * 24 * 3600, millis in 0u64..1000) {
+                let text = format!("{seconds}.{millis:03}");
+                let parsed = parse_duration(&text).expect("a duration in range");
+                prop_assert_eq!(parsed, Duration::from_millis(seconds * 1000 + millis).min(MAX_DURATION));
+            }
+
+            #[test]
+            fn floats_of_any_kind_never_panic(seconds in any::<f64>()) {
+                let _ = parse_duration(&seconds.to_string());
+            }
+        }
+    }
+
     #[test]
     fn durations_are_seconds_or_humantime_and_bounded() {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));

@@ -29,6 +29,10 @@ pub fn valid_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// An app's environment, bounded: it travels in every desired list and every container's start.
+const MAX_ENV_ENTRIES: usize = 1000;
+const MAX_ENV_BYTES: usize = 256 * 1024;
+
 pub fn validate_spec(spec: &AppSpec) -> Result<()> {
     let image = spec.image.as_str();
     if image.is_empty() || image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -40,7 +44,17 @@ pub fn validate_spec(spec: &AppSpec) -> Result<()> {
     if spec.replicas > MAX_REPLICAS {
         return Err(invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
     }
+    let total: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if spec.env.len() > MAX_ENV_ENTRIES || total > MAX_ENV_BYTES {
+        return Err(invalid(
+            "env",
+            format!("at most {MAX_ENV_ENTRIES} variables and {} KiB in all", MAX_ENV_BYTES / 1024),
+        ));
+    }
     for (key, value) in &spec.env {
+        if key.len() > 256 {
+            return Err(invalid("env", "variable names have at most 256 characters"));
+        }
         if !valid_variable_name(key) {
             return Err(invalid(
                 "env",
@@ -164,5 +178,24 @@ mod tests {
         assert_eq!(field_of(validate_spec(&AppSpec { cpu_millis: Some(1), ..spec() })), "cpu_millis");
         let env = BTreeMap::from([("1BAD".to_string(), "x".to_string())]);
         assert_eq!(field_of(validate_spec(&AppSpec { env, ..spec() })), "env");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any environment is validated without a panic, and an accepted one has only
+            /// variable names a shell would take and values without NUL.
+            #[test]
+            fn any_environment_is_judged(env in proptest::collection::btree_map(".{0,40}", ".{0,80}", 0..8)) {
+                let candidate = AppSpec { env: env.clone(), ..spec() };
+                if validate_spec(&candidate).is_ok() {
+                    for (key, value) in &env {
+                        prop_assert!(valid_variable_name(key) && !value.contains('\0'), "{key:?}");
+                    }
+                }
+            }
+        }
     }
 }
