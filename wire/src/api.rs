@@ -123,7 +123,11 @@ pub struct ReleaseEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseInfo {
     pub number: u32,
+    /// The release's spec; for callers below deployer the environment's values are empty
+    /// (`env_hidden`): they see which variables are set, never what they hold.
     pub spec: AppSpec,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_hidden: bool,
     pub state: ReleaseState,
     /// Why the release failed, or what it is doing now.
     pub message: Option<String>,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
@@ -114,7 +114,13 @@ pub enum SignInError {
     InvalidToken(String),
     #[error("the provider has no verified email address for this account")]
     UnverifiedEmail,
+    #[error("too many sign-ins are in progress; try again in a few minutes")]
+    Busy,
 }
+
+/// Sign-ins started and not finished that are kept at most (each for up to ten minutes): the
+/// start endpoint is public, and must not be a way to fill memory.
+const MAX_PENDING: usize = 10_000;
 
 /// The ID token's extra field in the token response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,7 +187,16 @@ pub struct SignIn {
     providers: Vec<Provider>,
     pending: Mutex<HashMap<String, Pending>>,
     http: reqwest::Client,
+    /// Discovery documents by issuer and signing keys by JWKS URL, with when they were fetched:
+    /// a public `/start` must not make Berth fetch from the provider on every hit.
+    discovered: Mutex<HashMap<String, (Instant, Discovery)>>,
+    keys: Mutex<HashMap<String, (Instant, JwkSet)>>,
 }
+
+/// How long discovery documents and signing keys are trusted before they are fetched again.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// A token signed with a key not in the cached set refetches the set, at most this often.
+const KEYS_REFETCH_AFTER: Duration = Duration::from_secs(30);
 
 impl SignIn {
     /// `public_url` is where browsers reach this server; callbacks are under it.
@@ -190,6 +205,8 @@ impl SignIn {
             public_url: public_url.trim_end_matches('/').to_string(),
             providers,
             pending: Mutex::new(HashMap::new()),
+            discovered: Mutex::default(),
+            keys: Mutex::default(),
             // Following redirects from a provider's endpoints would open the server to SSRF.
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -212,6 +229,21 @@ impl SignIn {
     }
 
     async fn discover(&self, issuer: &str) -> Result<Discovery, SignInError> {
+        let cached = self.discovered.lock().expect("BUG: discovery cache poisoned").get(issuer).cloned();
+        if let Some((fetched, discovery)) = cached
+            && fetched.elapsed() < METADATA_TTL
+        {
+            return Ok(discovery);
+        }
+        let discovery = self.fetch_discovery(issuer).await?;
+        self.discovered
+            .lock()
+            .expect("BUG: discovery cache poisoned")
+            .insert(issuer.to_string(), (Instant::now(), discovery.clone()));
+        Ok(discovery)
+    }
+
+    async fn fetch_discovery(&self, issuer: &str) -> Result<Discovery, SignInError> {
         let url = format!("{issuer}/.well-known/openid-configuration");
         let discovery: Discovery = self
             .http
@@ -247,7 +279,9 @@ impl SignIn {
     }
 
     /// Starts a sign-in: the URL to send the browser to.
-    pub async fn start(&self, provider: &str) -> Result<String, SignInError> {
+    /// The provider URL the browser goes to, and the flow's `state` (the caller binds it to the
+    /// browser with a cookie, checked at the callback).
+    pub async fn start(&self, provider: &str) -> Result<(String, String), SignInError> {
         let provider = self.provider(provider)?;
         let (client, _) = self.client(provider).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -266,6 +300,9 @@ impl SignIn {
         let (url, state) = request.url();
         let mut pending = self.pending.lock().expect("BUG: pending sign-ins poisoned");
         pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
+        if pending.len() >= MAX_PENDING {
+            return Err(SignInError::Busy);
+        }
         pending.insert(
             state.secret().clone(),
             Pending {
@@ -275,7 +312,7 @@ impl SignIn {
                 started: Instant::now(),
             },
         );
-        Ok(url.to_string())
+        Ok((url.to_string(), state.secret().clone()))
     }
 
     /// Finishes a sign-in from the provider's redirect: a verified email, or why not.
@@ -323,22 +360,8 @@ impl SignIn {
         if !allowed.contains(&header.alg) {
             return Err(SignInError::InvalidToken(format!("unaccepted signature algorithm {:?}", header.alg)));
         }
-        let keys: JwkSet = self
-            .http
-            .get(&discovery.jwks_uri)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SignInError::Provider(format!("fetching the signing keys: {e}")))?
-            .json()
-            .await
-            .map_err(|e| SignInError::Provider(format!("the signing keys: {e}")))?;
-        let jwk = match &header.kid {
-            Some(kid) => keys.find(kid),
-            None => keys.keys.first(),
-        }
-        .ok_or_else(|| SignInError::InvalidToken("signed with a key the provider does not publish".into()))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(&e))?;
+        let jwk = self.signing_key(&discovery.jwks_uri, header.kid.as_deref()).await?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| invalid(&e))?;
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[provider.client_id.as_str()]);
         validation.set_issuer(&[discovery.issuer.as_str()]);
@@ -351,6 +374,41 @@ impl SignIn {
             (Some(email), Some(true)) => Ok(Identity { email: email.to_lowercase(), name: claims.name }),
             _ => Err(SignInError::UnverifiedEmail),
         }
+    }
+
+    /// The key `kid` of the set at `jwks_uri`, from the cache; a `kid` the cached set lacks (the
+    /// provider rotated its keys) refetches the set, at most every [`KEYS_REFETCH_AFTER`]. A
+    /// token without `kid` is accepted only when the provider publishes a single key.
+    async fn signing_key(&self, jwks_uri: &str, kid: Option<&str>) -> Result<Jwk, SignInError> {
+        let pick = |keys: &JwkSet| match kid {
+            Some(kid) => keys.find(kid).cloned(),
+            None if keys.keys.len() == 1 => keys.keys.first().cloned(),
+            None => None,
+        };
+        let cached = self.keys.lock().expect("BUG: key cache poisoned").get(jwks_uri).cloned();
+        if let Some((fetched, keys)) = &cached {
+            let fresh = fetched.elapsed() < METADATA_TTL;
+            match pick(keys) {
+                Some(jwk) if fresh => return Ok(jwk),
+                None if fresh && fetched.elapsed() < KEYS_REFETCH_AFTER => {
+                    return Err(SignInError::InvalidToken("signed with a key the provider does not publish".into()));
+                }
+                _ => {}
+            }
+        }
+        let keys: JwkSet = self
+            .http
+            .get(jwks_uri)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| SignInError::Provider(format!("fetching the signing keys: {e}")))?
+            .json()
+            .await
+            .map_err(|e| SignInError::Provider(format!("the signing keys: {e}")))?;
+        let jwk = pick(&keys);
+        self.keys.lock().expect("BUG: key cache poisoned").insert(jwks_uri.to_string(), (Instant::now(), keys));
+        jwk.ok_or_else(|| SignInError::InvalidToken("signed with a key the provider does not publish".into()))
     }
 
     async fn github_email(&self, api_url: &str, access_token: &str) -> Result<Identity, SignInError> {

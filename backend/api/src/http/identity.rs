@@ -178,9 +178,12 @@ pub(super) async fn sign_in_providers(State(s): State<AppState>) -> impl IntoRes
 pub(super) async fn external_start(
     State(s): State<AppState>,
     Path(provider): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let url = s.services.external_sign_in_start(&provider).await?;
-    Ok(axum::response::Redirect::to(&url))
+    let (url, state) = s.services.external_sign_in_start(&provider).await?;
+    let mut response = axum::response::Redirect::to(&url).into_response();
+    response.headers_mut().append(axum::http::header::SET_COOKIE, super::session::sign_in_binding(&state, &headers));
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -208,19 +211,26 @@ pub(super) async fn external_callback(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     let result = match (q.code, q.state) {
+        (Some(_), Some(state)) if !super::session::sign_in_bound(&state, &headers) => {
+            Err(crate::services::ServiceError::Unauthorized(
+                "this sign-in was not started by this browser (its sign-in cookie is missing or does not match)".into(),
+            ))
+        }
         (Some(code), Some(state)) => s.services.external_sign_in_finish(&provider, &code, &state, address).await,
         _ => {
             let why = q.error.unwrap_or_else(|| "the provider sent no code".into());
             Err(crate::services::ServiceError::Unauthorized(format!("sign-in was not completed: {why}")))
         }
     };
-    match (result, browser) {
-        (Ok(login), true) => Ok(super::session::signed_in(&login.token, "/", &headers)),
+    let mut response = match (result, browser) {
+        (Ok(login), true) => super::session::signed_in(&login.token, "/", &headers),
         (Err(error), true) => {
             tracing::info!(%provider, %error, "external sign-in refused");
-            Ok(axum::response::Redirect::to("/signin?error=external").into_response())
+            axum::response::Redirect::to("/signin?error=external").into_response()
         }
-        (Ok(login), false) => Ok(Json(login).into_response()),
-        (Err(error), false) => Err(error.into()),
-    }
+        (Ok(login), false) => Json(login).into_response(),
+        (Err(error), false) => super::ApiError::from(error).into_response(),
+    };
+    response.headers_mut().append(axum::http::header::SET_COOKIE, super::session::sign_in_binding_cleared(&headers));
+    Ok(response)
 }

@@ -29,6 +29,11 @@ pub const SESSION_COOKIE: &str = "berth_session";
 /// plant a session of its choosing (session fixation), and a plain-named cookie is ignored there.
 pub const SECURE_SESSION_COOKIE: &str = "__Host-berth_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// An external sign-in's browser binding (see [`sign_in_binding`]), plain and over HTTPS.
+const SIGN_IN_COOKIE: &str = "berth_sign_in";
+const SECURE_SIGN_IN_COOKIE: &str = "__Host-berth_sign_in";
+/// How long a browser has to come back from the identity provider.
+const SIGN_IN_COOKIE_SECS: i64 = 600;
 
 /// The CSRF token of a session: a hash of the session's secret, so it needs no storage, changes
 /// with every session, and cannot be computed by a page that cannot read the HttpOnly cookie.
@@ -49,6 +54,45 @@ pub fn session_secret(headers: &HeaderMap) -> Option<String> {
         None if !secure(headers) => value(SESSION_COOKIE),
         None => None,
     }
+}
+
+/// The cookie that binds an external sign-in to the browser that started it: a hash of the
+/// flow's state. The provider's redirect carries the state in the URL; without the cookie that
+/// URL signs nobody in, so an attacker cannot make a victim's browser finish the attacker's
+/// sign-in (login CSRF). `SameSite=Lax` still sends it on the provider's top-level redirect.
+pub(super) fn sign_in_binding(state: &str, headers: &HeaderMap) -> HeaderValue {
+    let secure = secure(headers);
+    let name = if secure { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
+    let cookie = Cookie::build((name, state_hash(state)))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(SIGN_IN_COOKIE_SECS))
+        .secure(secure)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("BUG: a hex hash is a valid cookie value")
+}
+
+/// Whether the request comes from the browser that started the sign-in with `state`.
+pub(super) fn sign_in_bound(state: &str, headers: &HeaderMap) -> bool {
+    let jar = CookieJar::from_headers(headers);
+    let name = if secure(headers) { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
+    jar.get(name).is_some_and(|c| constant_time_eq(c.value().as_bytes(), state_hash(state).as_bytes()))
+}
+
+/// Clears the binding once the callback has used it.
+pub(super) fn sign_in_binding_cleared(headers: &HeaderMap) -> HeaderValue {
+    let secure = secure(headers);
+    let name = if secure { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
+    let cookie = Cookie::build((name, "")).path("/").http_only(true).max_age(time::Duration::ZERO).secure(secure);
+    HeaderValue::from_str(&cookie.build().to_string()).expect("BUG: an empty cookie is valid")
+}
+
+fn state_hash(state: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"berth-sign-in\0");
+    hasher.update(state.as_bytes());
+    hex::encode(hasher.finalize())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

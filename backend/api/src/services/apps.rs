@@ -73,7 +73,7 @@ impl Services {
         let summary = self.summary(&app).await?;
         let mut releases = Vec::new();
         for release in self.store.releases(app.id).await? {
-            releases.push(self.release_info(&release).await?);
+            releases.push(self.release_info(principal, team, &release).await?);
         }
         let observed = self.orchestrator.observed();
         let replicas = self
@@ -101,10 +101,18 @@ impl Services {
         Ok(AppDetail { summary, releases, replicas })
     }
 
-    async fn release_info(&self, release: &ReleaseRow) -> Result<ReleaseInfo> {
+    /// A release as `principal` may see it: below deployer (viewers, viewer tokens for CI), the
+    /// environment's values are blanked, for they hold database passwords and API keys.
+    async fn release_info(&self, principal: &Principal, team: &str, release: &ReleaseRow) -> Result<ReleaseInfo> {
+        let mut spec = release.spec();
+        let env_hidden = principal.require(team, Action::DeployApps).is_err();
+        if env_hidden {
+            spec.env.values_mut().for_each(String::clear);
+        }
         Ok(ReleaseInfo {
             number: release.number as u32,
-            spec: release.spec(),
+            spec,
+            env_hidden,
             state: release.state(),
             message: release.message.clone(),
             rollback_of: release.rollback_of.map(|n| n as u32),
@@ -121,7 +129,7 @@ impl Services {
             .release(app.id, number as i64)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("release {number} of {name} not found")))?;
-        self.release_info(&release).await
+        self.release_info(principal, team, &release).await
     }
 
     async fn create_app_inner(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {

@@ -24,6 +24,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Sign-in attempts allowed per client address per minute.
 const ATTEMPTS_PER_MINUTE: u32 = 20;
+/// Refused (rate-limited) attempts are audited once per address per window, with a count.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// How long a dashboard session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a token made by signing in from the CLI (`POST /login`) or by accepting an
@@ -46,17 +48,42 @@ fn backoff_until(now: i64, failures: i64) -> i64 {
 pub struct LoginLimiter {
     limiter: governor::DefaultKeyedRateLimiter<String>,
     swept: Mutex<Instant>,
+    /// Per address: when its current window of refused attempts began, and how many refusals
+    /// in it were not audited one by one.
+    refusals: Mutex<std::collections::HashMap<String, (Instant, u64)>>,
 }
 
 impl Default for LoginLimiter {
     fn default() -> Self {
         let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(ATTEMPTS_PER_MINUTE).expect("BUG: not 0"));
-        LoginLimiter { limiter: governor::RateLimiter::keyed(quota), swept: Mutex::new(Instant::now()) }
+        LoginLimiter {
+            limiter: governor::RateLimiter::keyed(quota),
+            swept: Mutex::new(Instant::now()),
+            refusals: Mutex::default(),
+        }
     }
 }
 
 impl LoginLimiter {
     const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+    /// A refused (rate-limited) attempt from `address`: whether to audit it, with how many
+    /// refusals of the address's previous window went unaudited. One record per address per
+    /// [`REFUSAL_WINDOW`], so a flood of refused attempts cannot flood the audit log.
+    fn audit_refusal(&self, address: &str) -> Option<u64> {
+        let mut refusals = self.refusals.lock().expect("BUG: refusal windows poisoned");
+        if refusals.len() > 10_000 {
+            refusals.retain(|_, (started, _)| started.elapsed() < REFUSAL_WINDOW);
+        }
+        let window = refusals.entry(limiter_key(address)).or_insert((Instant::now(), u64::MAX));
+        if window.1 != u64::MAX && window.0.elapsed() < REFUSAL_WINDOW {
+            window.1 += 1;
+            return None;
+        }
+        let unaudited = if window.1 == u64::MAX { 0 } else { window.1 };
+        *window = (Instant::now(), 0);
+        Some(unaudited)
+    }
 
     fn allow(&self, address: &str) -> bool {
         let allowed = self.limiter.check_key(&limiter_key(address)).is_ok();
@@ -182,12 +209,25 @@ impl Services {
         address: Option<String>,
         result: Result<LoginResponse>,
     ) -> Result<LoginResponse> {
+        let mut detail = None;
+        if matches!(result, Err(ServiceError::TooManyRequests(_))) {
+            match self.login_limiter.audit_refusal(address.as_deref().unwrap_or("unknown")) {
+                None => return result,
+                Some(unaudited) => {
+                    detail = Some(format!(
+                        "rate limited (further refusals from this address are counted for a minute, not recorded; \
+                         {unaudited} were in the previous minute)"
+                    ));
+                }
+            }
+        }
         let record = AuditRecord {
             actor: email,
             action: action.into(),
             address,
             outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
             user_id: result.as_ref().ok().map(|r| r.user.id),
+            detail,
             ..AuditRecord::default()
         };
         self.store.audit(record).await?;
@@ -639,10 +679,12 @@ impl Services {
         self.sign_in.provider_names()
     }
 
-    /// The provider URL a browser goes to, to sign in.
-    pub async fn external_sign_in_start(&self, provider: &str) -> Result<String> {
+    /// The provider URL a browser goes to, to sign in, and the flow's state (to bind to the
+    /// browser).
+    pub async fn external_sign_in_start(&self, provider: &str) -> Result<(String, String)> {
         self.sign_in.start(provider).await.map_err(|e| match e {
             SignInError::UnknownProvider(_) => ServiceError::NotFound(e.to_string()),
+            SignInError::Busy => ServiceError::TooManyRequests(e.to_string()),
             other => ServiceError::Internal(anyhow::Error::new(other)),
         })
     }

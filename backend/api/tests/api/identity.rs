@@ -191,6 +191,23 @@ async fn strangers_cannot_write_megabytes_into_the_audit_log() {
     assert!(actor.starts_with("xxx") && actor.len() <= 320, "the actor is cut: {} bytes", actor.len());
     let text = entries.to_string();
     assert!(text.len() < 8_000, "no audit field carries the request's megabytes ({} bytes)", text.len());
+
+    // A flood of refused attempts from one address is one audit record, not one per attempt.
+    let login = json!({ "email": "admin@localhost", "password": "wrong" });
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (status, _) = i.call_from(Some("10.0.0.5"), Method::POST, "/api/v1/login", None, Some(login.clone())).await;
+        refused += usize::from(status == 429);
+    }
+    assert!(refused >= 30, "{refused} refused");
+    let (_, entries) = i.call(Method::GET, "/api/v1/audit?limit=500", Some(&i.admin), None).await;
+    let limited = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["address"] == "10.0.0.5" && e["detail"].as_str().is_some_and(|d| d.starts_with("rate limited")))
+        .count();
+    assert_eq!(limited, 1, "one record for the address's window");
 }
 
 /// Opens an event stream and returns its body once the first event arrived.
@@ -314,11 +331,21 @@ async fn roles_limit_members_tokens_and_apps() {
     let viewer = i.join("main", "viewer@example.com", "viewer").await;
     let deployer = i.join("main", "deployer@example.com", "deployer").await;
     let admin = i.join("main", "teamadmin@example.com", "admin").await;
-    let app = json!({ "name": "web", "image": "img:1", "port": 8080 });
+    let app =
+        json!({ "name": "web", "image": "img:1", "port": 8080, "env": { "DATABASE_URL": "postgres://u:pw@db/x" } });
 
     // A viewer cannot deploy; a deployer can.
     assert_eq!(i.call(Method::POST, "/api/v1/teams/main/apps", Some(&viewer), Some(app.clone())).await.0, 403);
     assert_eq!(i.call(Method::POST, "/api/v1/teams/main/apps", Some(&deployer), Some(app)).await.0, 201);
+    // A viewer sees which variables are set, never their values (nor through a release).
+    let (_, seen) = i.call(Method::GET, "/api/v1/teams/main/apps/web", Some(&viewer), None).await;
+    assert_eq!(seen["releases"][0]["spec"]["env"]["DATABASE_URL"], "", "{seen}");
+    assert_eq!(seen["releases"][0]["env_hidden"], true);
+    assert!(!seen.to_string().contains("pw@db"), "no value anywhere: {seen}");
+    let (_, release) = i.call(Method::GET, "/api/v1/teams/main/apps/web/releases/1", Some(&viewer), None).await;
+    assert!(!release.to_string().contains("pw@db"), "{release}");
+    let (_, seen) = i.call(Method::GET, "/api/v1/teams/main/apps/web", Some(&deployer), None).await;
+    assert_eq!(seen["releases"][0]["spec"]["env"]["DATABASE_URL"], "postgres://u:pw@db/x");
     // A deployer cannot manage members; an admin can, but never above their own role.
     let member = |role: &str| json!({ "email": "viewer@example.com", "role": role });
     assert_eq!(

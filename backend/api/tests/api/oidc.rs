@@ -33,6 +33,9 @@ struct ProviderState {
     email: Mutex<(String, bool)>,
     audience: Mutex<String>,
     grants: Mutex<HashMap<String, Grant>>,
+    /// Fetches of the discovery document and of the signing keys.
+    discoveries: std::sync::atomic::AtomicUsize,
+    key_fetches: std::sync::atomic::AtomicUsize,
 }
 
 struct Grant {
@@ -54,6 +57,7 @@ struct AuthorizeQuery {
 }
 
 async fn discovery(State(p): State<Arc<ProviderState>>) -> Json<Value> {
+    p.discoveries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Json(json!({
         "issuer": p.issuer,
         "authorization_endpoint": format!("{}/authorize", p.issuer),
@@ -148,7 +152,8 @@ async fn token(
     )
 }
 
-async fn jwks() -> Json<Value> {
+async fn jwks(State(p): State<Arc<ProviderState>>) -> Json<Value> {
+    p.key_fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Json(
         json!({ "keys": [{ "kty": "RSA", "kid": "test-key", "alg": "RS256", "use": "sig", "n": KEY_N.trim(), "e": "AQAB" }] }),
     )
@@ -162,6 +167,8 @@ async fn start_provider() -> Arc<ProviderState> {
         email: Mutex::new(("alice@example.com".into(), true)),
         audience: Mutex::new(CLIENT_ID.into()),
         grants: Mutex::new(HashMap::new()),
+        discoveries: Default::default(),
+        key_fetches: Default::default(),
     });
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -195,9 +202,21 @@ async fn berth(provider: &ProviderState, name: &str) -> Berth {
 
 impl Berth {
     async fn get(&self, uri: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
+        self.get_with_cookie(uri, token, None).await
+    }
+
+    async fn get_with_cookie(
+        &self,
+        uri: &str,
+        token: Option<&str>,
+        cookie: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Value) {
         let mut request = Request::get(uri);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
         }
         let response = self.router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
@@ -205,17 +224,31 @@ impl Berth {
         (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    /// Start → provider → the callback URL the provider redirects to (path and query on Berth).
-    async fn redirect_back(&self) -> String {
+    /// Start → provider → the callback URL the provider redirects to (path and query on Berth),
+    /// and the cookie the start set in the browser.
+    async fn redirect_back(&self) -> Flow {
         let (status, headers, _) = self.get("/api/v1/auth/corp/start", None).await;
         assert!(status.is_redirection(), "{status}");
+        let cookie = headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+        assert!(cookie.starts_with("berth_sign_in="), "{cookie}");
         let authorize = headers[header::LOCATION].to_str().unwrap().to_string();
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let response = client.get(&authorize).send().await.unwrap();
         assert!(response.status().is_redirection());
         let back = response.headers()[header::LOCATION].to_str().unwrap().to_string();
-        back.strip_prefix("http://berth.test").expect("the provider redirects to Berth's public URL").to_string()
+        let callback = back.strip_prefix("http://berth.test").expect("the provider redirects to Berth's public URL");
+        Flow { callback: callback.to_string(), cookie }
     }
+
+    /// The browser that started the flow follows the provider's redirect back.
+    async fn finish(&self, flow: &Flow) -> (StatusCode, HeaderMap, Value) {
+        self.get_with_cookie(&flow.callback, None, Some(&flow.cookie)).await
+    }
+}
+
+struct Flow {
+    callback: String,
+    cookie: String,
 }
 
 #[tokio::test]
@@ -226,8 +259,8 @@ async fn the_whole_redirect_flow_signs_in_and_links_by_verified_email() {
     assert_eq!((status, providers), (StatusCode::OK, json!(["corp"])));
 
     // A new user of an auto-joined domain gets an account in team main as viewer.
-    let callback = berth.redirect_back().await;
-    let (status, _, body) = berth.get(&callback, None).await;
+    let flow = berth.redirect_back().await;
+    let (status, _, body) = berth.finish(&flow).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["email"], "alice@example.com");
     assert_eq!(body["user"]["teams"], json!([{ "team": "main", "role": "viewer" }]));
@@ -235,14 +268,17 @@ async fn the_whole_redirect_flow_signs_in_and_links_by_verified_email() {
     let (status, _, me) = berth.get("/api/v1/me", Some(&token)).await;
     assert_eq!((status, me["email"].as_str()), (StatusCode::OK, Some("alice@example.com")));
     // The same callback a second time: the state was single use.
-    let (status, _, body) = berth.get(&callback, None).await;
+    let (status, _, body) = berth.finish(&flow).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     // An existing account is linked by its verified email: the instance admin signs in.
     *provider.email.lock().unwrap() = ("admin@localhost".into(), true);
-    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["instance_admin"], true);
+    // Two sign-ins, one discovery and one key fetch: both are cached.
+    let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((count(&provider.discoveries), count(&provider.key_fetches)), (1, 1));
 }
 
 #[tokio::test]
@@ -250,26 +286,35 @@ async fn tampered_state_wrong_audience_and_unverified_email_are_refused() {
     let provider = start_provider().await;
     let berth = berth(&provider, "refusals").await;
 
-    let callback = berth.redirect_back().await;
-    let tampered = callback.replace("state=", "state=x");
-    let (status, _, body) = berth.get(&tampered, None).await;
+    // Login CSRF: the attacker's own callback URL, opened by a victim's browser, which never
+    // started that sign-in, signs nobody in.
+    let flow = berth.redirect_back().await;
+    let (status, _, body) = berth.get(&flow.callback, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["message"].as_str().unwrap().contains("state"), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("not started by this browser"), "{body}");
+    let other = berth.redirect_back().await;
+    let (status, _, _) = berth.get_with_cookie(&flow.callback, None, Some(&other.cookie)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "another flow's cookie does not fit");
+
+    let flow = berth.redirect_back().await;
+    let tampered = Flow { callback: flow.callback.replace("state=", "state=x"), cookie: flow.cookie.clone() };
+    let (status, _, body) = berth.finish(&tampered).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     *provider.audience.lock().unwrap() = "someone-else".into();
-    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["message"].as_str().unwrap().contains("identity token is not valid"), "{body}");
 
     *provider.audience.lock().unwrap() = CLIENT_ID.into();
     *provider.email.lock().unwrap() = ("carol@example.com".into(), false);
-    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["message"].as_str().unwrap().contains("verified email"), "{body}");
 
     // A verified address outside every auto-join domain needs an invitation first.
     *provider.email.lock().unwrap() = ("bob@elsewhere.org".into(), true);
-    let (status, _, body) = berth.get(&berth.redirect_back().await, None).await;
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["message"].as_str().unwrap().contains("invitation"), "{body}");
 
