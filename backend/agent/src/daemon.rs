@@ -45,9 +45,13 @@ struct Membership {
     host: String,
     credential: String,
     advertise_addr: IpAddr,
-    /// The control plane's CA (PEM) pinned at join over `https://`; nothing else is trusted.
+    /// The control plane's CA (PEM) pinned at join over `https://` (`--ca-file`); nothing else
+    /// is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ca_pem: Option<String>,
+    /// Joined over `https://` verified by the system's roots (no `--ca-file`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    system_roots: bool,
 }
 
 /// How often the agent reports even when nothing changed: its heartbeat.
@@ -66,7 +70,7 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
         Some(membership) => membership,
         None => join(&config, &base, &capacity).await?,
     };
-    let plane = ControlPlane::new(&base, membership.ca_pem.as_deref())?;
+    let plane = ControlPlane::new(&base, membership.ca_pem.as_deref(), membership.system_roots)?;
     println!("berth agent: host {} ({}) connected to {base}", membership.host, membership.advertise_addr);
 
     let (desired_tx, desired_rx) = watch::channel(None);
@@ -138,15 +142,18 @@ async fn join(config: &AgentDaemonConfig, base: &str, capacity: &HostCapacity) -
         labels: config.labels.clone(),
         capacity: capacity.clone(),
     };
-    let (joined, ca_pem) = if base.to_ascii_lowercase().starts_with("https://") {
+    let https = base.to_ascii_lowercase().starts_with("https://");
+    let (joined, ca_pem) = if https {
         let trust = crate::tls::JoinTrust::new(config.ca_file.as_deref())?;
         let joined = post_join(&trust.http, base, &request).await.context("joining the control plane")?;
-        (joined, Some(trust.pinned()?))
+        (joined, trust.pinned)
     } else {
         let joined = post_join(&reqwest::Client::new(), base, &request).await.context("joining the control plane")?;
         (joined, None)
     };
-    let membership = Membership { host: joined.host, credential: joined.credential, advertise_addr, ca_pem };
+    let system_roots = https && ca_pem.is_none();
+    let membership =
+        Membership { host: joined.host, credential: joined.credential, advertise_addr, ca_pem, system_roots };
     store_membership(&config.data_dir, &membership)?;
     Ok(membership)
 }

@@ -57,12 +57,26 @@ pub fn check_archive(path: &std::path::Path, image: &str) -> anyhow::Result<()> 
     let wanted = familiar(image);
     let mut tags: Vec<String> = Vec::new();
     let mut manifest = false;
+    let mut seen = std::collections::HashSet::new();
     let mut archive = tar::Archive::new(std::fs::File::open(path).context("opening the image archive")?);
     for entry in archive.entries().context("reading the image archive")? {
         let entry = entry.context("reading the image archive")?;
-        let name = entry.path().context("an entry's name")?.to_string_lossy().trim_start_matches("./").to_string();
+        let raw = entry.path().context("an entry's name")?.to_string_lossy().to_string();
+        let name = raw.strip_prefix("./").unwrap_or(&raw).to_string();
+        // The engine cleans paths before unpacking (`/manifest.json`, `a/../manifest.json` and
+        // `.//manifest.json` all become `manifest.json`): a name that is not already clean could
+        // overwrite what was checked here, so it is refused outright.
+        let clean = !name.is_empty()
+            && !name.starts_with('/')
+            && name.trim_end_matches('/').split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !clean {
+            bail!("the image archive has an entry named {raw:?}; refused");
+        }
         if !matches!(name.as_str(), "manifest.json" | "repositories" | "index.json") {
             continue;
+        }
+        if !seen.insert(name.clone()) {
+            bail!("the image archive has {name} twice; refused");
         }
         if entry.size() > MAX_INDEX {
             bail!("{name} in the image archive is larger than {MAX_INDEX} bytes");
@@ -114,11 +128,14 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let mut builder = tar::Builder::new(file.reopen().unwrap());
         for (name, text) in files {
-            let mut header = tar::Header::new_gnu();
+            // The name is written raw: the tar crate would refuse (or clean) the hostile ones.
+            let mut header = tar::Header::new_old();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             header.set_size(text.len() as u64);
             header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
             header.set_cksum();
-            builder.append_data(&mut header, name, text.as_bytes()).unwrap();
+            builder.append(&header, text.as_bytes()).unwrap();
         }
         builder.finish().unwrap();
         file
@@ -153,5 +170,12 @@ mod tests {
         ]);
         assert!(check_archive(oci.path(), "web:1").is_err(), "the OCI index is checked too");
         assert!(check_archive(archive(&[]).path(), "web:1").is_err(), "no manifest");
+        // Names the engine would clean into an index file, and a second copy of one.
+        for sneaky in ["/manifest.json", "a/../manifest.json", ".//manifest.json", "./a/./b"] {
+            let smuggled = archive(&[("manifest.json", r#"[{"RepoTags":["web:1"]}]"#), (sneaky, "[]")]);
+            assert!(check_archive(smuggled.path(), "web:1").is_err(), "{sneaky}");
+        }
+        let twice = archive(&[("manifest.json", r#"[{"RepoTags":["web:1"]}]"#), ("./manifest.json", "[]")]);
+        assert!(check_archive(twice.path(), "web:1").is_err(), "a second manifest.json");
     }
 }

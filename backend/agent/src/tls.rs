@@ -1,19 +1,19 @@
 //! The agent's connection to its control plane, and the trust behind it. Over `https://` the
-//! agent pins, at join, the certificate authority it verified the control plane with (the
-//! `--ca-file` given, or else the topmost certificate the control plane presented under a
-//! system root) into its credential file, and afterwards trusts nothing else for that control
-//! plane: a later on-path attacker with any other publicly trusted certificate is refused.
-//! Plain `http://` is accepted only to a loopback address, or with `--insecure`.
+//! agent records at join what it verified the control plane with in its credential file: the
+//! `--ca-file` given (pinned: afterwards nothing else is trusted for that control plane, so an
+//! on-path attacker with any other certificate is refused), or else the system's roots (a
+//! publicly trusted certificate, which may be renewed under any intermediate). Either way it
+//! never falls back to plain HTTP. Plain `http://` is accepted only to a loopback address, or
+//! with `--insecure`.
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ClientConfig, WebPkiServerVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
+use rustls::client::ClientConfig;
+use rustls::pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
 /// The control plane as the agent reaches it: its base URL and the clients that trust only what
@@ -27,11 +27,17 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// The control plane at `base`, trusting the PEM certificates `pinned` (over `https://`).
-    pub fn new(base: &str, pinned: Option<&str>) -> anyhow::Result<ControlPlane> {
+    /// The control plane at `base`, trusting the PEM certificates `pinned`, or the system's
+    /// roots when `system_roots` (over `https://`).
+    pub fn new(base: &str, pinned: Option<&str>, system_roots: bool) -> anyhow::Result<ControlPlane> {
         let base = base.trim_end_matches('/').to_string();
         let tls = match (scheme(&base)?, pinned) {
             (Scheme::Https, Some(pem)) => Some(Arc::new(client_config(roots_from_pem(pem.as_bytes())?)?)),
+            (Scheme::Https, None) if system_roots => Some(Arc::new(client_config(native_roots()?)?)),
+            (Scheme::Http, None) if system_roots => bail!(
+                "this host joined its control plane over HTTPS: {base} must be https:// (refusing to fall back \
+                 to plain HTTP)"
+            ),
             (Scheme::Https, None) => bail!(
                 "this host joined its control plane over plain HTTP, and {base} is HTTPS: join again \
                  (delete the agent's host.json) so that the control plane's certificate authority is pinned"
@@ -91,65 +97,37 @@ pub fn check_cleartext(base: &str, insecure: bool) -> anyhow::Result<()> {
     )
 }
 
-/// Joins over `https://`: verifies the control plane against `ca_file` (or the system's roots)
-/// and returns the client to join with and, once it has been used, the PEM to pin.
+/// Joins over `https://`: the client that verifies the control plane with `ca_file` (or the
+/// system's roots), and what to record of that trust.
 pub struct JoinTrust {
     pub http: reqwest::Client,
-    recorder: Arc<Recording>,
-    ca_pem: Option<String>,
+    /// The `--ca-file`'s certificates, to pin; `None`: the system's roots.
+    pub pinned: Option<String>,
 }
 
 impl JoinTrust {
     pub fn new(ca_file: Option<&Path>) -> anyhow::Result<JoinTrust> {
-        let (roots, ca_pem) = match ca_file {
+        let (roots, pinned) = match ca_file {
             Some(path) => {
                 let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 (roots_from_pem(pem.as_bytes())?, Some(pem))
             }
-            None => {
-                let mut roots = RootCertStore::empty();
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    bail!("no system root certificates found; pass --ca-file with the control plane's CA");
-                }
-                (roots, None)
-            }
+            None => (native_roots()?, None),
         };
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .context("building the certificate verifier")?;
-        let recorder = Arc::new(Recording { inner: verifier, presented: Mutex::new(Vec::new()) });
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("BUG: ring supports the default versions")
-            .dangerous()
-            .with_custom_certificate_verifier(recorder.clone())
-            .with_no_client_auth();
-        let http = http_client(Some(Arc::new(config)))?;
-        Ok(JoinTrust { http, recorder, ca_pem })
-    }
-
-    /// What to pin after a successful join: the `--ca-file`, or else the topmost certificate the
-    /// control plane presented (its issuing CA, which its renewed certificates keep).
-    pub fn pinned(&self) -> anyhow::Result<String> {
-        if let Some(pem) = &self.ca_pem {
-            return Ok(pem.clone());
-        }
-        let presented = self.recorder.presented.lock().expect("BUG: recorder lock poisoned");
-        let top = presented.last().context("the control plane presented no certificate")?;
-        Ok(to_pem(top))
+        let http = http_client(Some(Arc::new(client_config(roots)?)))?;
+        Ok(JoinTrust { http, pinned })
     }
 }
 
-fn to_pem(cert: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-    let lines: Vec<&str> =
-        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
-    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+fn native_roots() -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        bail!("no system root certificates found; pass --ca-file with the control plane's CA");
+    }
+    Ok(roots)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -190,51 +168,6 @@ fn http_client(tls: Option<Arc<ClientConfig>>) -> anyhow::Result<reqwest::Client
     builder.build().context("building the HTTP client")
 }
 
-/// Verifies as WebPKI does, and remembers the chain the server presented.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    presented: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        let chain = std::iter::once(end_entity).chain(intermediates).map(|c| c.clone().into_owned()).collect();
-        *self.presented.lock().expect("BUG: recorder lock poisoned") = chain;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,9 +187,10 @@ mod tests {
     #[test]
     fn a_pinned_control_plane_is_never_reached_over_plain_http() {
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        assert!(ControlPlane::new("http://10.0.0.1:7878", Some(pem)).is_err());
-        assert!(ControlPlane::new("https://10.0.0.1:7878", None).is_err(), "https without a pin: join again");
-        let plain = ControlPlane::new("http://127.0.0.1:7878/", None).unwrap();
+        assert!(ControlPlane::new("http://10.0.0.1:7878", Some(pem), false).is_err());
+        assert!(ControlPlane::new("http://10.0.0.1:7878", None, true).is_err(), "joined over HTTPS");
+        assert!(ControlPlane::new("https://10.0.0.1:7878", None, false).is_err(), "https without a pin: join again");
+        let plain = ControlPlane::new("http://127.0.0.1:7878/", None, false).unwrap();
         assert_eq!(plain.ws_url("/api/v1/agents/connect"), "ws://127.0.0.1:7878/api/v1/agents/connect");
     }
 }

@@ -155,6 +155,7 @@ struct Discovery {
 
 #[derive(Debug, Deserialize)]
 struct IdClaims {
+    sub: String,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
@@ -175,6 +176,10 @@ struct Pending {
 /// A verified identity from a provider.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// Who vouches for the identity (the OIDC issuer, or GitHub's API URL)...
+    pub issuer: String,
+    /// ... and its stable, unique identifier there (`sub`, GitHub's numeric user id).
+    pub subject: String,
     pub email: String,
     pub name: Option<String>,
 }
@@ -371,7 +376,12 @@ impl SignIn {
             return Err(SignInError::InvalidToken("the nonce does not match this sign-in".into()));
         }
         match (claims.email, claims.email_verified) {
-            (Some(email), Some(true)) => Ok(Identity { email: email.to_lowercase(), name: claims.name }),
+            (Some(email), Some(true)) => Ok(Identity {
+                issuer: discovery.issuer.clone(),
+                subject: claims.sub,
+                email: email.to_lowercase(),
+                name: claims.name,
+            }),
             _ => Err(SignInError::UnverifiedEmail),
         }
     }
@@ -418,9 +428,27 @@ impl SignIn {
             primary: bool,
             verified: bool,
         }
+        #[derive(Deserialize)]
+        struct User {
+            id: u64,
+        }
+        let api_url = api_url.trim_end_matches('/');
+        let user: User = self
+            .http
+            .get(format!("{api_url}/user"))
+            .bearer_auth(access_token)
+            .header("user-agent", "berth")
+            .header("accept", "application/vnd.github+json")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| SignInError::Provider(format!("reading the account: {e}")))?
+            .json()
+            .await
+            .map_err(|e| SignInError::Provider(format!("the account: {e}")))?;
         let emails: Vec<Email> = self
             .http
-            .get(format!("{}/user/emails", api_url.trim_end_matches('/')))
+            .get(format!("{api_url}/user/emails"))
             .bearer_auth(access_token)
             .header("user-agent", "berth")
             .header("accept", "application/vnd.github+json")
@@ -434,7 +462,12 @@ impl SignIn {
         emails
             .into_iter()
             .find(|e| e.primary && e.verified)
-            .map(|e| Identity { email: e.email.to_lowercase(), name: None })
+            .map(|e| Identity {
+                issuer: api_url.to_string(),
+                subject: user.id.to_string(),
+                email: e.email.to_lowercase(),
+                name: None,
+            })
             .ok_or(SignInError::UnverifiedEmail)
     }
 }

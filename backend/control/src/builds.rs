@@ -385,6 +385,7 @@ impl Builds {
             return Err(canceled());
         }
         log.push(format!("built {}", row.image));
+        inner.orchestrator.links().note_image_origin(&row.image, &host);
         if let Some(objects) = &quarantine
             && let Err(error) = inner.repos.keep_objects(&repo, objects).await
         {

@@ -26,7 +26,7 @@ pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::R
     }
     let mut transfer = links.relay().open();
     let mut asked = 0;
-    for link in links.all().into_iter().filter(|l| l.name != requester) {
+    for link in links.all().into_iter().filter(|l| l.name != requester && links.may_supply(l, image)) {
         if let Some(agent) = link.local_agent() {
             if agent.has_image(image).await {
                 tracing::info!(image, from = link.name, to = requester, "shipping an image");

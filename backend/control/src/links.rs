@@ -25,6 +25,9 @@ pub struct HostLinks {
 #[derive(Default)]
 struct LinksInner {
     links: RwLock<HashMap<String, Arc<HostLink>>>,
+    /// Where each image built by Berth was built (since this process started): besides the hosts
+    /// that run it, the only host asked for it.
+    origins: Mutex<HashMap<String, String>>,
     observed: watch::Sender<ObservedUnion>,
     relay: Relay,
 }
@@ -70,6 +73,19 @@ impl HostLinks {
     /// The union of every host's latest report, updated on every report that changes something.
     pub fn observed(&self) -> watch::Receiver<ObservedUnion> {
         self.inner.observed.subscribe()
+    }
+
+    /// `image` was built on `host`.
+    pub fn note_image_origin(&self, image: &str, host: &str) {
+        self.inner.origins.lock().expect("BUG: origins lock poisoned").insert(image.to_string(), host.to_string());
+    }
+
+    /// Whether `host` may be asked for `image`: it runs a container of it, or built it. An
+    /// archive from any other host is never asked for, so a host's credential cannot supply
+    /// another team's image.
+    pub fn may_supply(&self, host: &HostLink, image: &str) -> bool {
+        host.desires_image(image)
+            || self.inner.origins.lock().expect("BUG: origins lock poisoned").get(image) == Some(&host.name)
     }
 
     /// Streams from agents to the control plane (images, logs).
@@ -179,8 +195,10 @@ impl HostLink {
     /// Replaces the desired list; the agent hears of it only when it changed. Its replicas are
     /// the host's to report on from now on.
     pub fn set_desired(&self, containers: Vec<DesiredContainer>) {
-        let ids: Vec<String> = containers.iter().map(|c| c.replica_id.clone()).collect();
-        self.reports.lock().expect("BUG: reports lock poisoned").assigned.extend(ids);
+        // Under the reports lock, so a report cannot be filtered against the old list while
+        // the new one is being set.
+        let mut reports = self.reports.lock().expect("BUG: reports lock poisoned");
+        reports.assigned.extend(containers.iter().map(|c| c.replica_id.clone()));
         self.desired.send_if_modified(|current| {
             if current.as_ref() == Some(&containers) {
                 false
@@ -190,7 +208,7 @@ impl HostLink {
             }
         });
         // A report that came before the list now counts.
-        self.publish(None);
+        self.publish(&mut reports);
     }
 
     /// Whether a container of `image` is desired on this host (an image is shipped only then).
@@ -202,17 +220,15 @@ impl HostLink {
     pub fn report(&self, observed: Observed) {
         self.touch();
         self.reported.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.publish(Some(observed));
+        let mut reports = self.reports.lock().expect("BUG: reports lock poisoned");
+        reports.last = observed;
+        self.publish(&mut reports);
     }
 
-    /// Publishes the last report (replaced by `report` if given) filtered to the host's replicas.
-    fn publish(&self, report: Option<Observed>) {
-        let mut reports = self.reports.lock().expect("BUG: reports lock poisoned");
-        if let Some(report) = report {
-            reports.last = report;
-        }
+    /// Publishes the last report filtered to the host's replicas.
+    fn publish(&self, reports: &mut Reports) {
         let desired: HashSet<String> = self.desired.borrow().iter().flatten().map(|c| c.replica_id.clone()).collect();
-        let Reports { last, assigned, foreign } = &mut *reports;
+        let Reports { last, assigned, foreign } = reports;
         assigned.retain(|id| desired.contains(id) || last.contains_key(id));
         let kept: Observed =
             last.iter().filter(|(id, _)| assigned.contains(*id)).map(|(k, v)| (k.clone(), v.clone())).collect();

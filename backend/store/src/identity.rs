@@ -265,6 +265,39 @@ impl Store {
         Ok(failures)
     }
 
+    /// The account linked to the provider identity (`issuer`, `subject`), if any.
+    pub async fn user_by_external(&self, issuer: &str, subject: &str) -> Result<Option<UserRow>> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = \
+             (SELECT user_id FROM external_identities WHERE issuer = ? AND subject = ?)"
+        )))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// The subject the account is linked to at `issuer`, if any.
+    pub async fn external_subject(&self, user_id: i64, issuer: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT subject FROM external_identities WHERE user_id = ? AND issuer = ?")
+            .bind(user_id)
+            .bind(issuer)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Links the account to the provider identity (`issuer`, `subject`).
+    pub async fn link_external(&self, user_id: i64, issuer: &str, subject: &str) -> Result<()> {
+        sqlx::query("INSERT INTO external_identities (issuer, subject, user_id, linked_at) VALUES (?, ?, ?, ?)")
+            .bind(issuer)
+            .bind(subject)
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A successful sign-in clears that address's failures for the email.
     pub async fn clear_failed_logins(&self, email: &str, address: &str) -> Result<()> {
         sqlx::query("DELETE FROM login_failures WHERE email = ? AND address = ?")

@@ -177,10 +177,11 @@ pub(super) async fn sign_in_providers(State(s): State<AppState>) -> impl IntoRes
 /// Sends the browser to the provider.
 pub(super) async fn external_start(
     State(s): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Path(provider): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let (url, state) = s.services.external_sign_in_start(&provider).await?;
+    let (url, state) = s.services.external_sign_in_start(&provider, address.as_deref()).await?;
     let mut response = axum::response::Redirect::to(&url).into_response();
     response.headers_mut().append(axum::http::header::SET_COOKIE, super::session::sign_in_binding(&state, &headers));
     Ok(response)

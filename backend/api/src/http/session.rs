@@ -110,9 +110,14 @@ pub fn csrf_ok(method: &Method, headers: &HeaderMap, secret: &str) -> bool {
 
 /// A form post must come from a page of this server: browsers send `Origin` on every POST, and a
 /// foreign one is refused (login CSRF). Requests without `Origin` (non-browser clients) pass.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// Over HTTP/2 the host is the request's `:authority` (in the URI), not a `Host` header.
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
@@ -186,10 +191,11 @@ fn urlencode(s: &str) -> String {
 pub(super) async fn sign_in(
     State(s): State<AppState>,
     ClientAddress(address): ClientAddress,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, &uri) {
         return (StatusCode::FORBIDDEN, "sign-in from another site refused").into_response();
     }
     let next = form.next.as_deref();
@@ -355,12 +361,20 @@ mod tests {
 
     #[test]
     fn foreign_origins_are_refused() {
+        let uri = axum::http::Uri::from_static("/auth/signin");
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("berth.example:8000"));
-        assert!(same_origin(&headers));
+        assert!(same_origin(&headers, &uri));
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://berth.example:8000"));
-        assert!(same_origin(&headers));
+        assert!(same_origin(&headers, &uri));
         headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
-        assert!(!same_origin(&headers));
+        assert!(!same_origin(&headers, &uri));
+        // HTTP/2 has no Host header: the authority of the request's URI counts.
+        let h2 = axum::http::Uri::from_static("https://berth.example:7443/auth/signin");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://berth.example:7443"));
+        assert!(same_origin(&headers, &h2));
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&headers, &h2));
     }
 }

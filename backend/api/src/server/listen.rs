@@ -128,9 +128,14 @@ pub async fn serve(
         // Without TCP_NODELAY, a streamed page's later chunks wait for the client's delayed ACK.
         let _ = stream.set_nodelay(true);
         let (app, proxies) = (app.clone(), proxies.clone());
+        let over_tls = tls.is_some();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let client = client_address(peer, request.headers(), &proxies);
             strip_untrusted_forwarding(peer, request.headers_mut(), &proxies);
+            if over_tls {
+                // This listener's own TLS: the session cookie is then `Secure` and `__Host-`.
+                request.headers_mut().insert("x-forwarded-proto", axum::http::HeaderValue::from_static("https"));
+            }
             request.extensions_mut().insert(ConnectInfo(client));
             app.clone().oneshot(request.map(axum::body::Body::new))
         });

@@ -272,7 +272,9 @@ impl Services {
     /// for this (email, address) pair, then argon2 (against a dummy hash for unknown accounts,
     /// so timing tells nothing), counting the failure. The answer never says which check failed.
     async fn check_password(&self, email: &str, password: &str, address: Option<&str>) -> Result<UserRow> {
-        let address = address.unwrap_or("unknown");
+        // IPv6 by its /64, as the limiter counts: one client cannot rotate through its block to
+        // escape the backoff.
+        let address = &limiter_key(address.unwrap_or("unknown"));
         if !self.login_limiter.allow(address) {
             return Err(ServiceError::TooManyRequests(
                 "too many sign-in attempts from this address; wait a minute".into(),
@@ -334,10 +336,15 @@ impl Services {
     pub async fn change_password(&self, principal: &Principal, input: ChangePassword) -> Result<()> {
         let result = async {
             validate_password("new", &input.new)?;
-            let user = self.store.user(principal.user_id).await?.ok_or_else(generic_login_failure)?;
-            if !auth::verify_password(user.password_hash.as_deref(), &input.current).await {
-                return Err(invalid("current", "the current password is wrong"));
-            }
+            // Like any sign-in (rate limit, backoff, failure count): a stolen token must not be a
+            // way to guess the account's password.
+            let user = match self.check_password(&principal.email, &input.current, principal.address.as_deref()).await {
+                Ok(user) if user.id == principal.user_id => user,
+                Ok(_) | Err(ServiceError::Unauthorized(_)) => {
+                    return Err(invalid("current", "the current password is wrong"));
+                }
+                Err(other) => return Err(other),
+            };
             let hash = auth::hash_password(&input.new).await?;
             self.store.set_password(user.id, &hash, Some(principal.token_id)).await?;
             Ok(())
@@ -681,7 +688,14 @@ impl Services {
 
     /// The provider URL a browser goes to, to sign in, and the flow's state (to bind to the
     /// browser).
-    pub async fn external_sign_in_start(&self, provider: &str) -> Result<(String, String)> {
+    /// Counted against the address's sign-in attempts: the endpoint is public, and each start
+    /// holds a pending flow for ten minutes.
+    pub async fn external_sign_in_start(&self, provider: &str, address: Option<&str>) -> Result<(String, String)> {
+        if !self.login_limiter.allow(&limiter_key(address.unwrap_or("unknown"))) {
+            return Err(ServiceError::TooManyRequests(
+                "too many sign-in attempts from this address; wait a minute".into(),
+            ));
+        }
         self.sign_in.start(provider).await.map_err(|e| match e {
             SignInError::UnknownProvider(_) => ServiceError::NotFound(e.to_string()),
             SignInError::Busy => ServiceError::TooManyRequests(e.to_string()),
@@ -724,8 +738,25 @@ impl Services {
         result
     }
 
+    /// The account of a provider identity: the one linked to its (issuer, subject); else, the
+    /// first time, the account of its verified email, unless that account is already linked to
+    /// another identity of the same provider; else a new account under an auto-join rule. The
+    /// link is recorded, so a later change of email at the provider changes nothing here.
     async fn link_external(&self, provider: &str, identity: crate::oidc::Identity) -> Result<LoginResponse> {
-        let user = match self.store.user_by_email(&identity.email).await? {
+        let linked = self.store.user_by_external(&identity.issuer, &identity.subject).await?;
+        let by_email = match linked {
+            Some(_) => None,
+            None => self.store.user_by_email(&identity.email).await?,
+        };
+        if let Some(user) = &by_email
+            && self.store.external_subject(user.id, &identity.issuer).await?.is_some()
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "the account {} is linked to another {provider} identity",
+                identity.email
+            )));
+        }
+        let user = match linked.or(by_email) {
             Some(user) if user.disabled => return Err(generic_login_failure()),
             Some(user) => user,
             None => {
@@ -753,6 +784,9 @@ impl Services {
                 self.store.user(id).await?.expect("BUG: the user was just created")
             }
         };
+        if self.store.external_subject(user.id, &identity.issuer).await?.is_none() {
+            self.store.link_external(user.id, &identity.issuer, &identity.subject).await?;
+        }
         let secret = auth::new_token();
         let name = format!("sign-in via {provider}");
         let expires_at = Some(now_ms() + SESSION_TTL.as_millis() as i64);

@@ -31,6 +31,8 @@ const KEY_N: &str = include_str!("oidc_key/test_key.n");
 struct ProviderState {
     issuer: String,
     email: Mutex<(String, bool)>,
+    /// The `sub` of the tokens (default: derived from the email).
+    subject: Mutex<Option<String>>,
     audience: Mutex<String>,
     grants: Mutex<HashMap<String, Grant>>,
     /// Fetches of the discovery document and of the signing keys.
@@ -133,7 +135,7 @@ async fn token(
     let (email, verified) = p.email.lock().unwrap().clone();
     let claims = Claims {
         iss: p.issuer.clone(),
-        sub: format!("user-{email}"),
+        sub: p.subject.lock().unwrap().clone().unwrap_or_else(|| format!("user-{email}")),
         aud: p.audience.lock().unwrap().clone(),
         exp: now + 300,
         iat: now,
@@ -165,6 +167,7 @@ async fn start_provider() -> Arc<ProviderState> {
     let state = Arc::new(ProviderState {
         issuer,
         email: Mutex::new(("alice@example.com".into(), true)),
+        subject: Mutex::new(None),
         audience: Mutex::new(CLIENT_ID.into()),
         grants: Mutex::new(HashMap::new()),
         discoveries: Default::default(),
@@ -276,7 +279,21 @@ async fn the_whole_redirect_flow_signs_in_and_links_by_verified_email() {
     let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["instance_admin"], true);
-    // Two sign-ins, one discovery and one key fetch: both are cached.
+    // From now on alice is her (issuer, subject): an email changed at the provider, even to
+    // another account's, still signs in alice...
+    *provider.subject.lock().unwrap() = Some("user-alice@example.com".into());
+    *provider.email.lock().unwrap() = ("admin@localhost".into(), true);
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["email"], "alice@example.com", "linked by subject, not by email");
+    // ... and another identity claiming alice's (verified) email is refused.
+    *provider.subject.lock().unwrap() = Some("mallory".into());
+    *provider.email.lock().unwrap() = ("alice@example.com".into(), true);
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("linked to another"), "{body}");
+
+    // Five sign-ins, one discovery and one key fetch: both are cached.
     let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!((count(&provider.discoveries), count(&provider.key_fetches)), (1, 1));
 }
