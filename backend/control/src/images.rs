@@ -18,19 +18,45 @@ use crate::links::HostLinks;
 /// How long hosts get to say whether they have an image.
 const ASK_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Finds `image` on a host other than `requester` and returns its archive.
+/// Finds `image` on a host other than `requester` and returns its archive. The hosts that run
+/// the image or built it are asked first; an image Berth built (`berth/<team>/...`) is asked
+/// of them alone, for no other host has a reason to hold it. Any other image (loaded by hand
+/// onto one host) may come from any host, but only when none of those has it.
 pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::Result<ByteStream> {
     let requesting = links.get(requester).context("the requesting host is not registered")?;
     if !requesting.desires_image(image) {
         bail!("host {requester} runs no container of image {image}");
     }
+    let (trusted, others): (Vec<_>, Vec<_>) =
+        links.all().into_iter().filter(|l| l.name != requester).partition(|l| links.may_supply(l, image));
+    let mut asked = 0;
+    for (round, hosts) in [trusted, others].into_iter().enumerate() {
+        if round == 1 && image.starts_with("berth/") {
+            break;
+        }
+        let (stream, round_asked) = ask(links, &hosts, requester, image).await;
+        asked += round_asked;
+        if let Some(stream) = stream {
+            return Ok(stream);
+        }
+    }
+    bail!("no other host has image {image} ({asked} connected host(s) asked)")
+}
+
+/// Asks `hosts` for `image`; the first archive offered, and how many remote hosts were asked.
+async fn ask(
+    links: &HostLinks,
+    hosts: &[std::sync::Arc<crate::links::HostLink>],
+    requester: &str,
+    image: &str,
+) -> (Option<ByteStream>, usize) {
     let mut transfer = links.relay().open();
     let mut asked = 0;
-    for link in links.all().into_iter().filter(|l| l.name != requester && links.may_supply(l, image)) {
+    for link in hosts {
         if let Some(agent) = link.local_agent() {
             if agent.has_image(image).await {
                 tracing::info!(image, from = link.name, to = requester, "shipping an image");
-                return Ok(agent.export_image(image));
+                return (Some(agent.export_image(image)), asked);
             }
         } else {
             let command = ControlMessage::ExportImage { transfer: transfer.id.clone(), image: image.into() };
@@ -39,13 +65,14 @@ pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::R
             }
         }
     }
-    match transfer.first_upload(ASK_TIMEOUT).await {
-        Some(stream) => {
-            tracing::info!(image, to = requester, "shipping an image from a remote host");
-            Ok(stream)
-        }
-        None => bail!("no other host has image {image} ({asked} connected host(s) asked)"),
+    if asked == 0 {
+        return (None, 0);
     }
+    let stream = transfer.first_upload(ASK_TIMEOUT).await;
+    if stream.is_some() {
+        tracing::info!(image, to = requester, "shipping an image from a remote host");
+    }
+    (stream, asked)
 }
 
 /// The in-process agent's source: the other hosts, reached through the registry directly.

@@ -123,21 +123,23 @@ async fn an_image_is_shipped_only_to_a_host_that_runs_it() {
     let h1: Arc<HostLink> = links.link("h1");
     let error = berth_control::images::fetch(&links, "h1", "berth/other-team/app:1").await.err().expect("refused");
     assert!(format!("{error:#}").contains("runs no container of image"), "{error:#}");
-    h1.set_desired(vec![desired("r1", "web:1")]);
-    // h2 neither runs nor built it: it is not asked (a host's credential cannot supply images).
+    let built = "berth/main/web:0123456789ab-1";
+    h1.set_desired(vec![desired("r1", built)]);
+    // h2 neither runs nor built it: it is not asked (a host's credential cannot supply images
+    // Berth built for a team).
     let h2 = links.link("h2");
     let mut commands = h2.open_commands();
-    let error = berth_control::images::fetch(&links, "h1", "web:1").await.err().expect("nobody has it");
+    let error = berth_control::images::fetch(&links, "h1", built).await.err().expect("nobody has it");
     assert!(format!("{error:#}").contains("(0 connected host(s) asked)"), "{error:#}");
     assert!(commands.try_recv().is_err(), "h2 was not asked");
     // h2 built it: now it is asked.
-    links.note_image_origin("web:1", "h2");
-    let fetch = berth_control::images::fetch(&links, "h1", "web:1");
+    links.note_image_origin(built, "h2");
+    let fetch = berth_control::images::fetch(&links, "h1", built);
     let answer = async {
         let Some(berth_wire::agent::ControlMessage::ExportImage { transfer, image }) = commands.recv().await else {
             panic!("h2 is asked for the image");
         };
-        assert_eq!(image, "web:1");
+        assert_eq!(image, built);
         links.relay().unavailable(&transfer, "h2");
     };
     let (result, ()) = tokio::join!(fetch, answer);
