@@ -135,6 +135,12 @@ async fn join(config: &AgentDaemonConfig, base: &str, capacity: &HostCapacity) -
         Some(ip) => ip,
         None => detect_address(base).await?,
     };
+    if advertise_addr.is_loopback() {
+        bail!(
+            "this host would advertise {advertise_addr}, a loopback address the ingress cannot reach it on \
+             (the control plane is on this machine): pass --advertise-addr with its address on the network"
+        );
+    }
     let request = JoinRequest {
         join_token,
         name: config.name.clone(),
@@ -161,7 +167,17 @@ async fn join(config: &AgentDaemonConfig, base: &str, capacity: &HostCapacity) -
 /// The local address this host uses to reach the control plane.
 async fn detect_address(base: &str) -> anyhow::Result<IpAddr> {
     let authority = base.split("://").nth(1).unwrap_or(base).split('/').next().unwrap_or_default();
-    let target = tokio::net::lookup_host(authority)
+    // Without a port, the scheme's.
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']'))
+    });
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        let port = if base.to_ascii_lowercase().starts_with("https://") { 443 } else { 80 };
+        format!("{authority}:{port}")
+    };
+    let target = tokio::net::lookup_host(authority.as_str())
         .await
         .with_context(|| format!("resolving {authority}"))?
         .next()
@@ -374,5 +390,18 @@ async fn upload(plane: &ControlPlane, credential: &str, transfer: &str, body: re
         Ok(response) if response.status().is_success() => {}
         Ok(response) => tracing::debug!(transfer, status = %response.status(), "the control plane ended the upload"),
         Err(error) => tracing::debug!(transfer, %error, "upload ended"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_address_toward_the_control_plane_is_found_with_or_without_a_port() {
+        for base in ["https://127.0.0.1", "http://127.0.0.1", "http://127.0.0.1:7878/"] {
+            let address = detect_address(base).await.unwrap_or_else(|e| panic!("{base}: {e:#}"));
+            assert!(address.is_loopback(), "{base}: {address}");
+        }
     }
 }

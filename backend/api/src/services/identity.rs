@@ -272,14 +272,26 @@ impl Services {
     /// for this (email, address) pair, then argon2 (against a dummy hash for unknown accounts,
     /// so timing tells nothing), counting the failure. The answer never says which check failed.
     async fn check_password(&self, email: &str, password: &str, address: Option<&str>) -> Result<UserRow> {
-        // IPv6 by its /64, as the limiter counts: one client cannot rotate through its block to
-        // escape the backoff.
-        let address = &limiter_key(address.unwrap_or("unknown"));
-        if !self.login_limiter.allow(address) {
+        let address = self.rate_limit(address)?;
+        self.verify_account(email, password, &address).await
+    }
+
+    /// One sign-in attempt from `address` (an invitation's acceptance counts as one too): refused
+    /// past the address's rate; the address's key otherwise (IPv6 by its /64, as the limiter
+    /// counts: one client cannot rotate through its block to escape the backoff).
+    fn rate_limit(&self, address: Option<&str>) -> Result<String> {
+        let address = limiter_key(address.unwrap_or("unknown"));
+        if !self.login_limiter.allow(&address) {
             return Err(ServiceError::TooManyRequests(
                 "too many sign-in attempts from this address; wait a minute".into(),
             ));
         }
+        Ok(address)
+    }
+
+    /// The backoff, argon2 and failure accounting of [`Services::check_password`], for an
+    /// attempt already counted by [`Services::rate_limit`].
+    async fn verify_account(&self, email: &str, password: &str, address: &str) -> Result<UserRow> {
         if email.len() > 254 {
             return Err(generic_login_failure());
         }
@@ -550,6 +562,8 @@ impl Services {
     ) -> Result<LoginResponse> {
         let email = input.email.trim().to_lowercase();
         let result = async {
+            // Counted before the invitation is looked up: guessing secrets costs attempts too.
+            let limited = self.rate_limit(address.as_deref())?;
             let email = validate_email(&email)?;
             let invalid_invite = || ServiceError::NotFound("the invitation is not valid, expired or used".into());
             let invite = self.store.invitation(&auth::hash_token(token)).await?.ok_or_else(invalid_invite)?;
@@ -563,7 +577,7 @@ impl Services {
                 // An existing account proves its password exactly as signing in does: same rate
                 // limit, same backoff, same failure accounting (else an invitation would be an
                 // unthrottled password oracle for any account).
-                Some(_) => self.check_password(&email, &input.password, address.as_deref()).await?,
+                Some(_) => self.verify_account(&email, &input.password, &limited).await?,
                 None => {
                     validate_password("password", &input.password)?;
                     let name =
@@ -590,6 +604,14 @@ impl Services {
             Ok((invite.team, LoginResponse { token: secret, user: self.me_of(&user).await? }))
         }
         .await;
+        // Refusals by the rate limit: one record per address per window, as for sign-in.
+        let mut detail = result.as_ref().err().map(ToString::to_string);
+        if matches!(result, Err(ServiceError::TooManyRequests(_))) {
+            match self.login_limiter.audit_refusal(address.as_deref().unwrap_or("unknown")) {
+                None => return result.map(|(_, response)| response),
+                Some(unaudited) => detail = Some(format!("rate limited; {unaudited} refusals in the previous minute")),
+            }
+        }
         let record = AuditRecord {
             actor: email.clone(),
             action: "accept_invite".into(),
@@ -601,7 +623,7 @@ impl Services {
             },
             user_id: result.as_ref().ok().map(|(_, r)| r.user.id),
             outcome: if result.is_ok() { "ok" } else { "denied" }.into(),
-            detail: result.as_ref().err().map(ToString::to_string),
+            detail,
             ..AuditRecord::default()
         };
         self.store.audit(record).await?;

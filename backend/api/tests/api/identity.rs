@@ -159,6 +159,14 @@ async fn accepting_an_invitation_checks_an_existing_password_like_sign_in_and_it
         limited |= status == 429;
     }
     assert!(limited, "invitation acceptance is rate limited");
+    // Guessing invitation secrets costs attempts too.
+    let mut limited = false;
+    for n in 0..30 {
+        let guess = format!("/api/v1/invites/berth_{n:064}/accept");
+        let (status, _) = i.call_from(Some("10.0.0.88"), Method::POST, &guess, None, Some(accept("guess"))).await;
+        limited |= status == 429;
+    }
+    assert!(limited, "guessing invitation secrets is rate limited");
     // The invitation was not used up by the failures; the owner of the account accepts it.
     let (status, joined) =
         i.call_from(Some("10.0.0.1"), Method::POST, &uri, None, Some(accept("admin password 1"))).await;

@@ -240,10 +240,18 @@ impl Orchestrator {
     async fn remove_app(&self, app: &AppRow) -> anyhow::Result<()> {
         // Routes first (the app's host disappears), then drain and stop, then the records.
         self.publish_routes().await?;
-        let replicas: Vec<String> = self.inner.store.replicas_of_app(app.id).await?.into_iter().map(|r| r.id).collect();
-        self.drain_and_stop(None, &replicas).await?;
+        // Repeated like a release's drain: a replica moved off a lost host meanwhile has a new id.
+        loop {
+            let replicas: Vec<String> =
+                self.inner.store.replicas_of_app(app.id).await?.into_iter().map(|r| r.id).collect();
+            if replicas.is_empty() {
+                break;
+            }
+            self.drain_and_stop(None, &replicas).await?;
+        }
         self.inner.store.delete_app(app.id).await?;
         self.publish_routes().await?;
+        self.publish_desired().await?;
         tracing::info!(app = app.name, "app deleted");
         Ok(())
     }
