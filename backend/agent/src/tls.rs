@@ -157,12 +157,9 @@ fn client_config(roots: RootCertStore) -> anyhow::Result<ClientConfig> {
 
 fn http_client(tls: Option<Arc<ClientConfig>>) -> anyhow::Result<reqwest::Client> {
     let builder = reqwest::Client::builder();
+    // The config speaks HTTP/1.1 by ALPN (`client_config`), as reqwest here does.
     let builder = match tls {
-        Some(config) => {
-            let mut config = (*config).clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            builder.use_preconfigured_tls(config)
-        }
+        Some(config) => builder.use_preconfigured_tls((*config).clone()),
         None => builder,
     };
     builder.build().context("building the HTTP client")

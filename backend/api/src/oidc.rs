@@ -250,16 +250,7 @@ impl SignIn {
 
     async fn fetch_discovery(&self, issuer: &str) -> Result<Discovery, SignInError> {
         let url = format!("{issuer}/.well-known/openid-configuration");
-        let discovery: Discovery = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SignInError::Provider(format!("discovery at {url}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| SignInError::Provider(format!("discovery document: {e}")))?;
+        let discovery: Discovery = get_json(self.http.get(&url), &format!("the discovery document at {url}")).await?;
         if discovery.issuer.trim_end_matches('/') != issuer {
             return Err(SignInError::Provider(format!("the discovery document names issuer {}", discovery.issuer)));
         }
@@ -406,16 +397,7 @@ impl SignIn {
                 _ => {}
             }
         }
-        let keys: JwkSet = self
-            .http
-            .get(jwks_uri)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SignInError::Provider(format!("fetching the signing keys: {e}")))?
-            .json()
-            .await
-            .map_err(|e| SignInError::Provider(format!("the signing keys: {e}")))?;
+        let keys: JwkSet = get_json(self.http.get(jwks_uri), "the signing keys").await?;
         let jwk = pick(&keys);
         self.keys.lock().expect("BUG: key cache poisoned").insert(jwks_uri.to_string(), (Instant::now(), keys));
         jwk.ok_or_else(|| SignInError::InvalidToken("signed with a key the provider does not publish".into()))
@@ -433,32 +415,15 @@ impl SignIn {
             id: u64,
         }
         let api_url = api_url.trim_end_matches('/');
-        let user: User = self
-            .http
-            .get(format!("{api_url}/user"))
-            .bearer_auth(access_token)
-            .header("user-agent", "berth")
-            .header("accept", "application/vnd.github+json")
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SignInError::Provider(format!("reading the account: {e}")))?
-            .json()
-            .await
-            .map_err(|e| SignInError::Provider(format!("the account: {e}")))?;
-        let emails: Vec<Email> = self
-            .http
-            .get(format!("{api_url}/user/emails"))
-            .bearer_auth(access_token)
-            .header("user-agent", "berth")
-            .header("accept", "application/vnd.github+json")
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| SignInError::Provider(format!("reading the account's emails: {e}")))?
-            .json()
-            .await
-            .map_err(|e| SignInError::Provider(format!("the account's emails: {e}")))?;
+        let github = |path: &str| {
+            self.http
+                .get(format!("{api_url}{path}"))
+                .bearer_auth(access_token)
+                .header("user-agent", "berth")
+                .header("accept", "application/vnd.github+json")
+        };
+        let user: User = get_json(github("/user"), "the account").await?;
+        let emails: Vec<Email> = get_json(github("/user/emails"), "the account's emails").await?;
         emails
             .into_iter()
             .find(|e| e.primary && e.verified)
@@ -470,6 +435,21 @@ impl SignIn {
             })
             .ok_or(SignInError::UnverifiedEmail)
     }
+}
+
+/// Sends `request` and reads its JSON answer; a failure names `what` was being read.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<T, SignInError> {
+    request
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| SignInError::Provider(format!("fetching {what}: {e}")))?
+        .json()
+        .await
+        .map_err(|e| SignInError::Provider(format!("reading {what}: {e}")))
 }
 
 #[cfg(test)]

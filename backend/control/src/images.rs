@@ -29,16 +29,16 @@ pub async fn fetch(links: &HostLinks, requester: &str, image: &str) -> anyhow::R
     }
     let (trusted, others): (Vec<_>, Vec<_>) =
         links.all().into_iter().filter(|l| l.name != requester).partition(|l| links.may_supply(l, image));
-    let mut asked = 0;
-    for (round, hosts) in [trusted, others].into_iter().enumerate() {
-        if round == 1 && image.starts_with("berth/") {
-            break;
-        }
-        let (stream, round_asked) = ask(links, &hosts, requester, image).await;
-        asked += round_asked;
+    let (stream, mut asked) = ask(links, &trusted, requester, image).await;
+    if let Some(stream) = stream {
+        return Ok(stream);
+    }
+    if !image.starts_with("berth/") {
+        let (stream, more) = ask(links, &others, requester, image).await;
         if let Some(stream) = stream {
             return Ok(stream);
         }
+        asked += more;
     }
     bail!("no other host has image {image} ({asked} connected host(s) asked)")
 }

@@ -61,31 +61,35 @@ pub fn session_secret(headers: &HeaderMap) -> Option<String> {
 /// URL signs nobody in, so an attacker cannot make a victim's browser finish the attacker's
 /// sign-in (login CSRF). `SameSite=Lax` still sends it on the provider's top-level redirect.
 pub(super) fn sign_in_binding(state: &str, headers: &HeaderMap) -> HeaderValue {
-    let secure = secure(headers);
-    let name = if secure { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
-    let cookie = Cookie::build((name, state_hash(state)))
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .max_age(time::Duration::seconds(SIGN_IN_COOKIE_SECS))
-        .secure(secure)
-        .build();
-    HeaderValue::from_str(&cookie.to_string()).expect("BUG: a hex hash is a valid cookie value")
+    sign_in_cookie(&state_hash(state), SIGN_IN_COOKIE_SECS, headers)
 }
 
 /// Whether the request comes from the browser that started the sign-in with `state`.
 pub(super) fn sign_in_bound(state: &str, headers: &HeaderMap) -> bool {
     let jar = CookieJar::from_headers(headers);
-    let name = if secure(headers) { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
-    jar.get(name).is_some_and(|c| constant_time_eq(c.value().as_bytes(), state_hash(state).as_bytes()))
+    jar.get(sign_in_cookie_name(secure(headers)))
+        .is_some_and(|c| constant_time_eq(c.value().as_bytes(), state_hash(state).as_bytes()))
 }
 
 /// Clears the binding once the callback has used it.
 pub(super) fn sign_in_binding_cleared(headers: &HeaderMap) -> HeaderValue {
+    sign_in_cookie("", 0, headers)
+}
+
+fn sign_in_cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE }
+}
+
+fn sign_in_cookie(value: &str, max_age_secs: i64, headers: &HeaderMap) -> HeaderValue {
     let secure = secure(headers);
-    let name = if secure { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE };
-    let cookie = Cookie::build((name, "")).path("/").http_only(true).max_age(time::Duration::ZERO).secure(secure);
-    HeaderValue::from_str(&cookie.build().to_string()).expect("BUG: an empty cookie is valid")
+    let cookie = Cookie::build((sign_in_cookie_name(secure), value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(max_age_secs))
+        .secure(secure)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("BUG: a hex hash is a valid cookie value")
 }
 
 fn state_hash(state: &str) -> String {

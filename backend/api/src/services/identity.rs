@@ -75,14 +75,18 @@ impl LoginLimiter {
         if refusals.len() > 10_000 {
             refusals.retain(|_, (started, _)| started.elapsed() < REFUSAL_WINDOW);
         }
-        let window = refusals.entry(limiter_key(address)).or_insert((Instant::now(), u64::MAX));
-        if window.1 != u64::MAX && window.0.elapsed() < REFUSAL_WINDOW {
-            window.1 += 1;
-            return None;
+        let key = limiter_key(address);
+        match refusals.get_mut(&key) {
+            Some((started, unaudited)) if started.elapsed() < REFUSAL_WINDOW => {
+                *unaudited += 1;
+                None
+            }
+            Some(window) => Some(std::mem::replace(window, (Instant::now(), 0)).1),
+            None => {
+                refusals.insert(key, (Instant::now(), 0));
+                Some(0)
+            }
         }
-        let unaudited = if window.1 == u64::MAX { 0 } else { window.1 };
-        *window = (Instant::now(), 0);
-        Some(unaudited)
     }
 
     fn allow(&self, address: &str) -> bool {
