@@ -10,6 +10,7 @@ mod healing;
 mod hosts;
 mod identity;
 mod release;
+mod tenancy;
 mod tls;
 
 use berth_tests::{Fixture, Server};

@@ -8,6 +8,9 @@
 //! - `Upgrade: websocket` (RFC 6455) answers each text message `<VERSION>: <message>`.
 //! - `GET /events` is a server-sent event stream: `data: <VERSION> <n> <unix ms>` every 200 ms,
 //!   forever.
+//! - `GET /env?name=X` answers the value of the environment variable `X` (`<unset>`).
+//! - `GET /connect?to=IP:PORT` answers `connected` or `failed: <why>`: whether this container can
+//!   open a TCP connection there (2 s timeout).
 //! - Exits at once on SIGTERM: Berth must drain before it stops a replica.
 //! - `hello stamp` prints `stamp <unix ms>` and exits (build output latency).
 //! - `hello sleep N` sleeps N seconds and exits 0 (a slow build step: `RUN ["/hello", "sleep", "30"]`).
@@ -130,6 +133,23 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
                 ("200 OK", format!("hello from {} after {ms}ms\n", version()))
             }
             (_, "/forwarded") => ("200 OK", format!("{forwarded_for}\n")),
+            // The value of one environment variable (the secrets tests).
+            (_, "/env") => {
+                let name = query.strip_prefix("name=").unwrap_or("");
+                ("200 OK", format!("{}\n", std::env::var(name).unwrap_or_else(|_| "<unset>".into())))
+            }
+            // Whether this container can open a TCP connection to `to` (the isolation tests).
+            (_, "/connect") => {
+                let to = query.strip_prefix("to=").unwrap_or("");
+                let outcome = match to.parse::<std::net::SocketAddr>() {
+                    Ok(address) => match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+                        Ok(_) => "connected".to_string(),
+                        Err(error) => format!("failed: {error}"),
+                    },
+                    Err(_) => format!("failed: {to:?} is not an address"),
+                };
+                ("200 OK", format!("{outcome}\n"))
+            }
             ("POST", "/echo") => ("200 OK", String::from_utf8_lossy(&body).into_owned()),
             _ => ("200 OK", format!("hello from {} {}\n", version(), std::env::var("HOSTNAME").unwrap_or_default())),
         };

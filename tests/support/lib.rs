@@ -199,6 +199,17 @@ impl Fixture {
         Ok(())
     }
 
+    /// Removes the team networks the agent of `host` created (after its containers are gone).
+    pub fn remove_networks_on(&self, host: &str) {
+        let filter = format!("label=berth.host={host}");
+        if let Ok(ids) = run(Command::new("docker").args(["network", "ls", "-q", "--filter", &filter])) {
+            let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["network", "rm"]).args(&ids).output();
+            }
+        }
+    }
+
     /// Registers an agent host name so its containers are removed with the fixture.
     pub fn track_host(&self, host: &str) {
         self.agent_hosts.lock().expect("BUG: host list poisoned").push(host.to_string());
@@ -246,6 +257,7 @@ impl Drop for Fixture {
         hosts.push(self.host_name());
         for host in hosts {
             let _ = self.remove_containers_on(&host);
+            self.remove_networks_on(&host);
         }
         let mut labels = vec![format!("label=berth.test={}", self.id)];
         let built = self.built_apps.lock().map(|a| a.clone()).unwrap_or_default();
@@ -751,7 +763,10 @@ impl Engine {
     pub async fn start(fixture: &Fixture, subnet_octet: u8) -> anyhow::Result<Engine> {
         let dir = fixture.dir.join("engine");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("daemon.json"), "{}")?;
+        // Its team networks take addresses from a range of their own, apart from the machine's
+        // engine's (both engines' bridges live in the same network namespace).
+        let pools = format!(r#"{{"default-address-pools": [{{"base": "10.{subnet_octet}.128.0/18", "size": 24}}]}}"#);
+        std::fs::write(dir.join("daemon.json"), pools)?;
         let bridge = format!("bb{}", &fixture.id[..6]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("10.{subnet_octet}.200.1/24"), "dev", &bridge])?;
@@ -797,6 +812,8 @@ impl Drop for Engine {
                 let _ = Command::new("docker").args(["-H", &self.socket, "rm", "-f"]).args(&ids).output();
             }
         }
+        // The team networks' bridges would outlive the engine in the host's namespace.
+        let _ = Command::new("docker").args(["-H", &self.socket, "network", "prune", "-f"]).output();
         let _ = terminate(self.daemon.id());
         let _ = self.daemon.wait();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();

@@ -18,6 +18,9 @@ pub struct CreateApp {
     pub replicas: Option<u32>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret variables: stored encrypted, never returned.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     #[serde(default)]
     pub health_path: Option<String>,
     #[serde(default)]
@@ -44,7 +47,11 @@ pub struct Deploy {
     /// Variables to set (or overwrite).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Variables to remove.
+    /// Secret variables to set (or overwrite): stored encrypted, never returned. A name moves
+    /// between `env` and `secrets` when it is set in the other.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Variables to remove, plain or secret.
     #[serde(default)]
     pub unset_env: Vec<String>,
     #[serde(default)]
@@ -61,6 +68,48 @@ pub struct Deploy {
     pub privileges: Option<crate::Privileges>,
     #[serde(default)]
     pub protocol: Option<crate::edge::AppProtocol>,
+}
+
+/// A team's limits, set by instance admins; an absent one is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamQuota {
+    #[serde(default)]
+    pub replicas: Option<u64>,
+    /// Thousandths of a core, summed over the replicas' CPU limits.
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// MiB, summed over the replicas' memory limits.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+}
+
+/// What a team's apps are declared to run: each app's latest release that did not fail (or the
+/// spec of an app whose first build has not released yet), replicas times their limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUse {
+    pub replicas: u64,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub team: String,
+    pub quota: TeamQuota,
+    pub used: ResourceUse,
+}
+
+/// What a rotation of the secret key did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretKeyRotated {
+    /// The key every secret value is now sealed with.
+    pub key_id: String,
+    /// Values resealed (counted once per release that carries them).
+    pub resealed: u64,
+    /// Stored values that did not open (sealed under a key lost earlier), left as they were.
+    pub unreadable: u64,
+    /// Keys removed from the key file.
+    pub retired: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -42,6 +42,11 @@ pub struct AppSpec {
     pub replicas: u32,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret variables, set in the container's environment like `env`. In the store the values
+    /// are sealed (encrypted under the instance's key); the API never returns them: every value
+    /// it shows here is empty, the name says the variable is set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Readiness path probed with `GET`; `None` means "ready once the port accepts connections".
     #[serde(default)]
     pub health_path: Option<String>,

@@ -6,7 +6,10 @@ use std::time::Duration;
 use berth_wire::agent::HostCapacity;
 use berth_wire::labels;
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions,
     ListContainersOptions, ListImagesOptions, LogsOptions, PruneBuildOptions, RemoveContainerOptions,
@@ -28,6 +31,9 @@ const BUILD_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// One team network created at a time: replicas start in parallel, and two creates of one
+    /// name would make two networks on engines older than API 1.44.
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerRuntime {
@@ -49,7 +55,47 @@ impl DockerRuntime {
             .map_err(|_| unreachable(&"no answer within 10 s"))?
             .map_err(|e| unreachable(&e))?;
         docker.ping().await.map_err(|e| unreachable(&e))?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, networks: Default::default() })
+    }
+}
+
+impl DockerRuntime {
+    /// The team's own bridge network on this host, created on first use. Its containers reach
+    /// each other (by app name too); Docker isolates bridge networks from each other, so other
+    /// teams' containers cannot reach them, while the host, and so the ingress, reaches all.
+    /// Kept when the team's last container goes (a create racing a removal would lose it); the
+    /// tests remove them with their host's containers.
+    async fn team_network(&self, team: &str, host: Option<&String>) -> Result<String> {
+        let host = host.map_or("", String::as_str);
+        let name = team_network_name(host, team);
+        let _one_at_a_time = self.networks.lock().await;
+        match self.docker.inspect_network(&name, None).await {
+            Ok(_) => return Ok(name),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(other) => return Err(error(other)),
+        }
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([
+                (labels::MANAGED.to_string(), "1".to_string()),
+                (labels::HOST.to_string(), host.to_string()),
+                (labels::TEAM.to_string(), team.to_string()),
+            ])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(name),
+            // Created meanwhile by another container's start.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(name),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) if message.contains("pool") => {
+                Err(RuntimeError::Other(format!(
+                    "creating network {name} for team {team}: {message}. Docker has no address range left for another network: \
+                     give it more with \"default-address-pools\" in /etc/docker/daemon.json (e.g. {{\"base\": \"10.200.0.0/16\", \"size\": 24}})"
+                )))
+            }
+            Err(other) => Err(error(other)),
+        }
     }
 }
 
@@ -124,7 +170,18 @@ const PIDS_LIMIT: i64 = 4096;
 const LOG_MAX_SIZE: &str = "10m";
 const LOG_MAX_FILES: &str = "5";
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// The Docker network of `team`'s containers on `host`: `berth-<team>-<host>` (characters Docker
+/// does not take in a name become `_`).
+pub fn team_network_name(host: &str, team: &str) -> String {
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' }).collect::<String>()
+    };
+    format!("berth-{}-{}", clean(team), clean(host))
+}
+
+/// `network`: the team network the container joins (reachable by its app's name there), or
+/// `None` on the host's network.
+fn create_body(spec: &ContainerSpec, network: Option<&str>) -> ContainerCreateBody {
     let d = &spec.desired;
     let port_key = format!("{}/tcp", d.port);
     let p = &d.privileges;
@@ -139,7 +196,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         nano_cpus: d.cpu_millis.map(|m| m as i64 * 1_000_000),
         port_bindings,
         privileged: p.privileged.then_some(true),
-        network_mode: p.host_network.then(|| "host".to_string()),
+        network_mode: if p.host_network { Some("host".to_string()) } else { network.map(str::to_string) },
         binds: (!p.mounts.is_empty()).then(|| {
             p.mounts
                 .iter()
@@ -167,6 +224,12 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         exposed_ports: Some(vec![port_key]),
         stop_timeout: Some(d.stop_grace_secs as i64),
         host_config: Some(host_config),
+        networking_config: network.filter(|_| !p.host_network).map(|network| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_string(),
+                EndpointSettings { aliases: Some(vec![d.app.clone()]), ..Default::default() },
+            )])),
+        }),
         ..Default::default()
     }
 }
@@ -197,8 +260,13 @@ impl ContainerRuntime for DockerRuntime {
 
     fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String>> {
         async move {
+            let network = match spec.desired.privileges.host_network {
+                true => None,
+                false => Some(self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?),
+            };
             let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
-            Ok(self.docker.create_container(Some(options), create_body(spec)).await.map_err(error)?.id)
+            let body = create_body(spec, network.as_deref());
+            Ok(self.docker.create_container(Some(options), body).await.map_err(error)?.id)
         }
         .boxed()
     }
@@ -481,6 +549,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn team_networks_are_named_by_team_and_host() {
+        assert_eq!(team_network_name("h1", "main"), "berth-main-h1");
+        assert_eq!(team_network_name("node 2", "a/b"), "berth-a_b-node_2");
+    }
+
+    #[test]
     fn image_references_split_into_name_and_tag() {
         assert_eq!(split_image("hello:v1"), ("hello".into(), "v1".into()));
         assert_eq!(split_image("hello"), ("hello".into(), "latest".into()));
@@ -505,7 +579,12 @@ mod tests {
             privileges: Default::default(),
         };
         let spec = ContainerSpec { name: "c".into(), labels: HashMap::new(), desired, publish_on: None };
-        let host = create_body(&spec).host_config.expect("a host config");
+        let body = create_body(&spec, Some("berth-main-h1"));
+        // On the team's network, where the app's name resolves to its replicas.
+        let endpoints = body.networking_config.and_then(|n| n.endpoints_config).expect("the team network");
+        assert_eq!(endpoints["berth-main-h1"].aliases, Some(vec!["web".to_string()]));
+        let host = body.host_config.expect("a host config");
+        assert_eq!(host.network_mode.as_deref(), Some("berth-main-h1"));
         assert_eq!(host.pids_limit, Some(PIDS_LIMIT));
         assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
         let log = host.log_config.expect("a log config");

@@ -39,6 +39,8 @@ pub struct ContainerInfo {
     pub name: String,
     pub image: String,
     pub labels: HashMap<String, String>,
+    /// The environment it was created with.
+    pub env: std::collections::BTreeMap<String, String>,
     pub running: bool,
     pub starts: u32,
 }
@@ -279,6 +281,7 @@ impl ContainerRuntime for MemoryRuntime {
                 name: spec.name.clone(),
                 image: spec.desired.image.clone(),
                 labels: spec.labels.clone(),
+                env: spec.desired.env.clone(),
                 running: false,
                 starts: 0,
             };

@@ -132,6 +132,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host),
         endpoint(Method::POST, "/api/v1/hosts/{host}/drain", InstanceAdmin, drain_host),
         endpoint(Method::POST, "/api/v1/join-tokens", InstanceAdmin, create_join_token),
+        endpoint(Method::POST, "/api/v1/secret-key/rotate", InstanceAdmin, rotate_secret_key),
         endpoint(Method::POST, "/api/v1/agents/join", Public, agents::join),
         endpoint(Method::GET, "/api/v1/agents/connect", Agent, agents::connect),
         endpoint(Method::GET, "/api/v1/agents/images", Agent, agents::fetch_image),
@@ -149,6 +150,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::POST, "/api/v1/users/{email}/password", InstanceAdmin, identity::reset_password),
         endpoint(Method::GET, "/api/v1/teams", User, identity::list_teams),
         endpoint(Method::POST, "/api/v1/teams", User, identity::create_team),
+        endpoint(Method::GET, "/api/v1/teams/{team}/quota", Team(ViewApps), quota),
+        endpoint(Method::PUT, "/api/v1/teams/{team}/quota", InstanceAdmin, set_quota),
         endpoint(Method::GET, "/api/v1/teams/{team}/members", Team(ViewMembers), identity::members),
         endpoint(Method::PUT, "/api/v1/teams/{team}/members", Team(ManageMembers), identity::set_member),
         endpoint(Method::DELETE, "/api/v1/teams/{team}/members/{email}", Team(ManageMembers), identity::remove_member),
@@ -393,6 +396,23 @@ async fn show_host(State(s): State<AppState>, p: Principal, Path(host): Path<Str
 
 async fn drain_host(State(s): State<AppState>, p: Principal, Path(host): Path<String>) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.services.drain_host(&p, &host).await?))
+}
+
+async fn quota(State(s): State<AppState>, p: Principal, Path(team): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.quota(&p, &team).await?))
+}
+
+async fn set_quota(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(team): Path<String>,
+    ApiJson(quota): ApiJson<berth_wire::api::TeamQuota>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.set_quota(&p, &team, quota).await?))
+}
+
+async fn rotate_secret_key(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.rotate_secret_key(&p).await?))
 }
 
 async fn remove_host(

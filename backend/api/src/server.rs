@@ -13,6 +13,7 @@ use berth_control::builds::{Builds, BuildsConfig};
 use berth_control::certs::{AcmeConfig, Certs, CertsConfig};
 use berth_control::images::LocalImageSource;
 use berth_control::repos::Repos;
+use berth_control::secrets::SecretKeys;
 use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub local_agent: bool,
     /// The build cache is pruned down to this many bytes when a build leaves it larger.
     pub build_cache_max: u64,
+    /// CPU and memory limits of apps created without their own.
+    pub container_defaults: crate::services::ContainerDefaults,
     /// Where browsers reach this server (for sign-in callbacks).
     pub public_url: Option<String>,
     /// OAuth2 / OIDC sign-in providers.
@@ -172,6 +175,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             stop_grace_secs: config.stop_grace_secs,
             heartbeat_timeout: config.heartbeat_timeout,
             https_port,
+            secrets: SecretKeys::open(&config.data_dir)?,
             ..OrchestratorConfig::new(config.base_domain.clone(), ingress_listener.local_addr()?.port())
         },
     )
@@ -207,7 +211,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let services = Services::new(store, orchestrator, builds.clone(), certs.clone())
         .with_sign_in(SignIn::new(&public_url, config.sign_in.clone()))
         .with_public_url(&public_url)
-        .with_hook_socket(hook_socket);
+        .with_hook_socket(hook_socket)
+        .with_container_defaults(config.container_defaults);
     let stop_hooks = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::githook::serve(hook_listener, services.clone(), stop_hooks.clone()));
 

@@ -16,6 +16,7 @@ mod builds;
 mod edge;
 mod hosts;
 mod identity;
+mod quotas;
 mod validate;
 mod webhooks;
 
@@ -44,6 +45,7 @@ impl Scope {
 }
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
 pub use identity::{SESSION_TTL, set_password_offline};
+pub use quotas::ContainerDefaults;
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
 
@@ -102,6 +104,7 @@ pub struct Services {
     public_url: String,
     /// Where Berth's pre-receive hook reaches the server.
     hook_socket: std::path::PathBuf,
+    container_defaults: ContainerDefaults,
 }
 
 impl Services {
@@ -117,7 +120,14 @@ impl Services {
             pushes: Default::default(),
             public_url: "http://localhost".into(),
             hook_socket: std::path::PathBuf::from("hooks.sock"),
+            container_defaults: ContainerDefaults::default(),
         }
+    }
+
+    /// CPU and memory limits for apps created without their own (none by default).
+    pub fn with_container_defaults(mut self, defaults: ContainerDefaults) -> Services {
+        self.container_defaults = defaults;
+        self
     }
 
     /// Where the server listens for Berth's pre-receive hook.

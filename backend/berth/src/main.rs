@@ -44,7 +44,11 @@ enum Command {
         /// Set an environment variable (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
-        /// Remove an environment variable (repeatable).
+        /// Set a secret variable (repeatable): stored encrypted, never shown again. `KEY` alone
+        /// takes the value of `KEY` in this command's environment.
+        #[arg(long = "secret", value_name = "KEY[=VALUE]")]
+        secret: Vec<String>,
+        /// Remove an environment variable, plain or secret (repeatable).
         #[arg(long = "unset-env", value_name = "KEY")]
         unset_env: Vec<String>,
         #[arg(long)]
@@ -80,6 +84,9 @@ enum Command {
     /// List, inspect, drain and remove hosts (instance admins).
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// The key apps' secret variables are sealed with (instance admins).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Create join tokens for new hosts (instance admins).
     #[command(subcommand, name = "join-tokens")]
     JoinTokens(JoinTokensCommand),
@@ -176,6 +183,24 @@ enum TeamsCommand {
     },
     Create {
         name: String,
+    },
+    /// The team's quota and what its apps declare (`--team`).
+    Quota {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the team's quota (`--team`; instance admins). A limit left out is unlimited.
+    #[command(name = "set-quota")]
+    SetQuota {
+        /// Replicas over all the team's apps.
+        #[arg(long)]
+        replicas: Option<u64>,
+        /// CPU in cores over all replicas' limits (e.g. 4 or 2.5).
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory in MiB over all replicas' limits.
+        #[arg(long)]
+        memory: Option<u64>,
     },
 }
 
@@ -330,6 +355,13 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every app's secret variables with a new key, then retire the old key.
+    #[command(name = "rotate-key")]
+    RotateKey,
+}
+
+#[derive(Subcommand)]
 enum HookCommand {
     #[command(name = "pre-receive")]
     PreReceive,
@@ -445,6 +477,8 @@ enum WebhooksCommand {
     },
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AppsCommand {
     Create {
@@ -463,6 +497,10 @@ enum AppsCommand {
         protocol: AppProtocol,
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// A secret variable (repeatable): stored encrypted, never shown again. `KEY` alone takes
+        /// the value of `KEY` in this command's environment.
+        #[arg(long = "secret", value_name = "KEY[=VALUE]")]
+        secret: Vec<String>,
         /// CPU limit in cores (e.g. 0.5).
         #[arg(long)]
         cpus: Option<f64>,
@@ -594,6 +632,12 @@ struct ServerArgs {
     /// [default: 10G]
     #[arg(long, env = "BERTH_BUILD_CACHE_MAX", value_parser = server::parse_bytes)]
     build_cache_max: Option<u64>,
+    /// CPU limit, in thousandths of a core, of apps created without one; 0: none. [default: 250]
+    #[arg(long, env = "BERTH_DEFAULT_CPU_MILLIS")]
+    default_cpu_millis: Option<u32>,
+    /// Memory limit, in MiB, of apps created without one; 0: none. [default: 512]
+    #[arg(long, env = "BERTH_DEFAULT_MEMORY_MB")]
+    default_memory_mb: Option<u64>,
     /// URL browsers reach this server at (default: http://<listen>); sign-in callbacks go there.
     #[arg(long, env = "BERTH_PUBLIC_URL")]
     public_url: Option<String>,
@@ -703,6 +747,8 @@ impl ServerArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             local_agent: self.no_local_agent.then_some(false),
             build_cache_max: self.build_cache_max,
+            default_cpu_millis: self.default_cpu_millis,
+            default_memory_mb: self.default_memory_mb,
             public_url: self.public_url,
             dashboard_dir: self.dashboard_dir,
             https_listen: self.https_listen,
@@ -835,6 +881,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Whoami { json } => client.me(json).await,
         Command::Teams(TeamsCommand::List { json }) => client.list_teams(json).await,
         Command::Teams(TeamsCommand::Create { name }) => client.create_team(&name).await,
+        Command::Teams(TeamsCommand::Quota { json }) => client.quota(json).await,
+        Command::Teams(TeamsCommand::SetQuota { replicas, cpus, memory }) => {
+            let cpu_millis = cpus.map(cli::cores_to_millis).transpose()?;
+            client.set_quota(berth_wire::api::TeamQuota { replicas, cpu_millis, memory_mb: memory }).await
+        }
         Command::Members(MembersCommand::List { json }) => client.members(json).await,
         Command::Members(MembersCommand::Add { email, role }) => client.set_member(&email, &role).await,
         Command::Members(MembersCommand::Role { email, role }) => client.set_member(&email, &role).await,
@@ -865,6 +916,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             health_path,
             protocol,
             env,
+            secret,
             cpus,
             memory,
             constraints,
@@ -877,8 +929,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 port,
                 replicas: Some(replicas),
                 env: cli::env_flags(&env)?,
+                secrets: cli::secret_flags(&secret)?,
                 health_path,
-                cpu_millis: cpus.map(|c| (c * 1000.0).round() as u32),
+                cpu_millis: cpus.map(cli::cores_to_millis).transpose()?.map(|m| m.min(u32::MAX.into()) as u32),
                 memory_mb: memory,
                 constraints: cli::env_flags(&constraints)?,
                 privileges: privileges.parse()?,
@@ -889,11 +942,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apps(AppsCommand::List { json }) => client.list_apps(json).await,
         Command::Apps(AppsCommand::Show { name, json }) => client.show_app(&name, json).await,
         Command::Apps(AppsCommand::Delete { name }) => client.delete_app(&name).await,
-        Command::Deploy { name, image, env, unset_env, port, health_path, protocol, wait } => {
+        Command::Deploy { name, image, env, secret, unset_env, port, health_path, protocol, wait } => {
             let change = berth_wire::api::Deploy {
                 image,
                 port,
                 env: cli::env_flags(&env)?,
+                secrets: cli::secret_flags(&secret)?,
                 unset_env,
                 health_path,
                 protocol,
@@ -901,6 +955,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             client.deploy(&name, change, wait.wait()).await
         }
+        Command::Secrets(SecretsCommand::RotateKey) => client.rotate_secret_key().await,
         Command::Scale { name, replicas, wait } => client.scale(&name, replicas, wait.wait()).await,
         Command::Rollback { name, to, wait } => client.rollback(&name, to, wait.wait()).await,
         Command::Logs { name, follow, tail, json } => client.logs(&name, tail, follow, json).await,

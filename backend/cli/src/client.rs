@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable as _};
 use berth_wire::ErrorBody;
 use berth_wire::api::{
-    AppDetail, AppSummary, CreateApp, CreateJoinToken, Deploy, HostInfo, JoinTokenCreated, ReleaseAccepted,
-    ReleaseEvent, ReleaseInfo, Rollback, Scale,
+    AppDetail, AppSummary, CreateApp, CreateJoinToken, Deploy, HostInfo, JoinTokenCreated, QuotaInfo, ReleaseAccepted,
+    ReleaseEvent, ReleaseInfo, Rollback, Scale, SecretKeyRotated, TeamQuota,
 };
 use berth_wire::builds::{BuildInfo, BuildSettingsChange, CreateWebhook, GitInfo, WebhookDelivery, WebhookInfo};
 use berth_wire::edge::{AddDomain, CertificateInfo, DomainInfo, EdgeSettings, UploadCertificate};
@@ -472,6 +472,11 @@ impl ApiClient {
         self.send_for_answer(Method::POST, self.url(&["hosts", name, "drain"]), None::<&()>).await
     }
 
+    /// `POST /api/v1/secret-key/rotate`: every secret variable resealed with a new key.
+    pub async fn rotate_secret_key(&self) -> anyhow::Result<SecretKeyRotated> {
+        self.send_for_answer(Method::POST, self.url(&["secret-key", "rotate"]), None::<&()>).await
+    }
+
     /// `DELETE /api/v1/hosts/{name}`: the host's credential stops working; its replicas are
     /// placed elsewhere.
     pub async fn remove_host(&self, name: &str) -> anyhow::Result<()> {
@@ -499,6 +504,16 @@ impl ApiClient {
     pub async fn create_team(&self, name: &str) -> anyhow::Result<TeamRole> {
         let body = CreateTeam { name: name.into() };
         self.send_for_answer(Method::POST, self.url(&["teams"]), Some(&body)).await
+    }
+
+    /// `GET /api/v1/teams/{team}/quota`: the team's quota and what its apps declare.
+    pub async fn quota(&self) -> anyhow::Result<QuotaInfo> {
+        self.send_for_answer(Method::GET, self.team_url(&["quota"]), None::<&()>).await
+    }
+
+    /// `PUT /api/v1/teams/{team}/quota` (instance admins): a limit left out is unlimited.
+    pub async fn set_quota(&self, quota: &TeamQuota) -> anyhow::Result<QuotaInfo> {
+        self.send_for_answer(Method::PUT, self.team_url(&["quota"]), Some(quota)).await
     }
 
     /// `GET /api/v1/teams/{team}/members`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, LogLine, ReleaseAccepted, ReleaseState};
+use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, LogLine, ReleaseAccepted, ReleaseState, TeamQuota};
 use berth_wire::edge::{CertState, DomainInfo, EdgeSettings, UploadCertificate};
 use berth_wire::identity::{AcceptInvite, CreateInvite, CreateToken, Login};
 use futures::StreamExt as _;
@@ -31,6 +31,36 @@ pub fn env_flags(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
             pair.split_once('=')
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .ok_or_else(|| anyhow::anyhow!("{pair:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// A number of cores (`0.5`, `4`) in thousandths of a core; `NaN`, infinities, negatives and
+/// absurd sizes are refused instead of turning into 0 or a saturated number.
+pub fn cores_to_millis(cores: f64) -> anyhow::Result<u64> {
+    if !cores.is_finite() || !(0.0..=1_000_000.0).contains(&cores) {
+        bail!("{cores} is not a number of cores (e.g. 0.5 or 4)");
+    }
+    Ok((cores * 1000.0).round() as u64)
+}
+
+/// `--secret` flags: `KEY=VALUE`, or `KEY` alone to take the value of `KEY` in this process's
+/// environment (so the value stays out of shell history and the process list).
+pub fn secret_flags(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    secret_flags_from(flags, |key| std::env::var(key).ok())
+}
+
+fn secret_flags_from(
+    flags: &[String],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|flag| match flag.split_once('=') {
+            Some((key, value)) => Ok((key.to_string(), value.to_string())),
+            None => lookup(flag).map(|value| (flag.clone(), value)).ok_or_else(|| {
+                anyhow::anyhow!("--secret {flag}: {flag} is not set in the environment (or give {flag}=VALUE)")
+            }),
         })
         .collect()
 }
@@ -500,6 +530,22 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
+    pub async fn rotate_secret_key(&self) -> anyhow::Result<ExitCode> {
+        let rotated = self.api.rotate_secret_key().await?;
+        let retired = if rotated.retired.is_empty() { "none".to_string() } else { rotated.retired.join(", ") };
+        println!(
+            "secret key rotated: {} value(s) resealed with key {}; retired: {retired}",
+            rotated.resealed, rotated.key_id
+        );
+        if rotated.unreadable > 0 {
+            println!(
+                "warning: {} stored value(s) did not open (sealed under a key lost earlier) and were left as they were",
+                rotated.unreadable
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub async fn remove_host(&self, name: &str) -> anyhow::Result<ExitCode> {
         self.api.remove_host(name).await?;
         println!("removed {name}; its replicas are placed elsewhere");
@@ -534,6 +580,22 @@ impl Client {
     pub async fn create_team(&self, name: &str) -> anyhow::Result<ExitCode> {
         self.api.create_team(name).await?;
         println!("created team {name}; you are its owner");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn quota(&self, json: bool) -> anyhow::Result<ExitCode> {
+        let info = self.api.quota().await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!("{}", output::quota_table(&info));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn set_quota(&self, quota: TeamQuota) -> anyhow::Result<ExitCode> {
+        let info = self.api.set_quota(&quota).await?;
+        println!("quota of team {} set\n{}", info.team, output::quota_table(&info));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -643,6 +705,25 @@ mod tests {
         let env = env_flags(&["A=1".into(), "B=x=y".into()]).unwrap();
         assert_eq!(env["B"], "x=y");
         assert!(env_flags(&["NOPE".into()]).unwrap_err().to_string().contains("NOPE"));
+    }
+
+    #[test]
+    fn cores_are_finite_and_positive() {
+        assert_eq!(cores_to_millis(0.5).unwrap(), 500);
+        assert_eq!(cores_to_millis(4.0).unwrap(), 4000);
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1e12] {
+            assert!(cores_to_millis(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_secret_flag_without_a_value_takes_it_from_the_environment() {
+        let lookup = |key: &str| (key == "API_KEY").then(|| "from-env".to_string());
+        let secrets = secret_flags_from(&["API_KEY".into(), "B=x=y".into()], lookup).unwrap();
+        assert_eq!(secrets["API_KEY"], "from-env");
+        assert_eq!(secrets["B"], "x=y");
+        let error = secret_flags_from(&["MISSING".into()], lookup).unwrap_err().to_string();
+        assert!(error.contains("MISSING is not set"), "{error}");
     }
 
     mod properties {

@@ -11,5 +11,7 @@ pub mod hook;
 mod output;
 
 pub use client::{ApiClient, ApiError, DEFAULT_RETRY_BUDGET, MAX_LINE_BYTES, Resource, StreamLine};
-pub use commands::{Client, Wait, accept_invite, env_flags, git_credential, login, read_password};
+pub use commands::{
+    Client, Wait, accept_invite, cores_to_millis, env_flags, git_credential, login, read_password, secret_flags,
+};
 pub use credentials::config_path;

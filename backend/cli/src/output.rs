@@ -4,7 +4,7 @@
 
 use std::error::Error;
 
-use berth_wire::api::{AppDetail, AppSummary, HostInfo, LogLine, ReleaseEvent};
+use berth_wire::api::{AppDetail, AppSummary, HostInfo, LogLine, QuotaInfo, ReleaseEvent};
 use berth_wire::identity::{AuditEntry, Me, Member, TeamRole, TokenInfo};
 use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, Table};
@@ -194,6 +194,17 @@ pub(crate) fn me(me: &Me) -> String {
 /// `berth teams list`.
 pub(crate) fn teams_table(teams: &[TeamRole]) -> String {
     table(&["TEAM", "ROLE"], &[], teams.iter().map(|team| vec![team.team.clone(), team.role.clone()]))
+}
+
+/// `berth teams quota`: each resource, what the team's apps declare and the limit.
+pub(crate) fn quota_table(info: &QuotaInfo) -> String {
+    let limit = |v: Option<u64>, unit: &str| v.map_or("unlimited".to_string(), |v| format!("{v}{unit}"));
+    let rows = [
+        vec!["replicas".to_string(), info.used.replicas.to_string(), limit(info.quota.replicas, "")],
+        vec!["cpu".into(), format!("{}m", info.used.cpu_millis), limit(info.quota.cpu_millis, "m")],
+        vec!["memory".into(), format!("{} MiB", info.used.memory_mb), limit(info.quota.memory_mb, " MiB")],
+    ];
+    table(&["RESOURCE", "USED", "QUOTA"], &[1, 2], rows)
 }
 
 /// `berth members list`.

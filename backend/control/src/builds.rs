@@ -412,6 +412,8 @@ impl Builds {
         let app = &order.app;
         let failed = |message: String| (BuildState::Failed, message);
         let store_failed = |e: berth_store::StoreError| failed(format!("database error: {e}"));
+        // The spec's sealed secrets are copied as they are: a key rotation waits until it is stored.
+        let sealing = inner.orchestrator.secrets().hold().await;
         let mut spec = inner
             .store
             .base_spec(app.id)
@@ -420,6 +422,7 @@ impl Builds {
             .ok_or_else(|| failed("the app has no spec to release".into()))?;
         spec.image = row.image.clone();
         let number = inner.store.create_release(app.id, &spec, None).await.map_err(store_failed)?;
+        drop(sealing);
         inner.store.set_build_release(row.id, number).await.map_err(store_failed)?;
         inner.orchestrator.enqueue(app.id);
         log.push(format!("release {number} queued"));

@@ -5,6 +5,7 @@
 //! - `scheduler`: the pure placement function.
 //! - `links`: the control plane's end of every host agent, and the union of their reports.
 //! - `relay`: byte streams agents upload on request; `images` and `logs` use it.
+//! - `secrets`: the keys apps' secret variables are sealed with, and their rotation.
 //! - `certs`: certificates the ingress serves (uploaded, operator, ACME) and the ACME loop.
 //! - `repos`: the apps' bare git repositories (the system `git`); `builds`: builds from git, run
 //!   by a host's agent, logged, released; `ignore`: `.dockerignore` for build contexts.
@@ -22,6 +23,7 @@ pub mod orchestrator;
 pub mod relay;
 pub mod repos;
 pub mod scheduler;
+pub mod secrets;
 
 pub use links::{HostLink, HostLinks, ObservedUnion};
 pub use orchestrator::{Orchestrator, OrchestratorConfig};

@@ -188,6 +188,11 @@ impl HostLink {
         self.local.as_ref()
     }
 
+    /// The container last desired on this host for `replica_id`, if any.
+    pub fn desired_container(&self, replica_id: &str) -> Option<DesiredContainer> {
+        self.desired.borrow().as_ref()?.iter().find(|d| d.replica_id == replica_id).cloned()
+    }
+
     pub fn desired_receiver(&self) -> DesiredReceiver {
         self.desired.subscribe()
     }

@@ -46,6 +46,9 @@ pub struct OrchestratorConfig {
     /// Port of the ingress's HTTPS listener (`None`: no HTTPS). Names with a certificate are
     /// shown as `https://` and (unless the app turns it off) redirected there.
     pub https_port: Option<u16>,
+    /// The keys apps' secret variables are sealed with (`berth server`: the data directory's key
+    /// file; `new`: a fresh key in memory).
+    pub secrets: crate::secrets::SecretKeys,
 }
 
 impl OrchestratorConfig {
@@ -61,6 +64,7 @@ impl OrchestratorConfig {
             heartbeat_timeout: Duration::from_secs(3),
             host_check_every: Duration::from_millis(200),
             https_port: None,
+            secrets: crate::secrets::SecretKeys::ephemeral(),
         }
     }
 }
@@ -123,6 +127,10 @@ impl Orchestrator {
         orchestrator.publish_routes().await.context("publishing routes")?;
         orchestrator.spawn(orchestrator.clone().follow_reports());
         orchestrator.spawn(orchestrator.clone().watch_heartbeats());
+        // Replicas a previous run was retiring (moved off a host) finish their drain and stop.
+        let retiring: Vec<String> =
+            orchestrator.inner.store.all_replicas().await?.into_iter().filter(|r| r.retiring).map(|r| r.id).collect();
+        orchestrator.retire(retiring);
         for app in orchestrator.inner.store.all_apps().await? {
             orchestrator.enqueue(app.id);
         }
@@ -146,6 +154,11 @@ impl Orchestrator {
             // Once stopped, the task is never polled again, not even once more.
             stop.run_until_cancelled(task).await;
         });
+    }
+
+    /// The keys apps' secret variables are sealed with.
+    pub fn secrets(&self) -> &crate::secrets::SecretKeys {
+        &self.inner.config.secrets
     }
 
     pub fn links(&self) -> &HostLinks {

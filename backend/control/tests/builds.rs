@@ -63,6 +63,7 @@ async fn plane() -> Plane {
         port: 8080,
         replicas: 1,
         env: BTreeMap::new(),
+        secrets: Default::default(),
         health_path: Some("/up".into()),
         cpu_millis: None,
         memory_mb: None,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use berth_agent::memory::{Behaviour, MemoryRuntime};
 use berth_agent::{AgentConfig, AgentHandle, ContainerRuntime, EndpointMode, ProbeConfig};
+use berth_control::secrets::SecretScope;
 use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
@@ -25,6 +26,7 @@ fn spec(image: &str, replicas: u32) -> AppSpec {
         port: 8080,
         replicas,
         env: BTreeMap::new(),
+        secrets: Default::default(),
         health_path: Some("/up".into()),
         cpu_millis: None,
         memory_mb: None,
@@ -241,6 +243,96 @@ async fn a_release_replaces_the_serving_one_and_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn sealed_secrets_reach_the_container_in_plain_and_survive_a_key_rotation() {
+    let plane = Plane::new().await;
+    let keys = plane.orchestrator.secrets().clone();
+    let web = SecretScope { team: "main", app: "web" };
+    let mut first = spec("web:1", 1);
+    first.env.insert("MODE".into(), "plain".into());
+    first.secrets.insert("DB_PASSWORD".into(), keys.seal(web, "DB_PASSWORD", "hunter2"));
+    let app = plane.create(&first).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let env = |plane: &Plane| plane.runtime.running().into_iter().map(|c| c.env).collect::<Vec<_>>();
+    let expected =
+        BTreeMap::from([("DB_PASSWORD".to_string(), "hunter2".to_string()), ("MODE".into(), "plain".into())]);
+    assert_eq!(env(&plane), vec![expected.clone()]);
+    let stored = plane.store.release(app, 1).await.unwrap().unwrap().spec();
+    assert!(!stored.secrets["DB_PASSWORD"].contains("hunter2"), "{stored:?}");
+
+    // A rotation reseals the stored value with a new key; the next release still opens it.
+    let rotation = keys.rotate(&plane.store).await.unwrap();
+    assert_eq!(
+        (rotation.key_id.as_str(), rotation.resealed, rotation.retired.clone()),
+        ("k2", 1, vec!["k1".to_string()])
+    );
+    let resealed = plane.store.release(app, 1).await.unwrap().unwrap().spec();
+    assert!(resealed.secrets["DB_PASSWORD"].starts_with("v1:k2:"), "{resealed:?}");
+    let number = plane.deploy(app, &AppSpec { image: "web:2".into(), ..resealed }).await;
+    assert_eq!(plane.settled(app, number).await.0, ReleaseState::Serving);
+    plane.assert_serving_only(app, number, 1).await;
+    assert_eq!(env(&plane), vec![expected]);
+}
+
+#[tokio::test]
+async fn a_running_replica_whose_stored_secret_stops_opening_keeps_running() {
+    let plane = Plane::new().await;
+    let keys = plane.orchestrator.secrets().clone();
+    let web = SecretScope { team: "main", app: "web" };
+    let mut first = spec("web:1", 1);
+    first.secrets.insert("TOKEN".into(), keys.seal(web, "TOKEN", "ours"));
+    let app = plane.create(&first).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let running = plane.runtime.running();
+    // The stored value is swapped for one that does not open here (a restored backup, a key
+    // file replaced): the next desired lists keep the container as it was told before.
+    let other = SecretScope { team: "main", app: "api" };
+    plane
+        .store
+        .rewrite_specs(|_, _, spec| -> anyhow::Result<bool> {
+            spec.secrets.insert("TOKEN".into(), keys.seal(other, "TOKEN", "theirs"));
+            Ok(true)
+        })
+        .await
+        .unwrap();
+    let api = plane.store.create_app(plane.team_id, "api", &spec("web:1", 1)).await.unwrap();
+    plane.orchestrator.enqueue(api);
+    assert_eq!(plane.settled(api, 1).await.0, ReleaseState::Serving, "other apps are not held up");
+    let web_now: Vec<_> = plane
+        .runtime
+        .running()
+        .into_iter()
+        .filter(|c| c.labels.get("berth.app").map(String::as_str) == Some("web"))
+        .collect();
+    assert_eq!(web_now.len(), 1);
+    assert_eq!(
+        (web_now[0].id.as_str(), web_now[0].env.get("TOKEN").map(String::as_str)),
+        (running[0].id.as_str(), Some("ours"))
+    );
+}
+
+#[tokio::test]
+async fn a_secret_sealed_for_another_app_starts_nothing_and_stops_nothing() {
+    let plane = Plane::new().await;
+    let keys = plane.orchestrator.secrets().clone();
+    let app = plane.create(&spec("web:1", 1)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let running = plane.runtime.running().len();
+    // A value copied from another app's spec does not open for this one: the release fails
+    // before placing anything, and the serving replica keeps running.
+    let other = SecretScope { team: "main", app: "api" };
+    let mut stolen = spec("web:2", 1);
+    stolen.secrets.insert("TOKEN".into(), keys.seal(other, "TOKEN", "theirs"));
+    let number = plane.deploy(app, &stolen).await;
+    let (state, message) = plane.settled(app, number).await;
+    assert_eq!(state, ReleaseState::Failed);
+    let message = message.unwrap_or_default();
+    assert!(message.contains("secret TOKEN of main/web does not open"), "{message}");
+    assert_eq!(plane.runtime.running().len(), running);
+    assert!(plane.runtime.containers().iter().all(|c| !c.env.contains_key("TOKEN")));
+    plane.assert_serving_only(app, 1, 1).await;
+}
+
+#[tokio::test]
 async fn a_release_that_never_gets_ready_fails_and_the_serving_one_keeps_serving() {
     let plane = Plane::with(|c| c.deploy_timeout = Duration::from_millis(800)).await;
     let app = plane.create(&spec("web:1", 2)).await;
@@ -453,4 +545,151 @@ async fn an_old_replica_moved_off_a_lost_host_during_the_drain_does_not_outlive_
         assert!(tokio::time::Instant::now() < deadline, "h1 still runs {running:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A remote host whose agent the test plays: every 50 ms, unless paused, it reports each replica
+/// desired on it ready at `endpoint`.
+struct PlayedHost {
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PlayedHost {
+    async fn join(plane: &Plane, name: &str, endpoint: SocketAddr) -> PlayedHost {
+        plane.store.create_join_token(&format!("join-{name}"), 1, i64::MAX, 1).await.unwrap();
+        let capacity = berth_wire::agent::HostCapacity { cpu_millis: 4000, memory_mb: 8192 };
+        plane
+            .store
+            .join_host(&format!("join-{name}"), name, "127.0.0.1", &Default::default(), &capacity, "credential")
+            .await
+            .unwrap();
+        let link = plane.links.link(name);
+        let mut desired = link.desired_receiver();
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = paused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if !quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                    let wanted = desired.borrow_and_update().clone().unwrap_or_default();
+                    let report = wanted
+                        .iter()
+                        .map(|d| {
+                            let observed = berth_wire::agent::ObservedContainer {
+                                replica_id: d.replica_id.clone(),
+                                container_id: Some(format!("c-{}", d.replica_id)),
+                                phase: berth_wire::agent::ContainerPhase::Ready,
+                                endpoint: Some(endpoint.to_string()),
+                                restarts: 0,
+                                message: None,
+                                started_at: None,
+                                usage: None,
+                            };
+                            (d.replica_id.clone(), observed)
+                        })
+                        .collect();
+                    link.report(report);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        PlayedHost { paused, task }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PlayedHost {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_host_back_from_a_blip_before_its_replacement_is_ready_keeps_serving_and_the_replacement_goes() {
+    let mut plane = Plane::with(|config| {
+        config.heartbeat_timeout = Duration::from_millis(300);
+        config.host_check_every = Duration::from_millis(50);
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h2_endpoint = listener.local_addr().unwrap();
+    let h2 = PlayedHost::join(&plane, "h2", h2_endpoint).await;
+    plane.restart_orchestrator().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let before: BTreeSet<String> = plane.store.replicas_of_app(app).await.unwrap().into_iter().map(|r| r.id).collect();
+    let on_h2 = plane.store.replicas_of_app(app).await.unwrap().into_iter().find(|r| r.host == "h2").expect("spread");
+    assert!(plane.routed().contains(&h2_endpoint));
+
+    // h2 goes quiet; its replacement on h1 will never be ready (new containers of web:1 exit).
+    plane.runtime.set_behaviour("web:1", Behaviour::ExitOnStart(1));
+    h2.pause(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let replacement = loop {
+        let rows = plane.store.replicas_of_app(app).await.unwrap();
+        if let Some(id) = rows.iter().find(|r| r.id == on_h2.id).and_then(|r| r.replaced_by.clone()) {
+            assert!(rows.iter().any(|r| r.id == id && r.host == HOST), "the replacement is on h1: {rows:#?}");
+            break id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replacement for h2's replica: {rows:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!plane.routed().contains(&h2_endpoint), "a down host's replicas are not routed");
+
+    // h2 is back before the replacement is ready: it keeps its replica and serves again; the
+    // replacement goes, and nothing of h2 was restarted or replaced.
+    h2.pause(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows: BTreeSet<String> =
+            plane.store.replicas_of_app(app).await.unwrap().into_iter().map(|r| r.id).collect();
+        if rows == before && plane.routed().contains(&h2_endpoint) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rows {rows:?}, want {before:?}; routed {:?}", plane.routed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rows = plane.store.replicas_of_app(app).await.unwrap();
+    assert!(rows.iter().all(|r| r.replaced_by.is_none() && !r.retiring), "{rows:#?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while plane.runtime.containers().iter().any(|c| c.replica() == replacement) {
+        assert!(tokio::time::Instant::now() < deadline, "h1 still has the replacement's container");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replacement_ready_before_the_host_returns_wins_and_the_lost_replica_is_forgotten() {
+    let mut plane = Plane::with(|config| {
+        config.heartbeat_timeout = Duration::from_millis(300);
+        config.host_check_every = Duration::from_millis(50);
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h2_endpoint = listener.local_addr().unwrap();
+    let h2 = PlayedHost::join(&plane, "h2", h2_endpoint).await;
+    plane.restart_orchestrator().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let on_h2 = plane.store.replicas_of_app(app).await.unwrap().into_iter().find(|r| r.host == "h2").expect("spread");
+
+    h2.pause(true);
+    // The replacement on h1 becomes ready: the lost replica's row goes, both replicas run on h1.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = plane.store.replicas_of_app(app).await.unwrap();
+        if rows.len() == 2 && rows.iter().all(|r| r.host == HOST) && plane.runtime.running().len() == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rows {rows:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // h2 returns: its replica is no longer desired there, and nothing comes back to it.
+    h2.pause(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = plane.store.replicas_of_app(app).await.unwrap();
+    assert!(rows.iter().all(|r| r.host == HOST && r.id != on_h2.id), "{rows:#?}");
+    assert!(!plane.routed().contains(&h2_endpoint));
 }

@@ -1,7 +1,7 @@
 //! Apps and their immutable, numbered releases.
 
 use berth_wire::AppSpec;
-use berth_wire::api::{ReleaseEvent, ReleaseState};
+use berth_wire::api::{ReleaseEvent, ReleaseState, TeamQuota};
 use sqlx::FromRow;
 use sqlx::types::Json;
 
@@ -120,6 +120,100 @@ impl Store {
         let number = insert_release(&mut tx, app_id, spec, rollback_of).await?;
         tx.commit().await?;
         Ok(number)
+    }
+
+    /// The spec each of the team's apps is declared to run (its latest release that did not
+    /// fail, or the initial spec of an app without any release), by app id. Apps being deleted
+    /// and apps whose every release failed run nothing.
+    pub async fn team_footprints(&self, team_id: i64) -> Result<Vec<(i64, AppSpec)>> {
+        type Row = (i64, Option<Json<AppSpec>>, bool, Option<Json<AppSpec>>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT a.id, \
+                 (SELECT rel.spec FROM releases rel WHERE rel.app_id = a.id AND rel.state != 'failed' \
+                  ORDER BY rel.number DESC LIMIT 1), \
+                 EXISTS (SELECT 1 FROM releases rel WHERE rel.app_id = a.id), \
+                 a.initial_spec \
+             FROM apps a WHERE a.team_id = ? AND a.deleting = 0",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, latest, released, initial)| {
+                let spec = latest.or(if released { None } else { initial })?;
+                Some((id, spec.0))
+            })
+            .collect())
+    }
+
+    /// The team's quota (every limit absent: unlimited).
+    pub async fn team_quota(&self, team_id: i64) -> Result<TeamQuota> {
+        let (replicas, cpu_millis, memory_mb): (Option<i64>, Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT max_replicas, max_cpu_millis, max_memory_mb FROM teams WHERE id = ?")
+                .bind(team_id)
+                .fetch_one(&self.pool)
+                .await?;
+        let unsigned = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+        Ok(TeamQuota { replicas: unsigned(replicas), cpu_millis: unsigned(cpu_millis), memory_mb: unsigned(memory_mb) })
+    }
+
+    pub async fn set_team_quota(&self, team_id: i64, quota: &TeamQuota) -> Result<()> {
+        let signed = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        sqlx::query("UPDATE teams SET max_replicas = ?, max_cpu_millis = ?, max_memory_mb = ? WHERE id = ?")
+            .bind(signed(quota.replicas))
+            .bind(signed(quota.cpu_millis))
+            .bind(signed(quota.memory_mb))
+            .bind(team_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rewrites, in one transaction, every stored spec that carries secrets (every release's, and
+    /// the initial spec of an app built from git that has no release yet): `rewrite` gets the
+    /// team's and app's names and the spec, and says whether it changed it. The first error
+    /// rolls the whole rewrite back. Returns how many specs changed.
+    pub async fn rewrite_specs<E: From<sqlx::Error>>(
+        &self,
+        mut rewrite: impl FnMut(&str, &str, &mut AppSpec) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<usize, E> {
+        let mut tx = self.write().await?;
+        let releases: Vec<(i64, String, String, Json<AppSpec>)> = sqlx::query_as(
+            "SELECT rel.id, t.name, a.name, rel.spec FROM releases rel JOIN apps a ON a.id = rel.app_id \
+             JOIN teams t ON t.id = a.team_id WHERE json_extract(rel.spec, '$.secrets') IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for (id, team, app, Json(mut spec)) in releases {
+            if rewrite(&team, &app, &mut spec)? {
+                sqlx::query("UPDATE releases SET spec = ? WHERE id = ?")
+                    .bind(Json(&spec))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                changed += 1;
+            }
+        }
+        let initial: Vec<(i64, String, String, Json<AppSpec>)> = sqlx::query_as(
+            "SELECT a.id, t.name, a.name, a.initial_spec FROM apps a JOIN teams t ON t.id = a.team_id \
+             WHERE a.initial_spec IS NOT NULL AND json_extract(a.initial_spec, '$.secrets') IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, team, app, Json(mut spec)) in initial {
+            if rewrite(&team, &app, &mut spec)? {
+                sqlx::query("UPDATE apps SET initial_spec = ? WHERE id = ?")
+                    .bind(Json(&spec))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Newest first.

@@ -22,7 +22,7 @@ pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
 pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};
 pub use hosts::{HostRow, JoinError};
 pub use identity::{AuditRecord, InvitationRow, TokenRow, UserRow};
-pub use replicas::{Placement, ReplicaRow};
+pub use replicas::{DesiredPlacement, Placement, ReplicaRow};
 
 /// The store's error type.
 pub use sqlx::Error as StoreError;

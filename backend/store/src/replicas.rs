@@ -1,5 +1,7 @@
 //! Replicas: where each desired container of a release is placed.
 
+use std::collections::BTreeMap;
+
 use berth_wire::AppSpec;
 use berth_wire::agent::DesiredContainer;
 use sqlx::FromRow;
@@ -16,6 +18,8 @@ pub struct ReplicaRow {
     pub host: String,
     /// Being moved off its host: out of the route table, stopped once drained.
     pub retiring: bool,
+    /// The replacement started while this replica's host was down (first ready wins).
+    pub replaced_by: Option<String>,
 }
 
 /// What one replica asks of its host, for placement.
@@ -28,18 +32,60 @@ pub struct Placement {
 }
 
 impl Store {
-    /// Replaces a replica by a new one of the same app and release on `host`, atomically.
+    /// Replaces a replica by a new one of the same app and release on `host`, atomically (a
+    /// replica it stood in for now waits on the new one).
     pub async fn move_replica(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
         let mut tx = self.write().await?;
         insert_replacement(&mut tx, replica_id, new_id, host).await?;
-        sqlx::query("DELETE FROM replicas WHERE id = ?").bind(replica_id).execute(&mut *tx).await?;
+        forget(&mut tx, replica_id, new_id).await?;
         tx.commit().await
     }
 
-    /// Adds a replica of the same app and release as `replica_id` on `host` (its replacement).
-    pub async fn add_replacement(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
-        let mut connection = self.pool.acquire().await?;
-        insert_replacement(&mut connection, replica_id, new_id, host).await
+    /// Adds a replacement on `host` for a replica that is leaving (its host down or draining),
+    /// keeping the replica's row, which points at it (`replaced_by`).
+    pub async fn replace_leaving(&self, replica_id: &str, new_id: &str, host: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        insert_replacement(&mut tx, replica_id, new_id, host).await?;
+        sqlx::query("UPDATE replicas SET replaced_by = ? WHERE id = ?")
+            .bind(new_id)
+            .bind(replica_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The replacement is ready and the replica's host is still down: the replica's row goes (a
+    /// replica it stood in for now waits on the replacement).
+    pub async fn forget_replaced(&self, replica_id: &str, replacement_id: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        forget(&mut tx, replica_id, replacement_id).await?;
+        tx.commit().await
+    }
+
+    /// The replica came back before its replacement was ready: the replacement (and whatever
+    /// stands in for it in turn) is marked retiring, and returned, for the caller to drain and
+    /// stop; the replica is itself again.
+    pub async fn cancel_replacement(&self, replica_id: &str, replacement_id: &str) -> Result<Vec<String>> {
+        let mut tx = self.write().await?;
+        let mut chain: Vec<String> = Vec::new();
+        let mut next = Some(replacement_id.to_string());
+        while let Some(id) = next.take().filter(|id| !chain.contains(id)) {
+            next = sqlx::query_scalar::<_, Option<String>>("SELECT replaced_by FROM replicas WHERE id = ?")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+            chain.push(id);
+        }
+        for id in &chain {
+            sqlx::query("UPDATE replicas SET retiring = 1, replaced_by = NULL WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE replicas SET replaced_by = NULL WHERE id = ?").bind(replica_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(chain)
     }
 
     pub async fn mark_retiring(&self, ids: &[String]) -> Result<()> {
@@ -90,7 +136,7 @@ impl Store {
 
     pub async fn all_replicas(&self) -> Result<Vec<ReplicaRow>> {
         sqlx::query_as(
-            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring \
+            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring, r.replaced_by \
              FROM replicas r JOIN releases rel ON rel.id = r.release_id ORDER BY r.app_id, rel.number, r.created_at",
         )
         .fetch_all(&self.pool)
@@ -99,7 +145,7 @@ impl Store {
 
     pub async fn replicas_of_app(&self, app_id: i64) -> Result<Vec<ReplicaRow>> {
         sqlx::query_as(
-            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring \
+            "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring, r.replaced_by \
              FROM replicas r JOIN releases rel ON rel.id = r.release_id WHERE r.app_id = ? ORDER BY rel.number, r.created_at",
         )
         .bind(app_id)
@@ -107,8 +153,9 @@ impl Store {
         .await
     }
 
-    /// Every desired container with the host it is placed on.
-    pub async fn desired_containers(&self, stop_grace_secs: u32) -> Result<Vec<(String, DesiredContainer)>> {
+    /// Every desired container with the host it is placed on. Its app's secret variables are
+    /// not in its `env`: they come sealed, beside it, for the caller to open.
+    pub async fn desired_containers(&self, stop_grace_secs: u32) -> Result<Vec<DesiredPlacement>> {
         let rows: Vec<(String, String, String, String, i64, Json<AppSpec>)> = sqlx::query_as(
             "SELECT r.host, r.id, t.name, a.name, rel.number, rel.spec FROM replicas r \
              JOIN releases rel ON rel.id = r.release_id JOIN apps a ON a.id = r.app_id JOIN teams t ON t.id = a.team_id \
@@ -133,10 +180,29 @@ impl Store {
                     stop_grace_secs,
                     privileges: spec.privileges,
                 };
-                (host, desired)
+                DesiredPlacement { host, container: desired, sealed_secrets: spec.secrets }
             })
             .collect())
     }
+}
+
+/// One desired container, where it goes, and its app's secret variables still sealed.
+#[derive(Debug, Clone)]
+pub struct DesiredPlacement {
+    pub host: String,
+    pub container: DesiredContainer,
+    pub sealed_secrets: BTreeMap<String, String>,
+}
+
+/// Deletes `replica_id`; rows waiting on it as their replacement wait on `successor` instead.
+async fn forget(connection: &mut sqlx::SqliteConnection, replica_id: &str, successor: &str) -> Result<()> {
+    sqlx::query("UPDATE replicas SET replaced_by = ? WHERE replaced_by = ?")
+        .bind(successor)
+        .bind(replica_id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("DELETE FROM replicas WHERE id = ?").bind(replica_id).execute(&mut *connection).await?;
+    Ok(())
 }
 
 async fn insert_replacement(

@@ -11,6 +11,7 @@ fn spec() -> AppSpec {
         port: 8080,
         replicas: 1,
         env: BTreeMap::new(),
+        secrets: Default::default(),
         health_path: None,
         cpu_millis: None,
         memory_mb: None,

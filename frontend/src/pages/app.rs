@@ -228,6 +228,28 @@ fn Actions(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
         let unset_env = old.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         ctx.act("Environment", "deploy", Deploy { env: wanted, unset_env, ..Deploy::default() });
     };
+    // Secrets are write-only: the names of those set, a box for new or replaced values.
+    let new_secrets = RwSignal::new(String::new());
+    let secrets_error: RwSignal<Option<String>> = RwSignal::new(None);
+    let secret_names = move || {
+        current.with(|d| {
+            serving(d)
+                .or(d.releases.first())
+                .map(|r| r.spec.secrets.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+    };
+    let save_secrets = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let secrets = match parse_env(&new_secrets.get_untracked()) {
+            Ok(secrets) if secrets.is_empty() => return secrets_error.set(Some("give one KEY=VALUE per line".into())),
+            Ok(secrets) => secrets,
+            Err(message) => return secrets_error.set(Some(message)),
+        };
+        secrets_error.set(None);
+        new_secrets.set(String::new());
+        ctx.act("Secrets", "deploy", Deploy { secrets, ..Deploy::default() });
+    };
     let rollback = move |_| ctx.act("Rollback", "rollback", Rollback { to: None });
     let can_roll_back =
         move || current.with(|d| d.releases.iter().filter(|r| r.state == ReleaseState::Superseded).count() > 0);
@@ -259,6 +281,25 @@ fn Actions(ctx: Ctx, current: Signal<AppDetail>) -> impl IntoView {
                 <textarea id="env-edit" rows="3" bind:value=env></textarea>
                 {move || env_error.get().map(|m| view! { <p class="field-error">{m}</p> })}
                 <button type="submit" id="save-env" disabled=move || ctx.busy.get()>"Save and release"</button>
+            </form>
+            <form class="stack" on:submit=save_secrets id="secrets-form">
+                <span class="label">"Secrets"</span>
+                <ul id="secret-names" class="plain">
+                    {move || secret_names().into_iter().map(|name| {
+                        let unset = name.clone();
+                        let remove = move |_| ctx.act("Secrets", "deploy", Deploy { unset_env: vec![unset.clone()], ..Deploy::default() });
+                        view! {
+                            <li data-secret=name.clone()>
+                                <code>{name.clone()}</code>" "<span class="muted">"set"</span>" "
+                                <button type="button" class="link" on:click=remove disabled=move || ctx.busy.get()>"Remove"</button>
+                            </li>
+                        }
+                    }).collect_view()}
+                </ul>
+                <label for="secrets-edit">"Add or replace secrets (KEY=VALUE per line; a value is never shown again)"</label>
+                <textarea id="secrets-edit" rows="2" autocomplete="off" spellcheck="false" bind:value=new_secrets></textarea>
+                {move || secrets_error.get().map(|m| view! { <p class="field-error">{m}</p> })}
+                <button type="submit" id="save-secrets" disabled=move || ctx.busy.get()>"Save secrets and release"</button>
             </form>
             {move || ctx.outcome.get().map(|outcome| match outcome {
                 Ok(message) => view! { <p class="notice" role="status" id="action-outcome">{message}</p> }.into_any(),

@@ -157,6 +157,7 @@ pub fn NewAppPage() -> impl IntoView {
                 port: parse_number("port", &port.get_untracked())?.unwrap_or(0),
                 replicas: parse_number("replicas", &replicas.get_untracked())?,
                 env,
+                secrets: BTreeMap::new(),
                 health_path: Some(health_path.get_untracked().trim().to_string()).filter(|p| !p.is_empty()),
                 cpu_millis: parse_number("cpu_millis", &cpu.get_untracked())?,
                 memory_mb: parse_number("memory_mb", &memory.get_untracked())?,

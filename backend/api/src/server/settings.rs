@@ -50,6 +50,9 @@ pub struct ServerSettings {
     /// The build cache is pruned down to this many bytes when a build leaves it larger.
     #[serde(default, deserialize_with = "bytes")]
     pub build_cache_max: Option<u64>,
+    /// Limits of apps created without their own; 0: none.
+    pub default_cpu_millis: Option<u32>,
+    pub default_memory_mb: Option<u64>,
     pub public_url: Option<String>,
     pub dashboard_dir: Option<PathBuf>,
     /// The ingress's HTTPS listener.
@@ -169,6 +172,8 @@ impl ServerSettings {
             heartbeat_timeout: self.heartbeat_timeout.or(under.heartbeat_timeout),
             local_agent: self.local_agent.or(under.local_agent),
             build_cache_max: self.build_cache_max.or(under.build_cache_max),
+            default_cpu_millis: self.default_cpu_millis.or(under.default_cpu_millis),
+            default_memory_mb: self.default_memory_mb.or(under.default_memory_mb),
             public_url: self.public_url.or(under.public_url),
             dashboard_dir: self.dashboard_dir.or(under.dashboard_dir),
             https_listen: self.https_listen.or(under.https_listen),
@@ -252,7 +257,23 @@ impl ServerSettings {
             directory: self.acme_directory.unwrap_or_else(|| berth_control::certs::LETS_ENCRYPT.to_string()),
             ca_file: self.acme_ca_file,
         });
+        let server_defaults = crate::services::ContainerDefaults::SERVER;
+        let container_defaults = crate::services::ContainerDefaults {
+            cpu_millis: match self.default_cpu_millis {
+                Some(0) => None,
+                Some(cpu) if !(10..=256_000).contains(&cpu) => bail!("default_cpu_millis must be 0 or 10-256000"),
+                Some(cpu) => Some(cpu),
+                None => server_defaults.cpu_millis,
+            },
+            memory_mb: match self.default_memory_mb {
+                Some(0) => None,
+                Some(memory) if !(6..=4_194_304).contains(&memory) => bail!("default_memory_mb must be 0 or 6-4194304"),
+                Some(memory) => Some(memory),
+                None => server_defaults.memory_mb,
+            },
+        };
         let config = ServerConfig {
+            container_defaults,
             data_dir: self.data_dir.unwrap_or_else(|| "./berth-data".into()),
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7878))),
             ingress_listen: self.ingress_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),

@@ -5,12 +5,18 @@ use berth_wire::AppSpec;
 use berth_wire::agent::ContainerPhase;
 use berth_wire::api::{
     AppDetail, AppMetrics, AppSummary, CreateApp, Deploy, LogLine, ReleaseAccepted, ReleaseInfo, ReleaseState,
-    ReplicaInfo, TrafficPoint,
+    ReplicaInfo, SecretKeyRotated, TrafficPoint,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::validate::{require_privilege_grant, validate_app_name, validate_spec};
+use std::collections::BTreeMap;
+
+use berth_control::secrets::SecretScope;
+
+use super::validate::{
+    require_privilege_grant, validate_app_name, validate_image_owner, validate_spec, validate_variables,
+};
 use super::{Result, ServiceError, Services, invalid};
 use crate::auth::{Action, Principal};
 use crate::clock::now_ms;
@@ -109,6 +115,8 @@ impl Services {
         if env_hidden {
             spec.env.values_mut().for_each(String::clear);
         }
+        // Secrets are write-only for everyone: the name says the variable is set.
+        spec.secrets.values_mut().for_each(String::clear);
         Ok(ReleaseInfo {
             number: release.number as u32,
             spec,
@@ -135,14 +143,22 @@ impl Services {
     async fn create_app_inner(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {
         let team_id = principal.require(team, Action::DeployApps)?;
         validate_app_name(&input.name)?;
+        validate_variables("secrets", &input.secrets)?;
+        if let Some(name) = input.secrets.keys().find(|name| input.env.contains_key(*name)) {
+            return Err(invalid("secrets", format!("{name} is given both as a plain and as a secret variable")));
+        }
+        // Held until the spec is stored: a key rotation never misses a value sealed meanwhile.
+        let _sealing = self.orchestrator.secrets().hold().await;
+        let secrets = self.seal_secrets(team, &input.name, input.secrets);
         let spec = AppSpec {
             image: input.image.trim().to_string(),
             port: input.port,
             replicas: input.replicas.unwrap_or(1),
             env: input.env,
+            secrets,
             health_path: input.health_path,
-            cpu_millis: input.cpu_millis,
-            memory_mb: input.memory_mb,
+            cpu_millis: input.cpu_millis.or(self.container_defaults.cpu_millis),
+            memory_mb: input.memory_mb.or(self.container_defaults.memory_mb),
             constraints: input.constraints,
             privileges: input.privileges,
             protocol: input.protocol,
@@ -153,8 +169,10 @@ impl Services {
             validate_spec(&AppSpec { image: "built-from-git".into(), ..spec.clone() })?;
         } else {
             validate_spec(&spec)?;
+            validate_image_owner(team, &spec.image)?;
         }
         require_privilege_grant(principal, None, &spec)?;
+        self.check_quota(team_id, team, None, &spec).await?;
         let app_id = match self.store.create_app(team_id, &input.name, &spec).await {
             Ok(id) => id,
             Err(error) if berth_store::is_unique_violation(&error) => {
@@ -180,6 +198,11 @@ impl Services {
         change: Deploy,
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
+        validate_variables("secrets", &change.secrets)?;
+        if let Some(key) = change.secrets.keys().find(|key| change.env.contains_key(*key)) {
+            return Err(invalid("secrets", format!("{key} is given both as a plain and as a secret variable")));
+        }
+        let _sealing = self.orchestrator.secrets().hold().await;
         // The latest release's spec, or the initial one of an app built from git that has none.
         let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
         let base = match &latest {
@@ -200,8 +223,17 @@ impl Services {
         }
         for key in &change.unset_env {
             spec.env.remove(key);
+            spec.secrets.remove(key);
+        }
+        // A name lives in one map only: setting it in one removes it from the other.
+        for key in change.env.keys() {
+            spec.secrets.remove(key);
+        }
+        for key in change.secrets.keys() {
+            spec.env.remove(key);
         }
         spec.env.extend(change.env);
+        spec.secrets.extend(self.seal_secrets(team, name, change.secrets));
         if let Some(path) = change.health_path {
             spec.health_path = (!path.is_empty()).then_some(path);
         }
@@ -229,7 +261,9 @@ impl Services {
             ));
         }
         validate_spec(&spec)?;
+        validate_image_owner(team, &spec.image)?;
         require_privilege_grant(principal, latest.as_ref(), &spec)?;
+        self.check_quota(app.team_id, team, Some(app.id), &spec).await?;
         self.new_release(&app, &spec, None).await
     }
 
@@ -250,6 +284,7 @@ impl Services {
         to: Option<u32>,
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
+        let _sealing = self.orchestrator.secrets().hold().await;
         let releases = self.store.releases(app.id).await?;
         let target = match to {
             Some(number) => releases
@@ -274,7 +309,35 @@ impl Services {
         }
         let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
         require_privilege_grant(principal, latest.as_ref(), &target.spec())?;
+        validate_image_owner(team, &target.spec().image)?;
+        self.check_quota(app.team_id, team, Some(app.id), &target.spec()).await?;
         self.new_release(&app, &target.spec(), Some(target.number)).await
+    }
+
+    /// Seals each value for its variable of `team`'s app `app`.
+    fn seal_secrets(&self, team: &str, app: &str, plain: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let keys = self.orchestrator.secrets();
+        let scope = SecretScope { team, app };
+        plain.into_iter().map(|(name, value)| (name.clone(), keys.seal(scope, &name, &value))).collect()
+    }
+
+    /// Reseals every app's secrets with a new key and retires the old ones (instance admins).
+    async fn rotate_secret_key_inner(&self, principal: &Principal) -> Result<SecretKeyRotated> {
+        principal.require_instance_admin()?;
+        let rotation = self.orchestrator.secrets().rotate(&self.store).await.map_err(ServiceError::Internal)?;
+        Ok(SecretKeyRotated {
+            key_id: rotation.key_id,
+            resealed: rotation.resealed as u64,
+            unreadable: rotation.unreadable as u64,
+            retired: rotation.retired,
+        })
+    }
+
+    pub async fn rotate_secret_key(&self, principal: &Principal) -> Result<SecretKeyRotated> {
+        let result = self.rotate_secret_key_inner(principal).await;
+        let key = result.as_ref().ok().map(|r| r.key_id.clone());
+        self.audit(Some(principal), "rotate_secret_key", None, None, key.as_deref(), &result).await?;
+        result
     }
 
     async fn new_release(&self, app: &AppRow, spec: &AppSpec, rollback_of: Option<i64>) -> Result<ReleaseAccepted> {

@@ -262,6 +262,7 @@ impl Services {
             .archive(&repo, &update.new, &settings.context_dir, &settings.dockerfile, &objects)
             .await
             .map_err(|e| format!("cannot build {}: {e:#}", &update.new))?;
+        self.check_build_quota(app).await.map_err(|e| e.to_string())?;
         let order = BuildOrder {
             app: app.clone(),
             commit: update.new.clone(),

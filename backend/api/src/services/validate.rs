@@ -1,5 +1,7 @@
 //! Validation shared by the services: names, app specs, labels.
 
+use std::collections::BTreeMap;
+
 use berth_wire::AppSpec;
 
 use super::{Result, ServiceError, invalid};
@@ -44,27 +46,17 @@ pub fn validate_spec(spec: &AppSpec) -> Result<()> {
     if spec.replicas > MAX_REPLICAS {
         return Err(invalid("replicas", format!("at most {MAX_REPLICAS} replicas")));
     }
-    let total: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if spec.env.len() > MAX_ENV_ENTRIES || total > MAX_ENV_BYTES {
+    // Secrets count as stored (sealed, a third larger): that is what travels.
+    let all = spec.env.iter().chain(&spec.secrets);
+    let total: usize = all.map(|(k, v)| k.len() + v.len()).sum();
+    if spec.env.len() + spec.secrets.len() > MAX_ENV_ENTRIES || total > MAX_ENV_BYTES {
         return Err(invalid(
             "env",
             format!("at most {MAX_ENV_ENTRIES} variables and {} KiB in all", MAX_ENV_BYTES / 1024),
         ));
     }
-    for (key, value) in &spec.env {
-        if key.len() > 256 {
-            return Err(invalid("env", "variable names have at most 256 characters"));
-        }
-        if !valid_variable_name(key) {
-            return Err(invalid(
-                "env",
-                format!("{key:?} is not a valid variable name (letters, digits, '_'; not starting with a digit)"),
-            ));
-        }
-        if value.contains('\0') {
-            return Err(invalid("env", format!("the value of {key} contains a NUL byte")));
-        }
-    }
+    validate_variables("env", &spec.env)?;
+    validate_variables("secrets", &spec.secrets)?;
     if let Some(path) = &spec.health_path
         && (!path.starts_with('/') || path.len() > 1024 || path.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
@@ -108,6 +100,35 @@ pub fn validate_spec(spec: &AppSpec) -> Result<()> {
     Ok(())
 }
 
+/// A team runs only images it may have: `berth/<team>/...` images are Berth's builds of that
+/// team's apps, so no other team may name one; and an image is given by name, never by an image
+/// ID (Docker would resolve one, or a prefix of one, to any image on the host, another team's
+/// build included).
+pub fn validate_image_owner(team: &str, image: &str) -> Result<()> {
+    // Docker Hub's names for a local `berth/...` image are the same image.
+    let mut local = image;
+    for hub in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
+        local = local.strip_prefix(hub).unwrap_or(local);
+    }
+    if let Some(rest) = local.strip_prefix("berth/") {
+        let owner = rest.split('/').next().unwrap_or("");
+        if owner != team {
+            return Err(invalid(
+                "image",
+                format!("{image} is a build of team {owner}: images under berth/ run only in the team that built them"),
+            ));
+        }
+    }
+    let id = image.strip_prefix("sha256:").unwrap_or(image);
+    if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "image",
+            format!("{image:?} looks like an image ID: give the image by name (with a tag or @sha256: digest)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Privileged options amount to root on the host, and so does releasing new code or config with
 /// them: only instance admins may. Anyone who may deploy can still scale such an app (a release
 /// that differs from the latest in its replica count only).
@@ -122,6 +143,25 @@ pub(super) fn require_privilege_grant(principal: &Principal, latest: Option<&App
     Err(ServiceError::Forbidden(
         "this release has privileged options (privileged mode, host network, host mounts or capabilities): only instance admins may release it".into(),
     ))
+}
+
+/// Names a shell takes, values without NUL: the rules of plain and secret variables alike.
+pub fn validate_variables(field: &str, variables: &BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in variables {
+        if key.len() > 256 {
+            return Err(invalid(field, "variable names have at most 256 characters"));
+        }
+        if !valid_variable_name(key) {
+            return Err(invalid(
+                field,
+                format!("{key:?} is not a valid variable name (letters, digits, '_'; not starting with a digit)"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(invalid(field, format!("the value of {key} contains a NUL byte")));
+        }
+    }
+    Ok(())
 }
 
 /// Host labels and constraints: 1-63 characters of letters, digits, `.`, `_`, `-`, `/`.
@@ -141,6 +181,7 @@ mod tests {
             port: 8080,
             replicas: 2,
             env: BTreeMap::new(),
+            secrets: Default::default(),
             health_path: Some("/up".into()),
             cpu_millis: None,
             memory_mb: None,
@@ -178,6 +219,26 @@ mod tests {
         assert_eq!(field_of(validate_spec(&AppSpec { cpu_millis: Some(1), ..spec() })), "cpu_millis");
         let env = BTreeMap::from([("1BAD".to_string(), "x".to_string())]);
         assert_eq!(field_of(validate_spec(&AppSpec { env, ..spec() })), "env");
+    }
+
+    #[test]
+    fn a_team_runs_its_own_builds_and_images_by_name_only() {
+        assert!(validate_image_owner("main", "berth/main/web:abc-1").is_ok());
+        assert!(validate_image_owner("main", "nginx:1.27").is_ok());
+        assert!(validate_image_owner("main", "reg.example:5000/berth/other/web:1").is_ok());
+        assert!(validate_image_owner("main", "hello@sha256:0123456789abcdef").is_ok());
+        for stolen in [
+            "berth/other/web:abc-1",
+            "berth/mainly/web:1",
+            "berth/",
+            "docker.io/berth/other/web:1",
+            "index.docker.io/berth/other/w",
+        ] {
+            assert_eq!(field_of(validate_image_owner("main", stolen)), "image", "{stolen}");
+        }
+        for id in ["sha256:0123456789abcdef", "0123abcd", "DEADBEEF"] {
+            assert_eq!(field_of(validate_image_owner("main", id)), "image", "{id}");
+        }
     }
 
     mod properties {

@@ -264,6 +264,7 @@ impl Services {
         let Some(url) = settings.git_url.clone() else {
             return Err(invalid("git_url", format!("{} has no git URL to fetch the commit from", app.name)));
         };
+        self.check_build_quota(&app).await?;
         let order = BuildOrder {
             app: app.clone(),
             commit: commit.clone(),

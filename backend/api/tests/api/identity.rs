@@ -6,85 +6,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
-use berth_api::auth::{hash_token, new_token};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{self, ScratchDir};
-
-struct Instance {
-    router: axum::Router,
-    admin: String,
-    _dir: ScratchDir,
-}
-
-async fn instance(name: &str) -> Instance {
-    let dir = ScratchDir::new(name);
-    let store = support::store(&dir).await;
-    let admin = new_token();
-    let password_hash = berth_api::auth::hash_password("admin password 1").await.unwrap();
-    store.bootstrap(&hash_token(&admin), &password_hash).await.unwrap();
-    let router = support::router(&dir, store, None).await;
-    Instance { router, admin, _dir: dir }
-}
-
-impl Instance {
-    async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        self.call_from(None, method, uri, token, body).await
-    }
-
-    /// Like `call`, from the client address `from` (as the listener records it).
-    async fn call_from(
-        &self,
-        from: Option<&str>,
-        method: Method,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(from) = from {
-            let address: std::net::SocketAddr = format!("{from}:40000").parse().expect("an IPv4 address");
-            request = request.extension(axum::extract::ConnectInfo(address));
-        }
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = match body {
-            Some(body) => request.header("content-type", "application/json").body(Body::from(body.to_string())),
-            None => request.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    /// Invites `email` into `team` as `role` (by the admin, who owns `main`) and returns their token.
-    async fn join(&self, team: &str, email: &str, role: &str) -> String {
-        let (status, invite) = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/teams/{team}/invites"),
-                Some(&self.admin),
-                Some(json!({ "role": role })),
-            )
-            .await;
-        assert_eq!(status, 201, "{invite}");
-        let token = invite["token"].as_str().unwrap();
-        let (status, joined) = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/invites/{token}/accept"),
-                None,
-                Some(json!({ "email": email, "password": "a long password" })),
-            )
-            .await;
-        assert_eq!(status, 200, "{joined}");
-        joined["token"].as_str().unwrap().to_string()
-    }
-}
+use crate::support::{Instance, instance};
 
 #[tokio::test]
 async fn repeated_failures_make_that_address_wait_and_never_lock_the_account_for_others() {

@@ -4,4 +4,6 @@
 mod authz;
 mod identity;
 mod oidc;
+mod quotas;
+mod secrets;
 mod support;

@@ -4,18 +4,24 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request};
+use berth_api::auth::{hash_token, new_token};
 use berth_api::http::{self, AppState};
 use berth_api::oidc::SignIn;
-use berth_api::services::Services;
+use berth_api::services::{ContainerDefaults, Services};
 use berth_control::builds::{Builds, BuildsConfig};
 use berth_control::certs::{Certs, CertsConfig};
 use berth_control::repos::Repos;
+use berth_control::secrets::SecretKeys;
 use berth_control::{HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
+use serde_json::{Value, json};
+use tower::ServiceExt;
 
 /// A scratch directory, removed on drop.
-pub struct ScratchDir(tempfile::TempDir);
+pub struct ScratchDir(pub tempfile::TempDir);
 
 impl ScratchDir {
     pub fn new(name: &str) -> ScratchDir {
@@ -37,11 +43,22 @@ pub async fn store(dir: &ScratchDir) -> Store {
 /// The router over `store`, with an orchestrator that has no hosts (nothing ever runs) and the
 /// given sign-in providers.
 pub async fn router(dir: &ScratchDir, store: Store, sign_in: Option<SignIn>) -> Router {
+    router_with(dir, store, sign_in, ContainerDefaults::default()).await
+}
+
+/// `router`, giving apps created without limits these.
+pub async fn router_with(
+    dir: &ScratchDir,
+    store: Store,
+    sign_in: Option<SignIn>,
+    defaults: ContainerDefaults,
+) -> Router {
     let config = OrchestratorConfig {
         deploy_timeout: Duration::from_secs(600),
         drain_timeout: Duration::from_secs(1),
         stop_grace_secs: 1,
         heartbeat_timeout: Duration::from_secs(600),
+        secrets: SecretKeys::open(dir.0.path()).expect("the secret key file"),
         ..OrchestratorConfig::new("localhost", 8080)
     };
     let ingress = Ingress::new(IngressConfig::default());
@@ -56,9 +73,89 @@ pub async fn router(dir: &ScratchDir, store: Store, sign_in: Option<SignIn>) -> 
     let certs_config =
         CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) };
     let certs = Certs::start(store.clone(), ingress, orchestrator.clone(), certs_config).await.expect("certificates");
-    let mut services = Services::new(store, orchestrator, builds, certs);
+    let mut services = Services::new(store, orchestrator, builds, certs).with_container_defaults(defaults);
     if let Some(sign_in) = sign_in {
         services = services.with_sign_in(sign_in);
     }
     http::router(AppState { services })
+}
+
+/// A bootstrapped instance: the router and the admin's token.
+pub struct Instance {
+    pub router: axum::Router,
+    pub admin: String,
+    pub dir: ScratchDir,
+}
+
+pub async fn instance(name: &str) -> Instance {
+    instance_with(name, ContainerDefaults::default()).await
+}
+
+/// `instance`, giving apps created without limits these.
+pub async fn instance_with(name: &str, defaults: ContainerDefaults) -> Instance {
+    let dir = ScratchDir::new(name);
+    let store = store(&dir).await;
+    let admin = new_token();
+    let password_hash = berth_api::auth::hash_password("admin password 1").await.unwrap();
+    store.bootstrap(&hash_token(&admin), &password_hash).await.unwrap();
+    let router = router_with(&dir, store, None, defaults).await;
+    Instance { router, admin, dir }
+}
+
+impl Instance {
+    pub async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_from(None, method, uri, token, body).await
+    }
+
+    /// Like `call`, from the client address `from` (as the listener records it).
+    pub async fn call_from(
+        &self,
+        from: Option<&str>,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(from) = from {
+            let address: std::net::SocketAddr = format!("{from}:40000").parse().expect("an IPv4 address");
+            request = request.extension(axum::extract::ConnectInfo(address));
+        }
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request.header("content-type", "application/json").body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Invites `email` into `team` as `role` (by the admin, who owns `main`) and returns their token.
+    pub async fn join(&self, team: &str, email: &str, role: &str) -> String {
+        let (status, invite) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/teams/{team}/invites"),
+                Some(&self.admin),
+                Some(json!({ "role": role })),
+            )
+            .await;
+        assert_eq!(status, 201, "{invite}");
+        let token = invite["token"].as_str().unwrap();
+        let (status, joined) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/invites/{token}/accept"),
+                None,
+                Some(json!({ "email": email, "password": "a long password" })),
+            )
+            .await;
+        assert_eq!(status, 200, "{joined}");
+        joined["token"].as_str().unwrap().to_string()
+    }
 }

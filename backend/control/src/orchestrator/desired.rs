@@ -8,16 +8,35 @@ use rand::RngCore;
 
 use super::Orchestrator;
 use crate::scheduler::{self, HostSlot, Request};
+use crate::secrets::SecretScope;
 
 impl Orchestrator {
     /// Sends every agent the full list of containers desired on its host.
     pub(super) async fn publish_desired(&self) -> anyhow::Result<()> {
         let desired = self.inner.store.desired_containers(self.inner.config.stop_grace_secs).await?;
+        let secrets = &self.inner.config.secrets;
+        let links = self.inner.links.all();
         let mut by_host: HashMap<String, Vec<_>> = HashMap::new();
-        for (host, container) in desired {
-            by_host.entry(host).or_default().push(container);
+        for placement in desired {
+            let mut container = placement.container;
+            let scope = SecretScope { team: &container.team, app: &container.app };
+            match secrets.open_all(scope, &placement.sealed_secrets) {
+                Ok(opened) => container.env.extend(opened),
+                Err(error) => {
+                    // Never start a container without one of its variables, and never stop one
+                    // for it either: the host keeps what it was last told of this replica (a
+                    // new replica is left out; its release fails saying why).
+                    tracing::error!(%error, replica = container.replica_id, "a secret does not open");
+                    let link = links.iter().find(|l| l.name == placement.host);
+                    match link.and_then(|l| l.desired_container(&container.replica_id)) {
+                        Some(previous) => container = previous,
+                        None => continue,
+                    }
+                }
+            }
+            by_host.entry(placement.host).or_default().push(container);
         }
-        for link in self.inner.links.all() {
+        for link in links {
             link.set_desired(by_host.remove(&link.name).unwrap_or_default());
         }
         Ok(())

@@ -1,10 +1,11 @@
 //! Hosts: heartbeats checked, silent hosts declared down and their replicas moved, returning
 //! hosts brought back, hosts drained and forgotten.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use berth_store::HostRow;
 use berth_wire::agent::ObservedContainer;
 use berth_wire::api::HostState;
 
@@ -70,31 +71,81 @@ impl Orchestrator {
                 _ => {}
             }
         }
-        let known: HashSet<String> = hosts.iter().map(|h| h.name.clone()).collect();
-        let stranded: Vec<_> = store
-            .all_replicas()
-            .await?
-            .into_iter()
-            .filter(|r| lost.contains(&r.host) || !known.contains(&r.host))
-            .collect();
-        if stranded.is_empty() {
-            return Ok(());
-        }
-        let mut moved = 0;
-        for replica in &stranded {
-            let Some(release) = store.release_by_id(replica.release_id).await? else { continue };
-            let plan = self.plan(replica.app_id, &release.spec(), 1).await?;
-            if let Some(host) = plan.hosts.first() {
-                store.move_replica(&replica.id, &new_replica_id(), host).await?;
-                moved += 1;
+        self.replace_lost_replicas(&hosts, &lost).await
+    }
+
+    /// Replicas on hosts that are down get a replacement elsewhere and keep their row: the first
+    /// of the two to be ready again wins. A host back from a blip (its replica ready before the
+    /// replacement) keeps serving and the replacement is drained and stopped; a replacement
+    /// ready first retires the replica (forgotten if its host is still down, drained and stopped
+    /// if it is back). Replicas of a removed host are replaced outright. A draining host's
+    /// replicas are `move_off`'s to retire; here they are only forgotten if the host goes down.
+    async fn replace_lost_replicas(&self, hosts: &[HostRow], lost: &HashSet<String>) -> anyhow::Result<()> {
+        let store = &self.inner.store;
+        let state: HashMap<&str, HostState> = hosts.iter().map(|h| (h.name.as_str(), h.state())).collect();
+        let replicas = store.all_replicas().await?;
+        let ids: HashSet<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+        let observed = self.observed();
+        let ready = |id: &str| observed.get(id).is_some_and(ObservedContainer::ready);
+        let (mut changed, mut unplaced) = (0, 0);
+        let mut retire = Vec::new();
+        for replica in replicas.iter().filter(|r| !r.retiring) {
+            let gone = !state.contains_key(replica.host.as_str());
+            let down = gone || lost.contains(&replica.host);
+            let up = !down && state.get(replica.host.as_str()) == Some(&HostState::Up);
+            match replica.replaced_by.as_deref().filter(|id| ids.contains(id)) {
+                Some(replacement) if ready(replacement) => {
+                    if down {
+                        store.forget_replaced(&replica.id, replacement).await?;
+                        changed += 1;
+                    } else if up {
+                        retire.push(replica.id.clone());
+                    }
+                }
+                Some(replacement) if up && ready(&replica.id) => {
+                    tracing::info!(replica = replica.id, host = replica.host, "replica is back before its replacement");
+                    retire.extend(store.cancel_replacement(&replica.id, replacement).await?);
+                    changed += 1;
+                }
+                Some(_) => {}
+                None if down => {
+                    let Some(release) = store.release_by_id(replica.release_id).await? else { continue };
+                    let plan = self.plan(replica.app_id, &release.spec(), 1).await?;
+                    let Some(host) = plan.hosts.first() else {
+                        unplaced += 1;
+                        continue;
+                    };
+                    if gone {
+                        store.move_replica(&replica.id, &new_replica_id(), host).await?;
+                    } else {
+                        store.replace_leaving(&replica.id, &new_replica_id(), host).await?;
+                    }
+                    changed += 1;
+                }
+                None => {}
             }
         }
-        if moved > 0 {
-            tracing::info!(moved, stranded = stranded.len(), "replicas moved off unavailable hosts");
+        if changed > 0 || !retire.is_empty() {
+            tracing::info!(changed, unplaced, retiring = retire.len(), "replicas of unavailable hosts replaced");
+            store.mark_retiring(&retire).await?;
             self.publish_desired().await?;
             self.publish_routes().await?;
+            self.retire(retire);
         }
         Ok(())
+    }
+
+    /// Drains and stops `replicas` (already out of the route table) in the background.
+    pub(super) fn retire(&self, replicas: Vec<String>) {
+        if replicas.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            if let Err(error) = this.drain_and_stop(None, &replicas).await {
+                tracing::error!(error = format!("{error:#}"), ?replicas, "retiring replicas failed");
+            }
+        });
     }
 
     /// Moves every replica off `host` with the release protocol's guarantees: replacements start
@@ -123,7 +174,7 @@ impl Orchestrator {
                 anyhow::bail!("cannot move replica {} off {host}: {}", replica.id, plan.unplaced.unwrap_or_default());
             };
             let id = new_replica_id();
-            store.add_replacement(&replica.id, &id, target).await?;
+            store.replace_leaving(&replica.id, &id, target).await?;
             replacements.push(id);
         }
         self.publish_desired().await?;

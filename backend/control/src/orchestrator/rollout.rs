@@ -42,6 +42,13 @@ impl Orchestrator {
             store.set_release_state(release.id, ReleaseState::InProgress, None).await?;
         }
 
+        // Secrets that do not open (sealed for another app, or under a key no longer in the key
+        // file) fail the release before anything is placed.
+        let scope = crate::secrets::SecretScope { team: &app.team, app: &app.name };
+        if let Err(error) = self.inner.config.secrets.open_all(scope, &spec.secrets) {
+            return self.fail(release, &error.to_string()).await;
+        }
+
         // 1-2. Place the new replicas; agents start them, unroutable.
         self.event(release, "scheduling", &format!("placing {} replica(s)", spec.replicas)).await?;
         let deadline = tokio::time::Instant::now() + self.inner.config.deploy_timeout;
