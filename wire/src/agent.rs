@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One container the control plane wants running on the agent's host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DesiredContainer {
     /// Stable identity of the replica; survives container restarts.
     pub replica_id: String,
@@ -29,6 +30,7 @@ pub struct DesiredContainer {
 
 /// Where a container stands, as the agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum ContainerPhase {
@@ -55,6 +57,7 @@ impl ContainerPhase {
 
 /// The agent's view of one desired (or still stopping) container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ObservedContainer {
     pub replica_id: String,
     pub container_id: Option<String>,
@@ -72,6 +75,7 @@ pub struct ObservedContainer {
 
 /// What a running container uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ContainerUsage {
     /// CPU time per second of wall time, in thousandths of a core.
     pub cpu_millis: u64,
@@ -87,6 +91,7 @@ impl ObservedContainer {
 
 /// A host's capacity, reported by its agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostCapacity {
     pub cpu_millis: u64,
     pub memory_mb: u64,
@@ -104,6 +109,7 @@ impl HostCapacity {
 
 /// `POST /api/v1/agents/join`: a new host asks to join with a join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinRequest {
     pub join_token: String,
     pub name: String,
@@ -116,6 +122,7 @@ pub struct JoinRequest {
 
 /// The host's own credential, shown once; the agent keeps it for every later connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinResponse {
     pub host: String,
     pub credential: String,
@@ -123,6 +130,7 @@ pub struct JoinResponse {
 
 /// Agent → control plane, over the agent connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// Sent on every change and at least every heartbeat interval.
@@ -133,6 +141,7 @@ pub enum AgentMessage {
 
 /// Control plane → agent, over the agent connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     /// The whole list of containers desired on the host; replaces any earlier list.
@@ -155,6 +164,7 @@ pub enum ControlMessage {
 
 /// What an agent builds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BuildRequest {
     pub tag: String,
     pub dockerfile: String,
@@ -168,6 +178,7 @@ pub struct BuildRequest {
 
 /// One step of a build on an agent, as uploaded: lines, then `built` or `failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BuildUpdate {
     Line { line: String },
@@ -177,6 +188,7 @@ pub enum BuildUpdate {
 
 /// One log line as an agent uploads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogChunk {
     pub stream: String,
     pub line: String,

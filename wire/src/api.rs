@@ -8,6 +8,7 @@ use crate::AppSpec;
 use crate::agent::ContainerPhase;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateApp {
     pub name: String,
     /// Empty: the app is built from git, and its first push makes its first release.
@@ -37,6 +38,7 @@ pub struct CreateApp {
 
 /// A new release: every field left out keeps the value of the latest release.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Deploy {
     #[serde(default)]
     pub image: Option<String>,
@@ -72,6 +74,7 @@ pub struct Deploy {
 
 /// A team's limits, set by instance admins; an absent one is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TeamQuota {
     #[serde(default)]
     pub replicas: Option<u64>,
@@ -86,6 +89,7 @@ pub struct TeamQuota {
 /// What a team's apps are declared to run: each app's latest release that did not fail (or the
 /// spec of an app whose first build has not released yet), replicas times their limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResourceUse {
     pub replicas: u64,
     pub cpu_millis: u64,
@@ -93,6 +97,7 @@ pub struct ResourceUse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QuotaInfo {
     pub team: String,
     pub quota: TeamQuota,
@@ -101,6 +106,7 @@ pub struct QuotaInfo {
 
 /// What a rotation of the secret key did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SecretKeyRotated {
     /// The key every secret value is now sealed with.
     pub key_id: String,
@@ -113,11 +119,13 @@ pub struct SecretKeyRotated {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Scale {
     pub replicas: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Rollback {
     /// Release number to return to; the release before the serving one when absent.
     #[serde(default)]
@@ -125,6 +133,7 @@ pub struct Rollback {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum ReleaseState {
@@ -161,6 +170,7 @@ impl ReleaseState {
 
 /// One step of the release protocol, as shown to the user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReleaseEvent {
     pub at: i64,
     /// `queued`, `scheduling`, `starting`, `waiting_ready`, `shifting_traffic`, `draining`,
@@ -170,6 +180,7 @@ pub struct ReleaseEvent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReleaseInfo {
     pub number: u32,
     /// The release's spec; for callers below deployer the environment's values are empty
@@ -188,6 +199,7 @@ pub struct ReleaseInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReplicaInfo {
     pub id: String,
     pub release: u32,
@@ -205,6 +217,7 @@ pub struct ReplicaInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AppSummary {
     pub team: String,
     pub name: String,
@@ -218,6 +231,7 @@ pub struct AppSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AppDetail {
     #[serde(flatten)]
     pub summary: AppSummary,
@@ -228,6 +242,7 @@ pub struct AppDetail {
 
 /// Answer to create, deploy, scale and rollback: the release that will carry the change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReleaseAccepted {
     pub app: String,
     pub release: u32,
@@ -236,6 +251,7 @@ pub struct ReleaseAccepted {
 
 /// One log line of one replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogLine {
     pub replica: String,
     pub release: u32,
@@ -245,6 +261,7 @@ pub struct LogLine {
 
 /// `POST /api/v1/join-tokens` (instance admins).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateJoinToken {
     /// Lifetime in seconds (default one hour).
     #[serde(default)]
@@ -255,6 +272,7 @@ pub struct CreateJoinToken {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinTokenCreated {
     pub token: String,
     pub expires_at: i64,
@@ -262,6 +280,7 @@ pub struct JoinTokenCreated {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum HostState {
@@ -289,6 +308,7 @@ impl HostState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostInfo {
     pub name: String,
     pub address: String,
@@ -305,6 +325,7 @@ pub struct HostInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostReplica {
     pub team: String,
     pub app: String,
@@ -316,6 +337,7 @@ pub struct HostReplica {
 /// `GET /api/v1/teams/{team}/apps/{app}/metrics`: the app's traffic through the ingress, second
 /// by second, and what its containers use now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AppMetrics {
     /// Unix time of the answer, in milliseconds.
     pub at: i64,
@@ -329,6 +351,7 @@ pub struct AppMetrics {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TrafficPoint {
     /// Unix time of the second, in seconds.
     pub at: u64,

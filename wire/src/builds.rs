@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// How an app is built from its git repository. Per app, not per release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct BuildSettings {
     /// The branch whose pushes are built and released.
@@ -40,6 +41,7 @@ impl Default for BuildSettings {
 
 /// `PATCH .../apps/{app}/build`: each field present replaces the setting.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BuildSettingsChange {
     #[serde(default)]
     pub deploy_branch: Option<String>,
@@ -59,6 +61,7 @@ pub struct BuildSettingsChange {
 
 /// The app's git side as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GitInfo {
     /// The Smart HTTP remote: `git push <remote_url> main`.
     pub remote_url: String,
@@ -68,6 +71,7 @@ pub struct GitInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum BuildState {
@@ -102,6 +106,7 @@ impl BuildState {
 
 /// One build of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BuildInfo {
     /// Numbered per app from 1.
     pub number: u32,
@@ -128,6 +133,7 @@ pub struct BuildInfo {
 
 /// One line of a build's log, numbered from 0 within the build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BuildLogLine {
     pub index: u64,
     pub line: String,
@@ -135,6 +141,7 @@ pub struct BuildLogLine {
 
 /// The git providers whose webhooks Berth verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum WebhookProvider {
@@ -162,6 +169,7 @@ impl WebhookProvider {
 
 /// `POST .../apps/{app}/webhooks`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateWebhook {
     pub provider: WebhookProvider,
     /// The repository as the provider names it in its payloads (`owner/name`).
@@ -170,6 +178,7 @@ pub struct CreateWebhook {
 
 /// A webhook, with its secret only in the answer to its creation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WebhookInfo {
     pub id: String,
     pub provider: WebhookProvider,
@@ -184,6 +193,7 @@ pub struct WebhookInfo {
 
 /// What Berth did with one webhook delivery.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WebhookDelivery {
     pub webhook: String,
     /// The provider's delivery id, when it sent one.
@@ -197,6 +207,7 @@ pub struct WebhookDelivery {
 
 /// `202` answer to a webhook that starts a build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WebhookAccepted {
     pub build: u32,
     pub commit: String,
@@ -204,6 +215,7 @@ pub struct WebhookAccepted {
 
 /// The pre-receive hook → the server, once per push, over the server's hook socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HookRequest {
     /// The push's one-time secret, given to git in the environment.
     pub session: String,
@@ -217,6 +229,7 @@ pub struct HookRequest {
 
 /// One line of the hook's input: `old new ref`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RefUpdate {
     pub old: String,
     pub new: String,
@@ -226,6 +239,7 @@ pub struct RefUpdate {
 /// The server → the pre-receive hook: lines to print (they reach the pusher as `remote:`
 /// lines), then the hook's exit code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HookFrame {
     Line { text: String },

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString,
 )]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum AppProtocol {
@@ -26,6 +27,7 @@ impl AppProtocol {
 
 /// Where a domain's certificate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum CertState {
@@ -41,6 +43,7 @@ pub enum CertState {
 
 /// Where a certificate came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum CertSource {
@@ -52,6 +55,7 @@ pub enum CertSource {
 
 /// A name an app is served at, with the state of its certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DomainInfo {
     pub name: String,
     /// `false` for the app's own name under the base domain (it cannot be removed).
@@ -71,12 +75,14 @@ pub struct DomainInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AddDomain {
     pub name: String,
 }
 
 /// A certificate and its private key, PEM (the chain leaf first).
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UploadCertificate {
     pub chain_pem: String,
     pub key_pem: String,
@@ -90,6 +96,7 @@ impl std::fmt::Debug for UploadCertificate {
 
 /// A certificate Berth holds for an app (never its key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CertificateInfo {
     pub id: i64,
     pub names: Vec<String>,
@@ -101,6 +108,7 @@ pub struct CertificateInfo {
 
 /// Per-app edge settings; fields left out keep their value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EdgeSettings {
     /// Redirect plain HTTP to HTTPS (308) for names with a certificate. Default: on.
     #[serde(default)]

@@ -35,6 +35,7 @@ pub mod labels {
 
 /// The deployable shape of an app: what one immutable release runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AppSpec {
     pub image: String,
     /// The port the container listens on.
@@ -69,6 +70,7 @@ pub struct AppSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Privileges {
     #[serde(default)]
     pub privileged: bool,
@@ -89,6 +91,7 @@ impl Privileges {
 
 /// A directory of the host mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostMount {
     pub source: String,
     pub target: String,
@@ -98,6 +101,7 @@ pub struct HostMount {
 
 /// Error body of every failed API call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// Stable, machine-readable code such as `validation`, `not_found`, `conflict`.
     pub code: String,

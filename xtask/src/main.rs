@@ -93,7 +93,42 @@ fn test() -> anyhow::Result<()> {
     // build both first (same profile: server and wasm must match for hydration).
     cargo(&["build", "-p", "berth", "--bin", "berth"])?;
     dashboard(false)?;
-    cargo(&["test", "--workspace", "--", "--test-threads", "2"])
+    cargo(&["test", "--workspace", "--", "--test-threads", "2"])?;
+    schemathesis()
+}
+
+/// The version `cargo xtask test` installs when `schemathesis` is missing.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// Fuzzes the API of a live server from its OpenAPI document (`tests/schemathesis/run.py`) as
+/// three callers; any 5xx or answer the document does not describe fails the run.
+fn schemathesis() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("xtask: installing {SCHEMATHESIS} (pip)");
+        let status = Command::new("python3")
+            // (A Debian-managed python3 refuses system-wide installs without the flag.)
+            .args(["-m", "pip", "install", "--quiet", "--break-system-packages", SCHEMATHESIS])
+            .status()
+            .context("running pip (python3 with pip is needed for the API fuzzing)")?;
+        if !status.success() {
+            bail!("pip could not install {SCHEMATHESIS}");
+        }
+    }
+    let binary = target_dir().join("debug/berth");
+    eprintln!("xtask: schemathesis against {}", binary.display());
+    let status = Command::new("python3")
+        .arg(workspace_root().join("tests/schemathesis/run.py"))
+        .arg(&binary)
+        .status()
+        .context("running tests/schemathesis/run.py")?;
+    if !status.success() {
+        bail!("the API fuzzing found failures (above)");
+    }
+    Ok(())
 }
 
 /// Builds `berth` statically linked (glibc, `crt-static`) into `dist/berth`. The explicit

@@ -24,6 +24,7 @@ mod error;
 mod extract;
 pub mod git;
 mod identity;
+pub mod openapi;
 pub mod session;
 mod watch;
 
@@ -57,6 +58,8 @@ pub struct Endpoint {
     pub path: &'static str,
     pub access: Access,
     router: MethodRouter<AppState>,
+    /// What it takes and answers, for the OpenAPI document.
+    doc: openapi::Doc,
 }
 
 fn endpoint<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Endpoint
@@ -65,103 +68,182 @@ where
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).expect("BUG: endpoints use standard methods");
-    Endpoint { method, path, access, router: on(filter, handler) }
+    Endpoint { method, path, access, router: on(filter, handler), doc: openapi::Doc::default() }
 }
 
 /// Every API endpoint. The router is built from this list, so none can be missing from it.
 pub fn endpoints() -> Vec<Endpoint> {
     use Access::*;
     use Action::*;
+    use berth_wire::{api, builds as wb, edge as we, identity as wi};
     const APPS: &str = "/api/v1/teams/{team}/apps";
     vec![
-        endpoint(Method::GET, "/api/v1/health", Public, || async { Json(serde_json::json!({ "status": "ok" })) }),
-        endpoint(Method::GET, APPS, Team(ViewApps), list_apps),
-        endpoint(Method::POST, APPS, Team(DeployApps), create_app),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}", Team(ViewApps), show_app),
-        endpoint(Method::DELETE, "/api/v1/teams/{team}/apps/{app}", Team(DeleteApps), delete_app),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/deploy", Team(DeployApps), deploy),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/scale", Team(DeployApps), scale),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/rollback", Team(DeployApps), rollback),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/releases/{number}", Team(ViewApps), show_release),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/logs", Team(ViewApps), logs),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app),
-        endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/git", Team(ViewApps), builds::git_info),
-        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/git", Team(DeployApps), builds::update_settings),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds", Team(ViewApps), builds::list),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/builds/cancel", Team(DeployApps), builds::cancel),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}", Team(ViewApps), builds::show),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}/log", Team(ViewApps), builds::log),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(ViewApps), builds::list_webhooks),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(DeployApps), builds::create_webhook),
+        endpoint(Method::GET, "/api/v1/openapi.json", Public, || async { Json(openapi::document()) })
+            .answers::<serde_json::Value>(200),
+        endpoint(Method::GET, "/api/v1/health", Public, || async { Json(serde_json::json!({ "status": "ok" })) })
+            .answers::<serde_json::Value>(200),
+        endpoint(Method::GET, APPS, Team(ViewApps), list_apps).answers::<Vec<api::AppSummary>>(200),
+        endpoint(Method::POST, APPS, Team(DeployApps), create_app)
+            .takes::<CreateApp>()
+            .answers::<api::ReleaseAccepted>(201),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}", Team(ViewApps), show_app)
+            .answers::<api::AppDetail>(200),
+        endpoint(Method::DELETE, "/api/v1/teams/{team}/apps/{app}", Team(DeleteApps), delete_app).answers_empty(204),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/deploy", Team(DeployApps), deploy)
+            .takes::<Deploy>()
+            .answers::<api::ReleaseAccepted>(202),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/scale", Team(DeployApps), scale)
+            .takes::<Scale>()
+            .answers::<api::ReleaseAccepted>(202),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/rollback", Team(DeployApps), rollback)
+            .takes::<Rollback>()
+            .answers::<api::ReleaseAccepted>(202),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/releases/{number}", Team(ViewApps), show_release)
+            .answers::<api::ReleaseInfo>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/logs", Team(ViewApps), logs)
+            .query::<LogsQuery>()
+            .answers_lines::<api::LogLine>(),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics)
+            .answers::<api::AppMetrics>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app).answers_events(),
+        endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps).answers_events(),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/git", Team(ViewApps), builds::git_info)
+            .answers::<wb::GitInfo>(200),
+        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/git", Team(DeployApps), builds::update_settings)
+            .takes::<wb::BuildSettingsChange>()
+            .answers::<wb::GitInfo>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds", Team(ViewApps), builds::list)
+            .answers::<Vec<wb::BuildInfo>>(200),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/builds/cancel", Team(DeployApps), builds::cancel)
+            .answers::<wb::BuildInfo>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}", Team(ViewApps), builds::show)
+            .answers::<wb::BuildInfo>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/builds/{number}/log", Team(ViewApps), builds::log)
+            .query::<builds::LogQuery>()
+            .answers_lines::<wb::BuildLogLine>(),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(ViewApps), builds::list_webhooks)
+            .answers::<Vec<wb::WebhookInfo>>(200),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/webhooks", Team(DeployApps), builds::create_webhook)
+            .takes::<wb::CreateWebhook>()
+            .answers::<wb::WebhookInfo>(201),
         endpoint(
             Method::DELETE,
             "/api/v1/teams/{team}/apps/{app}/webhooks/{id}",
             Team(DeployApps),
             builds::delete_webhook,
-        ),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhook-deliveries", Team(ViewApps), builds::deliveries),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/domains", Team(ViewApps), edge::list_domains),
-        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/domains", Team(DeployApps), edge::add_domain),
+        )
+        .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/webhook-deliveries", Team(ViewApps), builds::deliveries)
+            .answers::<Vec<wb::WebhookDelivery>>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/domains", Team(ViewApps), edge::list_domains)
+            .answers::<Vec<we::DomainInfo>>(200),
+        endpoint(Method::POST, "/api/v1/teams/{team}/apps/{app}/domains", Team(DeployApps), edge::add_domain)
+            .takes::<we::AddDomain>()
+            .answers::<we::DomainInfo>(201),
         endpoint(
             Method::DELETE,
             "/api/v1/teams/{team}/apps/{app}/domains/{domain}",
             Team(DeployApps),
             edge::remove_domain,
-        ),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/certificates", Team(ViewApps), edge::list_certificates),
+        )
+        .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/certificates", Team(ViewApps), edge::list_certificates)
+            .answers::<Vec<we::CertificateInfo>>(200),
         endpoint(
             Method::POST,
             "/api/v1/teams/{team}/apps/{app}/certificates",
             Team(DeployApps),
             edge::upload_certificate,
-        ),
+        )
+        .takes::<we::UploadCertificate>()
+        .answers::<we::CertificateInfo>(201),
         endpoint(
             Method::DELETE,
             "/api/v1/teams/{team}/apps/{app}/certificates/{id}",
             Team(DeployApps),
             edge::remove_certificate,
-        ),
-        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/edge", Team(ViewApps), edge::edge_settings),
-        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/edge", Team(DeployApps), edge::update_edge_settings),
-        endpoint(Method::GET, "/metrics", InstanceAdmin, edge::metrics),
-        endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts),
-        endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts),
-        endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host),
-        endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host),
-        endpoint(Method::POST, "/api/v1/hosts/{host}/drain", InstanceAdmin, drain_host),
-        endpoint(Method::POST, "/api/v1/join-tokens", InstanceAdmin, create_join_token),
-        endpoint(Method::POST, "/api/v1/secret-key/rotate", InstanceAdmin, rotate_secret_key),
-        endpoint(Method::POST, "/api/v1/agents/join", Public, agents::join),
-        endpoint(Method::GET, "/api/v1/agents/connect", Agent, agents::connect),
-        endpoint(Method::GET, "/api/v1/agents/images", Agent, agents::fetch_image),
-        endpoint(Method::PUT, "/api/v1/agents/transfers/{transfer}", Agent, agents::upload),
-        endpoint(Method::GET, "/api/v1/agents/transfers/{transfer}/context", Agent, agents::build_context),
-        endpoint(Method::POST, "/api/v1/login", Public, identity::login),
-        endpoint(Method::GET, "/api/v1/auth/providers", Public, identity::sign_in_providers),
-        endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start),
-        endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback),
-        endpoint(Method::GET, "/api/v1/me", User, identity::me),
-        endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password),
-        endpoint(Method::GET, "/api/v1/users", InstanceAdmin, identity::list_users),
-        endpoint(Method::POST, "/api/v1/users/{email}/disable", InstanceAdmin, identity::disable_user),
-        endpoint(Method::POST, "/api/v1/users/{email}/enable", InstanceAdmin, identity::enable_user),
-        endpoint(Method::POST, "/api/v1/users/{email}/password", InstanceAdmin, identity::reset_password),
-        endpoint(Method::GET, "/api/v1/teams", User, identity::list_teams),
-        endpoint(Method::POST, "/api/v1/teams", User, identity::create_team),
-        endpoint(Method::GET, "/api/v1/teams/{team}/quota", Team(ViewApps), quota),
-        endpoint(Method::PUT, "/api/v1/teams/{team}/quota", InstanceAdmin, set_quota),
-        endpoint(Method::GET, "/api/v1/teams/{team}/members", Team(ViewMembers), identity::members),
-        endpoint(Method::PUT, "/api/v1/teams/{team}/members", Team(ManageMembers), identity::set_member),
-        endpoint(Method::DELETE, "/api/v1/teams/{team}/members/{email}", Team(ManageMembers), identity::remove_member),
-        endpoint(Method::POST, "/api/v1/teams/{team}/invites", Team(ManageMembers), identity::create_invite),
-        endpoint(Method::POST, "/api/v1/invites/{token}/accept", Public, identity::accept_invite),
-        endpoint(Method::GET, "/api/v1/tokens", User, identity::list_tokens),
-        endpoint(Method::POST, "/api/v1/tokens", User, identity::create_token),
-        endpoint(Method::DELETE, "/api/v1/tokens/{id}", User, identity::revoke_token),
-        endpoint(Method::GET, "/api/v1/teams/{team}/audit", Team(ViewAudit), identity::team_audit),
-        endpoint(Method::GET, "/api/v1/audit", InstanceAdmin, identity::all_audit),
+        )
+        .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/edge", Team(ViewApps), edge::edge_settings)
+            .answers::<we::EdgeSettings>(200),
+        endpoint(Method::PATCH, "/api/v1/teams/{team}/apps/{app}/edge", Team(DeployApps), edge::update_edge_settings)
+            .takes::<we::EdgeSettings>()
+            .answers::<we::EdgeSettings>(200),
+        endpoint(Method::GET, "/metrics", InstanceAdmin, edge::metrics).answers_bytes(200, "text/plain"),
+        endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts).answers_events(),
+        endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts).answers::<Vec<api::HostInfo>>(200),
+        endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host).answers::<api::HostInfo>(200),
+        endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host).answers_empty(204),
+        endpoint(Method::POST, "/api/v1/hosts/{host}/drain", InstanceAdmin, drain_host).answers::<api::HostInfo>(200),
+        endpoint(Method::POST, "/api/v1/join-tokens", InstanceAdmin, create_join_token)
+            .takes::<CreateJoinToken>()
+            .answers::<api::JoinTokenCreated>(201),
+        endpoint(Method::POST, "/api/v1/secret-key/rotate", InstanceAdmin, rotate_secret_key)
+            .answers::<api::SecretKeyRotated>(200),
+        endpoint(Method::POST, "/api/v1/agents/join", Public, agents::join)
+            .takes::<berth_wire::agent::JoinRequest>()
+            .answers::<berth_wire::agent::JoinResponse>(201),
+        endpoint(Method::GET, "/api/v1/agents/connect", Agent, agents::connect).upgrades(),
+        endpoint(Method::GET, "/api/v1/agents/images", Agent, agents::fetch_image)
+            .query::<agents::ImageQuery>()
+            .answers_bytes(200, "application/x-tar"),
+        endpoint(Method::PUT, "/api/v1/agents/transfers/{transfer}", Agent, agents::upload)
+            .takes_bytes("application/octet-stream")
+            .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/agents/transfers/{transfer}/context", Agent, agents::build_context)
+            .answers_bytes(200, "application/x-tar"),
+        endpoint(Method::POST, "/api/v1/login", Public, identity::login)
+            .takes::<wi::Login>()
+            .answers::<wi::LoginResponse>(200),
+        endpoint(Method::GET, "/api/v1/auth/providers", Public, identity::sign_in_providers)
+            .answers::<Vec<String>>(200),
+        endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start).redirects(),
+        endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback)
+            .query::<identity::CallbackQuery>()
+            .redirects(),
+        endpoint(Method::GET, "/api/v1/me", User, identity::me).answers::<wi::Me>(200),
+        endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password)
+            .takes::<wi::ChangePassword>()
+            .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/users", InstanceAdmin, identity::list_users).answers::<Vec<wi::UserInfo>>(200),
+        endpoint(Method::POST, "/api/v1/users/{email}/disable", InstanceAdmin, identity::disable_user)
+            .answers_empty(204),
+        endpoint(Method::POST, "/api/v1/users/{email}/enable", InstanceAdmin, identity::enable_user).answers_empty(204),
+        endpoint(Method::POST, "/api/v1/users/{email}/password", InstanceAdmin, identity::reset_password)
+            .takes::<wi::ResetPassword>()
+            .answers_empty(204),
+        endpoint(Method::GET, "/api/v1/teams", User, identity::list_teams).answers::<Vec<wi::TeamRole>>(200),
+        endpoint(Method::POST, "/api/v1/teams", User, identity::create_team)
+            .takes::<wi::CreateTeam>()
+            .answers::<wi::TeamRole>(201),
+        endpoint(Method::GET, "/api/v1/teams/{team}/quota", Team(ViewApps), quota).answers::<api::QuotaInfo>(200),
+        endpoint(Method::PUT, "/api/v1/teams/{team}/quota", InstanceAdmin, set_quota)
+            .takes::<api::TeamQuota>()
+            .answers::<api::QuotaInfo>(200),
+        endpoint(Method::GET, "/api/v1/teams/{team}/members", Team(ViewMembers), identity::members)
+            .answers::<Vec<wi::Member>>(200),
+        endpoint(Method::PUT, "/api/v1/teams/{team}/members", Team(ManageMembers), identity::set_member)
+            .takes::<wi::AddMember>()
+            .answers::<wi::Member>(200),
+        endpoint(Method::DELETE, "/api/v1/teams/{team}/members/{email}", Team(ManageMembers), identity::remove_member)
+            .answers_empty(204),
+        endpoint(Method::POST, "/api/v1/teams/{team}/invites", Team(ManageMembers), identity::create_invite)
+            .takes::<wi::CreateInvite>()
+            .answers::<wi::InviteCreated>(201),
+        endpoint(Method::POST, "/api/v1/invites/{token}/accept", Public, identity::accept_invite)
+            .takes::<wi::AcceptInvite>()
+            .answers::<wi::LoginResponse>(200),
+        endpoint(Method::GET, "/api/v1/tokens", User, identity::list_tokens).answers::<Vec<wi::TokenInfo>>(200),
+        endpoint(Method::POST, "/api/v1/tokens", User, identity::create_token)
+            .takes::<wi::CreateToken>()
+            .answers::<wi::TokenCreated>(201),
+        endpoint(Method::DELETE, "/api/v1/tokens/{id}", User, identity::revoke_token).answers_empty(204),
+        endpoint(Method::GET, "/api/v1/teams/{team}/audit", Team(ViewAudit), identity::team_audit)
+            .query::<identity::AuditQuery>()
+            .answers::<Vec<wi::AuditEntry>>(200),
+        endpoint(Method::GET, "/api/v1/audit", InstanceAdmin, identity::all_audit)
+            .query::<identity::AuditQuery>()
+            .answers::<Vec<wi::AuditEntry>>(200),
     ]
 }
 
@@ -180,10 +262,44 @@ pub fn router_with_dashboard(state: AppState, dashboard_dir: Option<&std::path::
     let not_found = || async { ApiError::from(ServiceError::NotFound("no such endpoint".into())) };
     let api = api
         .route("/api/{*rest}", axum::routing::any(not_found))
+        .layer(axum::middleware::map_response(json_errors))
         .merge(git::routes())
         .route("/hooks/{provider}/{id}", axum::routing::post(builds::webhook))
         .with_state(state.clone());
     api.clone().merge(dashboard(dashboard_dir, state, api)).layer(axum::middleware::map_response(security_headers))
+}
+
+/// Rejections axum makes before a handler runs (a path segment that is not a number, a query
+/// that does not parse, a method the path does not take, a body too large) answer with the API's
+/// JSON error like every other failure, keeping their status and headers (`Allow`).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let message =
+        text.ok().filter(|t| !t.is_empty()).unwrap_or_else(|| status.canonical_reason().unwrap_or("error").into());
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "validation",
+        _ => "error",
+    };
+    let body = serde_json::to_vec(&berth_wire::ErrorBody { code: code.into(), message, field: None })
+        .expect("BUG: an error body always serialises");
+    parts.headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// The content security policy of every answer: the dashboard's own scripts, styles and wasm
@@ -348,7 +464,7 @@ async fn app_metrics(
     Ok(Json(s.services.app_metrics(&p, &team, &app).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct LogsQuery {
     #[serde(default = "default_tail")]
     tail: u32,

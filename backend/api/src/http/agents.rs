@@ -23,7 +23,7 @@ pub(super) async fn join(
     Ok((StatusCode::CREATED, Json(s.services.join_host(request).await?)))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 pub(super) struct ImageQuery {
     image: String,
 }

@@ -74,7 +74,7 @@ fn parse_number(number: &str) -> Result<Option<u32>, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(super) struct LogQuery {
     #[serde(default)]
     from: u64,

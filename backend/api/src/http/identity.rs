@@ -143,7 +143,7 @@ pub(super) async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(super) struct AuditQuery {
     #[serde(default = "default_limit")]
     limit: i64,
@@ -187,7 +187,7 @@ pub(super) async fn external_start(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(super) struct CallbackQuery {
     #[serde(default)]
     code: Option<String>,
