@@ -37,9 +37,10 @@ async fn teams_are_isolated_and_secrets_reach_only_their_container() -> anyhow::
     let endpoint = |detail: &Value| detail["replicas"][0]["endpoint"].as_str().map(str::to_string);
     let theirs = eventually("theirs to serve", Duration::from_secs(60), || async {
         let (_, detail) = api.call(Method::GET, "/api/v1/teams/other/apps/theirs", None).await.ok()?;
-        (detail["summary"]["serving_release"] == 1).then(|| endpoint(&detail)).flatten()
+        (detail["serving_release"] == 1).then(|| endpoint(&detail)).flatten()
     })
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nserver log:\n{}", server.log()))?;
     let peer = endpoint(&serde_json::to_value(api.show("peer").await?)?).expect("peer's endpoint");
 
     // The ingress reaches every team's containers; a container reaches its own team's only.

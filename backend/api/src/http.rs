@@ -302,12 +302,18 @@ async fn json_errors(response: Response) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// The content security policy of every answer: the dashboard's own scripts, styles and wasm
-/// only (its hydration bootstrap is an inline module script), nothing framed or framing it (no
-/// clickjacking of a Delete button), forms and `<base>` only to this origin.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; \
+/// The content security policy of every answer but a dashboard page: this origin's scripts,
+/// styles and wasm only, nothing framed or framing it (no clickjacking of a Delete button), forms
+/// and `<base>` only to this origin.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
     frame-ancestors 'none'; base-uri 'self'; form-action 'self'";
+
+/// A dashboard page's policy: the same, and its inline hydration bootstrap by the page's own
+/// nonce (a fresh one per page), so no injected inline script runs.
+fn page_security_policy(nonce: &str) -> String {
+    CONTENT_SECURITY_POLICY.replacen("script-src 'self'", &format!("script-src 'self' 'nonce-{nonce}'"), 1)
+}
 
 /// Headers every answer carries (set where a handler did not choose its own).
 async fn security_headers(mut response: Response) -> Response {
@@ -342,6 +348,14 @@ fn dashboard(dir: Option<&std::path::Path>, state: AppState, api: Router) -> Rou
     let routes = leptos_axum::generate_route_list(berth_frontend::app::App);
     let shell_options = options.clone();
     let page_context = move || {
+        // A nonce per page for its inline scripts (Leptos puts it on the hydration bootstrap).
+        leptos::nonce::provide_nonce();
+        if let (Some(nonce), Some(response)) =
+            (leptos::nonce::use_nonce(), use_context::<leptos_axum::ResponseOptions>())
+            && let Ok(policy) = axum::http::HeaderValue::from_str(&page_security_policy(nonce.as_inner()))
+        {
+            response.insert_header(header::CONTENT_SECURITY_POLICY, policy);
+        }
         // Pages outside a session (sign-in, invitations) still read public endpoints.
         let session = use_context::<Parts>().and_then(|parts| parts.extensions.get::<session::PageSession>().cloned());
         let secret = session.map(|s| s.secret).unwrap_or_default();

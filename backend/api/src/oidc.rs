@@ -160,6 +160,15 @@ struct IdClaims {
     email: Option<String>,
     #[serde(default)]
     email_verified: Option<bool>,
+    /// Microsoft Entra ID's "the email's domain is verified by the tenant" (it sends no
+    /// `email_verified`, and its `email` is otherwise a mutable, unverified attribute).
+    #[serde(default)]
+    xms_edov: Option<bool>,
+    /// The party the token was issued to, when it has several audiences.
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
     #[serde(default)]
     nonce: Option<String>,
     #[serde(default)]
@@ -366,8 +375,21 @@ impl SignIn {
         if claims.nonce.as_deref() != Some(nonce) {
             return Err(SignInError::InvalidToken("the nonce does not match this sign-in".into()));
         }
-        match (claims.email, claims.email_verified) {
-            (Some(email), Some(true)) => Ok(Identity {
+        // OpenID Connect Core 3.1.3.7: a token for several audiences names the one it was issued
+        // to, and a named `azp` must be this client.
+        let audiences = claims.aud.as_ref().and_then(serde_json::Value::as_array).map_or(1, Vec::len);
+        match claims.azp.as_deref() {
+            Some(azp) if azp != provider.client_id => {
+                return Err(SignInError::InvalidToken(format!("the token was issued to {azp}, not to this client")));
+            }
+            None if audiences > 1 => {
+                return Err(SignInError::InvalidToken("a token for several audiences without azp".into()));
+            }
+            _ => {}
+        }
+        let verified = claims.email_verified == Some(true) || claims.xms_edov == Some(true);
+        match (claims.email, verified) {
+            (Some(email), true) => Ok(Identity {
                 issuer: discovery.issuer.clone(),
                 subject: claims.sub,
                 email: email.to_lowercase(),

@@ -105,6 +105,9 @@ pub struct Services {
     /// Where Berth's pre-receive hook reaches the server.
     hook_socket: std::path::PathBuf,
     container_defaults: ContainerDefaults,
+    /// Held from a quota check until the release it admitted is stored, so two requests cannot
+    /// both fit in the room that holds one.
+    admission: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Services {
@@ -121,6 +124,7 @@ impl Services {
             public_url: "http://localhost".into(),
             hook_socket: std::path::PathBuf::from("hooks.sock"),
             container_defaults: ContainerDefaults::default(),
+            admission: Default::default(),
         }
     }
 

@@ -149,6 +149,7 @@ impl Services {
         }
         // Held until the spec is stored: a key rotation never misses a value sealed meanwhile.
         let _sealing = self.orchestrator.secrets().hold().await;
+        let _admission = self.admission.lock().await;
         let secrets = self.seal_secrets(team, &input.name, input.secrets);
         let spec = AppSpec {
             image: input.image.trim().to_string(),
@@ -203,6 +204,7 @@ impl Services {
             return Err(invalid("secrets", format!("{key} is given both as a plain and as a secret variable")));
         }
         let _sealing = self.orchestrator.secrets().hold().await;
+        let _admission = self.admission.lock().await;
         // The latest release's spec, or the initial one of an app built from git that has none.
         let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
         let base = match &latest {
@@ -285,6 +287,7 @@ impl Services {
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
         let _sealing = self.orchestrator.secrets().hold().await;
+        let _admission = self.admission.lock().await;
         let releases = self.store.releases(app.id).await?;
         let target = match to {
             Some(number) => releases

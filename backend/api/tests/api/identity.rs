@@ -201,7 +201,24 @@ async fn every_answer_forbids_framing_and_sniffing_and_carries_a_content_securit
         assert_eq!(header("x-content-type-options"), "nosniff", "{uri}");
         let policy = header("content-security-policy");
         assert!(policy.contains("frame-ancestors 'none'") && policy.contains("object-src 'none'"), "{uri}: {policy}");
+        // No inline script runs but a page's own, by its nonce.
+        let scripts = policy.split(';').find(|d| d.trim().starts_with("script-src")).unwrap_or("").to_string();
+        assert!(!scripts.contains("unsafe-inline"), "{uri}: {policy}");
     }
+    // Each page has a fresh nonce, and its inline hydration script carries it.
+    let page = || async {
+        let response =
+            i.router.clone().oneshot(Request::builder().uri("/signin").body(Body::empty()).unwrap()).await.unwrap();
+        let policy = response.headers()["content-security-policy"].to_str().unwrap().to_string();
+        let nonce =
+            policy.split("'nonce-").nth(1).and_then(|rest| rest.split('\'').next()).expect("a nonce").to_string();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+        (nonce, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (first, html) = page().await;
+    assert!(html.contains(&format!("nonce=\"{first}\"")), "the page's scripts carry {first}");
+    let (second, _) = page().await;
+    assert_ne!(first, second, "a nonce is never reused");
 }
 
 #[tokio::test]

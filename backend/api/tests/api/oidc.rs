@@ -34,6 +34,8 @@ struct ProviderState {
     /// The `sub` of the tokens (default: derived from the email).
     subject: Mutex<Option<String>>,
     audience: Mutex<String>,
+    /// The `azp` of the tokens (none by default).
+    azp: Mutex<Option<String>>,
     grants: Mutex<HashMap<String, Grant>>,
     /// Fetches of the discovery document and of the signing keys.
     discoveries: std::sync::atomic::AtomicUsize,
@@ -105,6 +107,8 @@ struct Claims {
     email: String,
     email_verified: bool,
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    azp: Option<String>,
 }
 
 async fn token(
@@ -143,6 +147,7 @@ async fn token(
         email,
         email_verified: verified,
         name: "Test User".into(),
+        azp: p.azp.lock().unwrap().clone(),
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("test-key".into());
@@ -169,6 +174,7 @@ async fn start_provider() -> Arc<ProviderState> {
         email: Mutex::new(("alice@example.com".into(), true)),
         subject: Mutex::new(None),
         audience: Mutex::new(CLIENT_ID.into()),
+        azp: Mutex::new(None),
         grants: Mutex::new(HashMap::new()),
         discoveries: Default::default(),
         key_fetches: Default::default(),
@@ -324,6 +330,13 @@ async fn tampered_state_wrong_audience_and_unverified_email_are_refused() {
     assert!(body["message"].as_str().unwrap().contains("identity token is not valid"), "{body}");
 
     *provider.audience.lock().unwrap() = CLIENT_ID.into();
+    // A token issued to another client (its azp), for this one among others, is not ours.
+    *provider.azp.lock().unwrap() = Some("someone-else".into());
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("identity token is not valid"), "{body}");
+    *provider.azp.lock().unwrap() = None;
+
     *provider.email.lock().unwrap() = ("carol@example.com".into(), false);
     let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
