@@ -78,6 +78,9 @@ def main():
     failed = []
     try:
         for _ in range(300):
+            if server.poll() is not None:
+                failed.append("setup")
+                raise SystemExit(f"schemathesis setup: the server exited with {server.returncode}")
             try:
                 if call(base, "GET", "/api/v1/health")[0] == 200:
                     break
@@ -85,6 +88,7 @@ def main():
                 pass
             time.sleep(0.1)
         else:
+            failed.append("setup")
             raise SystemExit("schemathesis setup: the server did not answer within 30 s")
         with open(os.path.join(data, "admin.token")) as f:
             admin = f.read().strip()
@@ -102,6 +106,10 @@ def main():
                     '[dictionaries.apps]\nvalues = ["web"]\n')
         callers = [("the owner of another team", foreign), ("a viewer of main", viewer), ("the instance admin", admin)]
         for name, token in callers:
+            # A run before may have deleted it (DELETE .../apps/{app} is fuzzed too).
+            status = call(base, "POST", "/api/v1/teams/main/apps", admin, app)[0]
+            if status not in (201, 409):
+                raise SystemExit(f"schemathesis setup: recreating the app answered {status}")
             print(f"schemathesis: as {name}", flush=True)
             report = os.path.join(data, "report-" + name.split()[-1])
             command = [
@@ -114,7 +122,8 @@ def main():
                 "--request-timeout", "10", "--generation-database", "none", "--no-color",
                 "--report", "junit", "--report-dir", report,
             ]
-            run = subprocess.run(command, capture_output=True, text=True)
+            # In the scratch directory: schemathesis keeps a cache where it runs.
+            run = subprocess.run(command, capture_output=True, text=True, cwd=data)
             lines = run.stdout.splitlines()
             summary = lines[lines.index(next(l for l in lines if "SUMMARY" in l)):] if any("SUMMARY" in l for l in lines) else lines[-30:]
             print("\n".join(summary), flush=True)
@@ -123,7 +132,11 @@ def main():
                 failed.append(name)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         log.close()
         if failed:
             with open(os.path.join(data, "server.log")) as f:

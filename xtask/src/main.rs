@@ -109,12 +109,17 @@ fn schemathesis() -> anyhow::Result<()> {
         .is_ok_and(|o| o.status.success());
     if !present {
         eprintln!("xtask: installing {SCHEMATHESIS} (pip)");
-        let status = Command::new("python3")
-            // (A Debian-managed python3 refuses system-wide installs without the flag.)
-            .args(["-m", "pip", "install", "--quiet", "--break-system-packages", SCHEMATHESIS])
-            .status()
-            .context("running pip (python3 with pip is needed for the API fuzzing)")?;
-        if !status.success() {
+        let pip = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(extra)
+                .arg(SCHEMATHESIS)
+                .status()
+                .context("running pip (python3 with pip is needed for the API fuzzing)")
+        };
+        // A Debian-managed python3 refuses a system-wide install without the flag, and a pip older
+        // than 23.0.1 does not know the flag.
+        if !pip(&[])?.success() && !pip(&["--break-system-packages"])?.success() {
             bail!("pip could not install {SCHEMATHESIS}");
         }
     }

@@ -200,7 +200,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/auth/{provider}/start", Public, identity::external_start).redirects(),
         endpoint(Method::GET, "/api/v1/auth/{provider}/callback", Public, identity::external_callback)
             .query::<identity::CallbackQuery>()
-            .redirects(),
+            .redirects()
+            .or_answers::<wi::LoginResponse>(200),
         endpoint(Method::GET, "/api/v1/me", User, identity::me).answers::<wi::Me>(200),
         endpoint(Method::POST, "/api/v1/me/password", User, identity::change_password)
             .takes::<wi::ChangePassword>()

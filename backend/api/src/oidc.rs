@@ -161,9 +161,10 @@ struct IdClaims {
     #[serde(default)]
     email_verified: Option<bool>,
     /// Microsoft Entra ID's "the email's domain is verified by the tenant" (it sends no
-    /// `email_verified`, and its `email` is otherwise a mutable, unverified attribute).
+    /// `email_verified`, and its `email` is otherwise a mutable, unverified attribute). Believed
+    /// from Entra's issuers only, as a bool or a "true"/"1" string.
     #[serde(default)]
-    xms_edov: Option<bool>,
+    xms_edov: Option<serde_json::Value>,
     /// The party the token was issued to, when it has several audiences.
     #[serde(default)]
     azp: Option<String>,
@@ -207,6 +208,47 @@ pub struct SignIn {
     keys: Mutex<HashMap<String, (Instant, JwkSet)>>,
 }
 
+/// Microsoft Entra ID's issuers (`xms_edov` means something only there).
+fn is_entra(issuer: &str) -> bool {
+    ["https://login.microsoftonline.com/", "https://sts.windows.net/"].iter().any(|prefix| issuer.starts_with(prefix))
+}
+
+/// A claim that says yes: `true`, `"true"` or `"1"`.
+fn claim_is_true(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Bool(yes) => *yes,
+        serde_json::Value::String(text) => text == "true" || text == "1",
+        _ => false,
+    }
+}
+
+/// An error with every cause it carries ("error sending request: ...: invalid peer certificate:
+/// UnknownIssuer"): reqwest's own message leaves out why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// The client for providers' endpoints: rustls, the system's roots and `extra_roots`, no
+/// redirects followed (following a provider's redirects would open the server to SSRF).
+fn provider_client(extra_roots: &[reqwest::Certificate]) -> anyhow::Result<reqwest::Client> {
+    let mut builder =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(10));
+    for root in extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    Ok(builder.build()?)
+}
+
 /// How long discovery documents and signing keys are trusted before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// A token signed with a key not in the cached set refetches the set, at most this often.
@@ -221,13 +263,19 @@ impl SignIn {
             pending: Mutex::new(HashMap::new()),
             discovered: Mutex::default(),
             keys: Mutex::default(),
-            // Following redirects from a provider's endpoints would open the server to SSRF.
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("BUG: a plain HTTP client always builds"),
+            http: provider_client(&[]).expect("BUG: a client with the system's roots always builds"),
         }
+    }
+
+    /// Also trusts the CAs in `pem` (besides the system's roots) for the providers' HTTPS: a
+    /// private provider, or a test one.
+    pub fn with_ca(mut self, pem: &[u8]) -> anyhow::Result<SignIn> {
+        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| anyhow::anyhow!("reading the CA: {e}"))?;
+        if roots.is_empty() {
+            anyhow::bail!("no certificate in the sign-in CA file");
+        }
+        self.http = provider_client(&roots)?;
+        Ok(self)
     }
 
     pub fn provider_names(&self) -> Vec<String> {
@@ -334,7 +382,7 @@ impl SignIn {
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
             .request_async(&self.http)
             .await
-            .map_err(|e| SignInError::Provider(format!("exchanging the code: {e}")))?;
+            .map_err(|e| SignInError::Provider(format!("exchanging the code: {}", with_causes(&e))))?;
         match (&provider.kind, discovery) {
             (ProviderKind::Oidc { .. }, Some(discovery)) => {
                 let id_token = token
@@ -387,7 +435,10 @@ impl SignIn {
             }
             _ => {}
         }
-        let verified = claims.email_verified == Some(true) || claims.xms_edov == Some(true);
+        let verified = match claims.email_verified {
+            Some(verified) => verified,
+            None => is_entra(&discovery.issuer) && claims.xms_edov.as_ref().is_some_and(claim_is_true),
+        };
         match (claims.email, verified) {
             (Some(email), true) => Ok(Identity {
                 issuer: discovery.issuer.clone(),
@@ -468,7 +519,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| SignInError::Provider(format!("fetching {what}: {e}")))?
+        .map_err(|e| SignInError::Provider(format!("fetching {what}: {}", with_causes(&e))))?
         .json()
         .await
         .map_err(|e| SignInError::Provider(format!("reading {what}: {e}")))
@@ -476,6 +527,21 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn entra_vouches_for_email_domains_only_as_entra() {
+        assert!(super::is_entra("https://login.microsoftonline.com/tenant/v2.0"));
+        assert!(!super::is_entra("https://login.microsoftonline.com.evil.example/"));
+        assert!(!super::is_entra("https://id.example.com"));
+        for (claim, yes) in [
+            (serde_json::json!(true), true),
+            (serde_json::json!("1"), true),
+            (serde_json::json!("no"), false),
+            (serde_json::json!(1), false),
+        ] {
+            assert_eq!(super::claim_is_true(&claim), yes, "{claim}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -28,7 +28,7 @@ mod settings;
 use crate::oidc::SignIn;
 use crate::services::Services;
 pub use berth_ingress::{IpNet, parse_cidr};
-pub use listen::ApiLimits;
+pub use listen::{ApiLimits, serve, tls_acceptor};
 pub use settings::{ServerSettings, parse_bytes, parse_duration};
 
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// OAuth2 / OIDC sign-in providers.
     pub sign_in: Vec<crate::oidc::Provider>,
+    /// A CA (PEM) trusted, besides the system's roots, for the sign-in providers' HTTPS.
+    pub sign_in_ca_file: Option<std::path::PathBuf>,
     /// Where the dashboard's compiled wasm and JS are (`<dir>/pkg`).
     pub dashboard_dir: PathBuf,
     /// The ingress's HTTPS listener.
@@ -208,8 +210,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let certs = Certs::start(store.clone(), ingress.clone(), orchestrator.clone(), certs_config).await?;
     let hook_socket = config.data_dir.join("run").join("hooks.sock");
     let hook_listener = crate::githook::bind(&hook_socket)?;
+    let mut sign_in = SignIn::new(&public_url, config.sign_in.clone());
+    if let Some(path) = &config.sign_in_ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading the sign-in CA {}", path.display()))?;
+        sign_in = sign_in.with_ca(&pem).with_context(|| format!("in {}", path.display()))?;
+    }
     let services = Services::new(store, orchestrator, builds.clone(), certs.clone())
-        .with_sign_in(SignIn::new(&public_url, config.sign_in.clone()))
+        .with_sign_in(sign_in)
         .with_public_url(&public_url)
         .with_hook_socket(hook_socket)
         .with_container_defaults(config.container_defaults);

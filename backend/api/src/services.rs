@@ -63,6 +63,9 @@ pub enum ServiceError {
     Unauthorized(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// A service Berth relies on (a sign-in provider) failed or could not be reached.
+    #[error("{0}")]
+    BadGateway(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -670,6 +670,10 @@ struct ServerArgs {
     /// A CA certificate (PEM) to trust for the ACME server's own HTTPS (private or test CAs).
     #[arg(long, env = "BERTH_ACME_CA_FILE")]
     acme_ca_file: Option<PathBuf>,
+    /// A CA (PEM) to trust, besides the system's roots, for sign-in providers' HTTPS (a private
+    /// identity provider's CA).
+    #[arg(long, env = "BERTH_SIGN_IN_CA_FILE")]
+    sign_in_ca_file: Option<PathBuf>,
     /// A proxy or load balancer in front of Berth (address or CIDR, repeatable; `,`-separated in
     /// the environment): its X-Forwarded-For names the client (ingress and API) and its
     /// X-Forwarded-Proto/-Host, Forwarded and X-Real-IP reach apps. Everyone else's are replaced.
@@ -757,6 +761,7 @@ impl ServerArgs {
             acme_email: self.acme_email,
             acme_directory: self.acme_directory,
             acme_ca_file: self.acme_ca_file,
+            sign_in_ca_file: self.sign_in_ca_file,
             trusted_proxies: self.trusted_proxies,
             proxy_protocol: self.proxy_protocol.then_some(true),
             access_log: self.access_log.then_some(true),

@@ -72,6 +72,7 @@ fn git_error(error: ServiceError) -> Response {
         ServiceError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m.clone()),
         ServiceError::Validation { message, .. } => (StatusCode::BAD_REQUEST, message.clone()),
         ServiceError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+        ServiceError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m.clone()),
         ServiceError::Internal(e) => {
             tracing::error!(error = format!("{e:#}"), "git request failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())

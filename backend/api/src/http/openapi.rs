@@ -29,6 +29,8 @@ pub struct Doc {
     pub(super) request: Option<Body>,
     pub(super) query: Option<SchemaFn>,
     pub(super) answer: Option<Answer>,
+    /// A second success answer (a callback that redirects browsers and answers others JSON).
+    pub(super) also: Option<(u16, SchemaFn)>,
 }
 
 /// A request body.
@@ -96,6 +98,12 @@ impl Endpoint {
 
     pub(super) fn answers_events(mut self) -> Endpoint {
         self.doc.answer = Some(Answer::Events);
+        self
+    }
+
+    /// Besides its answer, this JSON one (for another kind of client).
+    pub(super) fn or_answers<T: JsonSchema>(mut self, status: u16) -> Endpoint {
+        self.doc.also = Some((status, referenced::<T>));
         self
     }
 
@@ -202,10 +210,26 @@ fn build(endpoints: &[Endpoint]) -> Value {
             Answer::Upgrade => (101, json!({ "description": "switching to the WebSocket protocol" })),
         };
         responses.insert(status.to_string(), response);
-        responses.insert(
-            "default".into(),
-            json!({ "description": "an error", "content": { "application/json": { "schema": error } } }),
-        );
+        if let Some((status, schema)) = doc.also {
+            let schema = schema(&mut generator);
+            responses.insert(
+                status.to_string(),
+                json!({ "description": "done", "content": { "application/json": { "schema": schema } } }),
+            );
+        }
+        // The errors Berth answers (a 5xx is never documented: it is a bug, or a provider down).
+        for (status, what) in ERRORS {
+            responses.insert(
+                status.to_string(),
+                json!({ "description": what, "content": { "application/json": { "schema": error } } }),
+            );
+        }
+        if endpoint.path.contains("/auth/") {
+            responses.insert(
+                "502".into(),
+                json!({ "description": "the sign-in provider failed", "content": { "application/json": { "schema": error } } }),
+            );
+        }
         operation.insert("responses".into(), Value::Object(responses));
         if endpoint.access == Access::Public {
             operation.insert("security".into(), json!([]));
@@ -229,9 +253,26 @@ fn build(endpoints: &[Endpoint]) -> Value {
     })
 }
 
+/// The failures every operation may answer, each with an `ErrorBody`.
+const ERRORS: [(u16, &str); 9] = [
+    (400, "a request axum could not read (a path segment or query of the wrong type)"),
+    (401, "no valid credentials"),
+    (403, "the credentials do not allow it"),
+    (404, "no such thing, or one the caller may not know of"),
+    (405, "the path does not take this method"),
+    (409, "it conflicts with the current state"),
+    (413, "the body is too large"),
+    (422, "the input is not valid (`field` names it)"),
+    (429, "too many attempts; wait"),
+];
+
 /// The type a path parameter is parsed as.
 fn path_parameter(path: &str, name: &str) -> Value {
     match name {
+        // A build is also `latest`.
+        "number" if path.contains("/builds/") => {
+            json!({ "oneOf": [{ "type": "integer", "minimum": 0, "maximum": u32::MAX }, { "const": "latest" }] })
+        }
         "number" => json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
         "id" if path.starts_with("/api/v1/tokens/") => {
             json!({ "type": "integer", "format": "int64" })
@@ -263,7 +304,8 @@ mod tests {
         let paths = document["paths"].as_object().expect("paths");
         for endpoint in &endpoints {
             let operation = &paths[endpoint.path][endpoint.method.as_str().to_ascii_lowercase()];
-            assert!(operation["responses"]["default"].is_object(), "{} {}", endpoint.method, endpoint.path);
+            assert!(operation["responses"]["404"].is_object(), "{} {}", endpoint.method, endpoint.path);
+            assert!(operation["responses"].get("default").is_none() && operation["responses"].get("500").is_none());
         }
         let operations: usize = paths.values().map(|item| item.as_object().map_or(0, Map::len)).sum();
         assert_eq!(operations, endpoints.len());

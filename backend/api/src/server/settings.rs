@@ -65,6 +65,8 @@ pub struct ServerSettings {
     pub acme_directory: Option<String>,
     /// A CA (PEM) to trust for the ACME server's HTTPS, for private or test CAs.
     pub acme_ca_file: Option<PathBuf>,
+    /// A CA (PEM) to trust, besides the system's roots, for sign-in providers' HTTPS.
+    pub sign_in_ca_file: Option<PathBuf>,
     /// Addresses or CIDR blocks of proxies in front of Berth, believed for the client address
     /// (ingress and API) and for `X-Forwarded-Proto`/`-Host` (ingress).
     #[serde(default, deserialize_with = "cidrs")]
@@ -182,6 +184,7 @@ impl ServerSettings {
             acme_email: self.acme_email.or(under.acme_email),
             acme_directory: self.acme_directory.or(under.acme_directory),
             acme_ca_file: self.acme_ca_file.or(under.acme_ca_file),
+            sign_in_ca_file: self.sign_in_ca_file.or(under.sign_in_ca_file),
             trusted_proxies: if self.trusted_proxies.is_empty() { under.trusted_proxies } else { self.trusted_proxies },
             proxy_protocol: self.proxy_protocol.or(under.proxy_protocol),
             access_log: self.access_log.or(under.access_log),
@@ -274,6 +277,7 @@ impl ServerSettings {
         };
         let config = ServerConfig {
             container_defaults,
+            sign_in_ca_file: self.sign_in_ca_file,
             data_dir: self.data_dir.unwrap_or_else(|| "./berth-data".into()),
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7878))),
             ingress_listen: self.ingress_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),

@@ -171,7 +171,9 @@ impl Services {
                 ("denied", Some(m.clone()))
             }
             Err(ServiceError::TooManyRequests(m)) => ("denied", Some(m.clone())),
-            Err(e @ (ServiceError::Validation { .. } | ServiceError::Conflict(_))) => ("failed", Some(e.to_string())),
+            Err(e @ (ServiceError::Validation { .. } | ServiceError::Conflict(_) | ServiceError::BadGateway(_))) => {
+                ("failed", Some(e.to_string()))
+            }
             Err(ServiceError::Internal(_)) => ("failed", Some("internal error".to_string())),
         };
         let team_id = match team {
@@ -725,6 +727,10 @@ impl Services {
         self.sign_in.start(provider).await.map_err(|e| match e {
             SignInError::UnknownProvider(_) => ServiceError::NotFound(e.to_string()),
             SignInError::Busy => ServiceError::TooManyRequests(e.to_string()),
+            SignInError::Provider(_) => {
+                tracing::warn!(provider, error = %e, "starting an external sign-in failed at the provider");
+                ServiceError::BadGateway(e.to_string())
+            }
             other => ServiceError::Internal(anyhow::Error::new(other)),
         })
     }

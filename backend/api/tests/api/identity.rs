@@ -216,9 +216,39 @@ async fn every_answer_forbids_framing_and_sniffing_and_carries_a_content_securit
         (nonce, String::from_utf8_lossy(&body).into_owned())
     };
     let (first, html) = page().await;
-    assert!(html.contains(&format!("nonce=\"{first}\"")), "the page's scripts carry {first}");
+    let scripts: Vec<&str> = html.split("<script").skip(1).map(|tag| tag.split('>').next().unwrap_or("")).collect();
+    assert!(!scripts.is_empty(), "the page has its hydration scripts");
+    for tag in &scripts {
+        assert!(tag.contains(&format!("nonce=\"{first}\"")), "a script without the page's nonce: <script{tag}>");
+    }
     let (second, _) = page().await;
     assert_ne!(first, second, "a nonce is never reused");
+}
+
+#[tokio::test]
+async fn requests_refused_before_a_handler_answer_with_the_json_error() {
+    let i = instance("rejections").await;
+    // A token id that is not a number (axum's path rejection): 400, as JSON.
+    let (status, body) = i.call(Method::DELETE, "/api/v1/tokens/not-a-number", Some(&i.admin), None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("not-a-number"), "{body}");
+    // A query that does not parse.
+    let (status, body) = i.call(Method::GET, "/api/v1/audit?limit=99999999999999999999", Some(&i.admin), None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{body}");
+    // A method the path does not take: 405, its Allow header kept.
+    let request = Request::builder()
+        .method(Method::PATCH)
+        .uri("/api/v1/me")
+        .header("authorization", format!("Bearer {}", i.admin))
+        .body(Body::empty())
+        .unwrap();
+    let response = i.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(response.headers()["allow"].to_str().unwrap().contains("GET"));
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
 }
 
 #[tokio::test]

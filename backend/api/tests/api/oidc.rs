@@ -1,7 +1,8 @@
 //! Sign-in through an OpenID Connect provider: a small but real authorization server runs on
 //! loopback (discovery, authorization endpoint with PKCE, token endpoint, JWKS, RS256 ID tokens)
 //! and the whole redirect flow goes through Berth's router, including tampered state, a wrong
-//! audience and an unverified email.
+//! audience and an unverified email. The provider speaks HTTPS with a certificate from the test's
+//! own CA, which Berth trusts through `SignIn::with_ca` only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,8 @@ const KEY_N: &str = include_str!("oidc_key/test_key.n");
 /// Who the provider signs in next, and how it misbehaves.
 struct ProviderState {
     issuer: String,
+    /// The CA its HTTPS certificate comes from.
+    ca_pem: String,
     email: Mutex<(String, bool)>,
     /// The `sub` of the tokens (default: derived from the email).
     subject: Mutex<Option<String>>,
@@ -166,11 +169,20 @@ async fn jwks(State(p): State<Arc<ProviderState>>) -> Json<Value> {
     )
 }
 
+/// The provider, over HTTPS with a certificate from a CA of the test's own (Berth trusts it only
+/// through `SignIn::with_ca`).
 async fn start_provider() -> Arc<ProviderState> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = format!("https://{}", listener.local_addr().unwrap());
+    let (chain, key, ca_pem) = certificate_for("127.0.0.1");
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("provider.crt"), files.path().join("provider.key"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let acceptor = berth_api::server::tls_acceptor(&cert_file, &key_file).unwrap();
     let state = Arc::new(ProviderState {
         issuer,
+        ca_pem,
         email: Mutex::new(("alice@example.com".into(), true)),
         subject: Mutex::new(None),
         audience: Mutex::new(CLIENT_ID.into()),
@@ -185,16 +197,37 @@ async fn start_provider() -> Arc<ProviderState> {
         .route("/token", post(token))
         .route("/jwks", get(jwks))
         .with_state(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let limits = berth_api::server::ApiLimits::default();
+    tokio::spawn(berth_api::server::serve(listener, Some(acceptor), app, limits, std::future::pending()));
     state
+}
+
+/// A leaf certificate for `name` (PEM chain and key) and the CA that signed it (PEM).
+fn certificate_for(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    (format!("{}{}", leaf.pem(), ca.pem()), key.serialize_pem(), ca.pem())
 }
 
 struct Berth {
     router: Router,
+    /// The provider's CA, which the test's "browser" trusts too.
+    provider_ca: String,
     _dir: ScratchDir,
 }
 
 async fn berth(provider: &ProviderState, name: &str) -> Berth {
+    berth_trusting(provider, name, true).await
+}
+
+/// Berth with the provider `corp`, trusting the provider's CA or only the system's roots.
+async fn berth_trusting(provider: &ProviderState, name: &str, trust_provider_ca: bool) -> Berth {
     let dir = ScratchDir::new(name);
     let store = support::store(&dir).await;
     store.bootstrap(&hash_token(&new_token()), "").await.unwrap();
@@ -205,8 +238,12 @@ async fn berth(provider: &ProviderState, name: &str) -> Berth {
         client_secret: CLIENT_SECRET.into(),
         auto_join: vec![AutoJoin { domain: "example.com".into(), team: "main".into(), role: "viewer".into() }],
     };
-    let router = support::router(&dir, store, Some(SignIn::new("http://berth.test", vec![corp]))).await;
-    Berth { router, _dir: dir }
+    let mut sign_in = SignIn::new("http://berth.test", vec![corp]);
+    if trust_provider_ca {
+        sign_in = sign_in.with_ca(provider.ca_pem.as_bytes()).unwrap();
+    }
+    let router = support::router(&dir, store, Some(sign_in)).await;
+    Berth { router, provider_ca: provider.ca_pem.clone(), _dir: dir }
 }
 
 impl Berth {
@@ -241,7 +278,12 @@ impl Berth {
         let cookie = headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
         assert!(cookie.starts_with("berth_sign_in="), "{cookie}");
         let authorize = headers[header::LOCATION].to_str().unwrap().to_string();
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let ca = reqwest::Certificate::from_pem(self.provider_ca.as_bytes()).unwrap();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
         let response = client.get(&authorize).send().await.unwrap();
         assert!(response.status().is_redirection());
         let back = response.headers()[header::LOCATION].to_str().unwrap().to_string();
@@ -302,6 +344,18 @@ async fn the_whole_redirect_flow_signs_in_and_links_by_verified_email() {
     // Five sign-ins, one discovery and one key fetch: both are cached.
     let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!((count(&provider.discoveries), count(&provider.key_fetches)), (1, 1));
+}
+
+#[tokio::test]
+async fn a_provider_whose_certificate_is_not_trusted_is_not_believed() {
+    let provider = start_provider().await;
+    // The same provider, without its CA: the system's roots do not vouch for it.
+    let untrusted = berth_trusting(&provider, "untrusted", false).await;
+    let (status, _, body) = untrusted.get("/api/v1/auth/corp/start", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let message = body["message"].as_str().unwrap_or("");
+    assert!(message.contains("discovery document") && message.contains("certificate"), "{body}");
+    assert_eq!(provider.discoveries.load(std::sync::atomic::Ordering::SeqCst), 0, "no request got through");
 }
 
 #[tokio::test]
