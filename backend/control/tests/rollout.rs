@@ -550,6 +550,7 @@ async fn an_old_replica_moved_off_a_lost_host_during_the_drain_does_not_outlive_
 /// A remote host whose agent the test plays: every 50 ms, unless paused, it reports each replica
 /// desired on it ready at `endpoint`.
 struct PlayedHost {
+    endpoint: SocketAddr,
     paused: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -592,7 +593,7 @@ impl PlayedHost {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        PlayedHost { paused, task }
+        PlayedHost { endpoint, paused, task }
     }
 
     fn pause(&self, paused: bool) {
@@ -606,19 +607,26 @@ impl Drop for PlayedHost {
     }
 }
 
-#[tokio::test]
-async fn a_host_back_from_a_blip_before_its_replacement_is_ready_keeps_serving_and_the_replacement_goes() {
+/// h1 (local) and a played remote h2 with short heartbeats, and `web:1` serving one replica on
+/// each; the listener stands behind h2's endpoint.
+async fn blip_plane() -> (Plane, PlayedHost, i64, tokio::net::TcpListener) {
     let mut plane = Plane::with(|config| {
         config.heartbeat_timeout = Duration::from_millis(300);
         config.host_check_every = Duration::from_millis(50);
     })
     .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h2_endpoint = listener.local_addr().unwrap();
-    let h2 = PlayedHost::join(&plane, "h2", h2_endpoint).await;
+    let h2 = PlayedHost::join(&plane, "h2", listener.local_addr().unwrap()).await;
     plane.restart_orchestrator().await;
     let app = plane.create(&spec("web:1", 2)).await;
     assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    (plane, h2, app, listener)
+}
+
+#[tokio::test]
+async fn a_host_back_from_a_blip_before_its_replacement_is_ready_keeps_serving_and_the_replacement_goes() {
+    let (plane, h2, app, _listener) = blip_plane().await;
+    let h2_endpoint = h2.endpoint;
     let before: BTreeSet<String> = plane.store.replicas_of_app(app).await.unwrap().into_iter().map(|r| r.id).collect();
     let on_h2 = plane.store.replicas_of_app(app).await.unwrap().into_iter().find(|r| r.host == "h2").expect("spread");
     assert!(plane.routed().contains(&h2_endpoint));
@@ -662,17 +670,8 @@ async fn a_host_back_from_a_blip_before_its_replacement_is_ready_keeps_serving_a
 
 #[tokio::test]
 async fn a_replacement_ready_before_the_host_returns_wins_and_the_lost_replica_is_forgotten() {
-    let mut plane = Plane::with(|config| {
-        config.heartbeat_timeout = Duration::from_millis(300);
-        config.host_check_every = Duration::from_millis(50);
-    })
-    .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h2_endpoint = listener.local_addr().unwrap();
-    let h2 = PlayedHost::join(&plane, "h2", h2_endpoint).await;
-    plane.restart_orchestrator().await;
-    let app = plane.create(&spec("web:1", 2)).await;
-    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+    let (plane, h2, app, _listener) = blip_plane().await;
+    let h2_endpoint = h2.endpoint;
     let on_h2 = plane.store.replicas_of_app(app).await.unwrap().into_iter().find(|r| r.host == "h2").expect("spread");
 
     h2.pause(true);
