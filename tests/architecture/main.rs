@@ -29,7 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 const FORBIDDEN_ANYWHERE: &[(&str, &[&str])] = &[
     // The agent runs on every host next to the container engine: no database, no web server, no
     // dashboard, no identity code.
-    ("berth-agent", &["sqlx", "sqlx-core", "axum", "leptos", "argon2", "jsonwebtoken", "oauth2"]),
+    ("berth-agent", &["sqlx", "sqlx-core", "axum", "leptos", "argon2", "jsonwebtoken", "oauth2", "openidconnect"]),
     // The ingress is the data plane: it knows nothing of apps, stores or containers.
     ("berth-ingress", &["sqlx-core", "bollard", "axum", "leptos"]),
     ("berth-store", &["bollard", "axum", "leptos", "hyper"]),

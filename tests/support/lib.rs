@@ -103,6 +103,8 @@ pub struct Fixture {
 impl Fixture {
     /// Builds the static test app and packs it into two images whose replies name their version.
     pub fn new() -> anyhow::Result<Fixture> {
+        static STALE_NETWORKS: std::sync::Once = std::sync::Once::new();
+        STALE_NETWORKS.call_once(remove_stale_test_networks);
         let id = random_id();
         let scratch = tempfile::Builder::new().prefix(&format!("berth-test-{id}-")).tempdir()?;
         let dir = scratch.path().to_path_buf();
@@ -248,6 +250,39 @@ impl Fixture {
     /// A server whose ingress listens on `ingress` (a port chosen beforehand), with extra arguments.
     pub async fn start_server_on(&self, ingress: SocketAddr, args: &[&str]) -> anyhow::Result<Server> {
         Server::start(self, Some(("127.0.0.1:0".parse().expect("BUG: a valid address"), ingress)), args, &[]).await
+    }
+}
+
+/// Removes the team networks of test hosts (`test-*`) that earlier runs left behind, empty and
+/// older than ten minutes. A server killed at the end of a test may have had a network creation in
+/// flight that the engine completes after the fixture removed its networks; left alone, such leaks
+/// would exhaust the engine's address pools on a reused machine. Networks of other hosts (a real
+/// Berth on the same engine) and networks still in use are left alone.
+fn remove_stale_test_networks() {
+    let Ok(listing) = run(Command::new("docker").args([
+        "network",
+        "ls",
+        "--filter",
+        &format!("label={}", berth_wire::labels::MANAGED),
+        "--format",
+        &format!("{{{{.ID}}}} {{{{.Label \"{}\"}}}}", berth_wire::labels::HOST),
+    ])) else {
+        return;
+    };
+    let mut hosts: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(_, host)| host)
+        .filter(|host| host.starts_with("test-"))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    for host in hosts {
+        // `prune` removes only networks no container uses; `until` spares a running test's.
+        let _ = Command::new("docker")
+            .args(["network", "prune", "-f", "--filter", "until=10m", "--filter"])
+            .arg(format!("label={}={host}", berth_wire::labels::HOST))
+            .output();
     }
 }
 

@@ -265,8 +265,23 @@ impl ContainerRuntime for DockerRuntime {
                 false => Some(self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?),
             };
             let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
-            let body = create_body(spec, network.as_deref());
-            Ok(self.docker.create_container(Some(options), body).await.map_err(error)?.id)
+            match self.docker.create_container(Some(options.clone()), create_body(spec, network.as_deref())).await {
+                // The network went between our look and the create (removed by an operator's
+                // prune, say): made again, once.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
+                    if network.is_some() && message.contains("network") =>
+                {
+                    tracing::warn!(container = %spec.name, %message, "the team network vanished; creating it again");
+                    let network = self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?;
+                    Ok(self
+                        .docker
+                        .create_container(Some(options), create_body(spec, Some(&network)))
+                        .await
+                        .map_err(error)?
+                        .id)
+                }
+                created => Ok(created.map_err(error)?.id),
+            }
         }
         .boxed()
     }

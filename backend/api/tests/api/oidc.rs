@@ -1,8 +1,9 @@
-//! Sign-in through an OpenID Connect provider: a small but real authorization server runs on
-//! loopback (discovery, authorization endpoint with PKCE, token endpoint, JWKS, RS256 ID tokens)
-//! and the whole redirect flow goes through Berth's router, including tampered state, a wrong
-//! audience and an unverified email. The provider speaks HTTPS with a certificate from the test's
-//! own CA, which Berth trusts through `SignIn::with_ca` only.
+//! Sign-in through an OpenID Connect provider and through GitHub: small but real authorization
+//! servers run on loopback (OIDC: discovery, authorization endpoint with PKCE, token endpoint,
+//! JWKS, RS256 ID tokens; GitHub: its OAuth endpoints and `/user`, `/user/emails`) and the whole
+//! redirect flow goes through Berth's router, including tampered state, a wrong audience, rotated
+//! and symmetric keys and unverified emails. The providers speak HTTPS with certificates from the
+//! test's own CA, which Berth trusts through `SignIn::with_ca` only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,10 @@ struct ProviderState {
     audience: Mutex<String>,
     /// The `azp` of the tokens (none by default).
     azp: Mutex<Option<String>>,
+    /// The id of the signing key, in the published set and in the tokens' headers.
+    kid: Mutex<String>,
+    /// Tokens signed with HS256 keyed by the client secret instead of the RSA key.
+    symmetric: std::sync::atomic::AtomicBool,
     grants: Mutex<HashMap<String, Grant>>,
     /// Fetches of the discovery document and of the signing keys.
     discoveries: std::sync::atomic::AtomicUsize,
@@ -152,10 +157,15 @@ async fn token(
         name: "Test User".into(),
         azp: p.azp.lock().unwrap().clone(),
     };
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("test-key".into());
-    let id_token =
-        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(KEY_PEM).unwrap()).unwrap();
+    let symmetric = p.symmetric.load(std::sync::atomic::Ordering::SeqCst);
+    let (algorithm, key) = if symmetric {
+        (jsonwebtoken::Algorithm::HS256, jsonwebtoken::EncodingKey::from_secret(CLIENT_SECRET.as_bytes()))
+    } else {
+        (jsonwebtoken::Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(KEY_PEM).unwrap())
+    };
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = Some(p.kid.lock().unwrap().clone());
+    let id_token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     (
         StatusCode::OK,
         Json(json!({ "access_token": new_token(), "token_type": "Bearer", "expires_in": 3600, "id_token": id_token })),
@@ -164,8 +174,9 @@ async fn token(
 
 async fn jwks(State(p): State<Arc<ProviderState>>) -> Json<Value> {
     p.key_fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let kid = p.kid.lock().unwrap().clone();
     Json(
-        json!({ "keys": [{ "kty": "RSA", "kid": "test-key", "alg": "RS256", "use": "sig", "n": KEY_N.trim(), "e": "AQAB" }] }),
+        json!({ "keys": [{ "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": KEY_N.trim(), "e": "AQAB" }] }),
     )
 }
 
@@ -175,11 +186,6 @@ async fn start_provider() -> Arc<ProviderState> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("https://{}", listener.local_addr().unwrap());
     let (chain, key, ca_pem) = certificate_for("127.0.0.1");
-    let files = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (files.path().join("provider.crt"), files.path().join("provider.key"));
-    std::fs::write(&cert_file, chain).unwrap();
-    std::fs::write(&key_file, key).unwrap();
-    let acceptor = berth_api::server::tls_acceptor(&cert_file, &key_file).unwrap();
     let state = Arc::new(ProviderState {
         issuer,
         ca_pem,
@@ -187,6 +193,8 @@ async fn start_provider() -> Arc<ProviderState> {
         subject: Mutex::new(None),
         audience: Mutex::new(CLIENT_ID.into()),
         azp: Mutex::new(None),
+        kid: Mutex::new("test-key".into()),
+        symmetric: Default::default(),
         grants: Mutex::new(HashMap::new()),
         discoveries: Default::default(),
         key_fetches: Default::default(),
@@ -197,9 +205,19 @@ async fn start_provider() -> Arc<ProviderState> {
         .route("/token", post(token))
         .route("/jwks", get(jwks))
         .with_state(state.clone());
+    serve_https(listener, app, &chain, &key);
+    state
+}
+
+/// Serves `app` on `listener` over HTTPS with the certificate `chain` and its `key` (PEM).
+fn serve_https(listener: tokio::net::TcpListener, app: Router, chain: &str, key: &str) {
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("server.crt"), files.path().join("server.key"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let acceptor = berth_api::server::tls_acceptor(&cert_file, &key_file).unwrap();
     let limits = berth_api::server::ApiLimits::default();
     tokio::spawn(berth_api::server::serve(listener, Some(acceptor), app, limits, std::future::pending()));
-    state
 }
 
 /// A leaf certificate for `name` (PEM chain and key) and the CA that signed it (PEM).
@@ -217,6 +235,8 @@ fn certificate_for(name: &str) -> (String, String, String) {
 
 struct Berth {
     router: Router,
+    /// The sign-in provider's name in Berth's URLs.
+    provider: String,
     /// The provider's CA, which the test's "browser" trusts too.
     provider_ca: String,
     _dir: ScratchDir,
@@ -228,22 +248,33 @@ async fn berth(provider: &ProviderState, name: &str) -> Berth {
 
 /// Berth with the provider `corp`, trusting the provider's CA or only the system's roots.
 async fn berth_trusting(provider: &ProviderState, name: &str, trust_provider_ca: bool) -> Berth {
-    let dir = ScratchDir::new(name);
-    let store = support::store(&dir).await;
-    store.bootstrap(&hash_token(&new_token()), "").await.unwrap();
-    let corp = Provider {
+    let sign_in = |sign_in: SignIn| match trust_provider_ca {
+        true => sign_in.with_ca(provider.ca_pem.as_bytes()).unwrap(),
+        false => sign_in,
+    };
+    berth_with(corp(provider), &provider.ca_pem, name, sign_in).await
+}
+
+/// The OIDC provider as Berth is told about it.
+fn corp(provider: &ProviderState) -> Provider {
+    Provider {
         name: "corp".into(),
         kind: ProviderKind::Oidc { issuer: provider.issuer.clone() },
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
         auto_join: vec![AutoJoin { domain: "example.com".into(), team: "main".into(), role: "viewer".into() }],
-    };
-    let mut sign_in = SignIn::new("http://berth.test", vec![corp]);
-    if trust_provider_ca {
-        sign_in = sign_in.with_ca(provider.ca_pem.as_bytes()).unwrap();
     }
+}
+
+/// Berth with one sign-in provider, its `SignIn` set up by `configure`.
+async fn berth_with(provider: Provider, ca_pem: &str, name: &str, configure: impl FnOnce(SignIn) -> SignIn) -> Berth {
+    let dir = ScratchDir::new(name);
+    let store = support::store(&dir).await;
+    store.bootstrap(&hash_token(&new_token()), "").await.unwrap();
+    let provider_name = provider.name.clone();
+    let sign_in = configure(SignIn::new("http://berth.test", vec![provider]));
     let router = support::router(&dir, store, Some(sign_in)).await;
-    Berth { router, provider_ca: provider.ca_pem.clone(), _dir: dir }
+    Berth { router, provider: provider_name, provider_ca: ca_pem.to_string(), _dir: dir }
 }
 
 impl Berth {
@@ -273,7 +304,7 @@ impl Berth {
     /// Start → provider → the callback URL the provider redirects to (path and query on Berth),
     /// and the cookie the start set in the browser.
     async fn redirect_back(&self) -> Flow {
-        let (status, headers, _) = self.get("/api/v1/auth/corp/start", None).await;
+        let (status, headers, _) = self.get(&format!("/api/v1/auth/{}/start", self.provider), None).await;
         assert!(status.is_redirection(), "{status}");
         let cookie = headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
         assert!(cookie.starts_with("berth_sign_in="), "{cookie}");
@@ -404,4 +435,201 @@ async fn tampered_state_wrong_audience_and_unverified_email_are_refused() {
 
     let (status, _, _) = berth.get("/api/v1/auth/nope/start", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn rotated_signing_keys_are_fetched_again_but_not_on_every_unknown_key() {
+    let provider = start_provider().await;
+    let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    // A Berth that may refetch the keys at once: the provider rotates, and the next sign-in,
+    // signed with the new key, is believed after one more fetch of the keys (not of discovery).
+    let eager = berth_with(corp(&provider), &provider.ca_pem, "rotation", |s| {
+        s.with_ca(provider.ca_pem.as_bytes()).unwrap().with_key_refetch_interval(std::time::Duration::ZERO)
+    })
+    .await;
+    let (status, _, body) = eager.finish(&eager.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((count(&provider.discoveries), count(&provider.key_fetches)), (1, 1));
+    *provider.kid.lock().unwrap() = "rotated-key".into();
+    let (status, _, body) = eager.finish(&eager.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((count(&provider.discoveries), count(&provider.key_fetches)), (1, 2), "the keys, not discovery");
+
+    // With the default interval, a key id the fresh set lacks is refused without fetching again:
+    // made-up key ids do not make Berth hammer the provider.
+    let steady = berth(&provider, "rotation-steady").await;
+    let (status, _, body) = steady.finish(&steady.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fetches = count(&provider.key_fetches);
+    *provider.kid.lock().unwrap() = "another-key".into();
+    let (status, _, body) = steady.finish(&steady.redirect_back().await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("identity token is not valid"), "{body}");
+    assert_eq!(count(&provider.key_fetches), fetches, "no fetch within the interval");
+}
+
+#[tokio::test]
+async fn a_token_signed_with_the_client_secret_is_not_believed() {
+    // HS256 keyed by the client secret: anyone who learns the secret (it sits in Berth's config)
+    // could mint identities. Only the provider's published asymmetric keys count.
+    let provider = start_provider().await;
+    let berth = berth(&provider, "symmetric").await;
+    provider.symmetric.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("identity token is not valid") && message.contains("HS256"), "{body}");
+}
+
+/// A GitHub double: its OAuth endpoints (PKCE checked, client authenticated) and the two API
+/// calls Berth makes, over HTTPS.
+struct GitHubState {
+    /// Its base URL (`auth-url`, `token-url` and `api-url` hang under it).
+    url: String,
+    ca_pem: String,
+    /// The signed-in account's numeric id and its emails: (address, primary, verified).
+    user_id: Mutex<u64>,
+    emails: Mutex<Vec<(String, bool, bool)>>,
+    /// Access tokens given out, and the code grants waiting: code → (challenge, redirect URI).
+    tokens: Mutex<Vec<String>>,
+    grants: Mutex<HashMap<String, (String, String)>>,
+}
+
+#[derive(Deserialize)]
+struct GitHubAuthorize {
+    client_id: String,
+    redirect_uri: String,
+    state: String,
+    code_challenge: String,
+    scope: String,
+}
+
+async fn github_authorize(State(g): State<Arc<GitHubState>>, Query(q): Query<GitHubAuthorize>) -> impl IntoResponse {
+    assert_eq!(q.client_id, CLIENT_ID);
+    assert!(q.scope.split(' ').any(|s| s == "user:email"), "{}", q.scope);
+    let code = new_token();
+    g.grants.lock().unwrap().insert(code.clone(), (q.code_challenge, q.redirect_uri.clone()));
+    Redirect::to(&format!("{}?code={code}&state={}", q.redirect_uri, q.state))
+}
+
+async fn github_token(
+    State(g): State<Arc<GitHubState>>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> impl IntoResponse {
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        // GitHub answers a bad client with 200 and an error body; Berth must still refuse.
+        return Json(json!({ "error": "incorrect_client_credentials" }));
+    }
+    let challenge =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(form.code_verifier.as_bytes()));
+    match g.grants.lock().unwrap().remove(&form.code) {
+        Some((expected, redirect)) if expected == challenge && redirect == form.redirect_uri => {}
+        _ => return Json(json!({ "error": "bad_verification_code" })),
+    }
+    let token = new_token();
+    g.tokens.lock().unwrap().push(token.clone());
+    Json(json!({ "access_token": token, "token_type": "bearer", "scope": "read:user,user:email" }))
+}
+
+/// GitHub's API answers only a token it gave out, and only a client that names itself.
+fn github_caller_ok(g: &GitHubState, headers: &HeaderMap) -> bool {
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    headers.contains_key(header::USER_AGENT)
+        && token.is_some_and(|t| g.tokens.lock().unwrap().iter().any(|known| known == t))
+}
+
+async fn github_user(State(g): State<Arc<GitHubState>>, headers: HeaderMap) -> impl IntoResponse {
+    if !github_caller_ok(&g, &headers) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "Bad credentials" })));
+    }
+    (StatusCode::OK, Json(json!({ "id": *g.user_id.lock().unwrap(), "login": "someone" })))
+}
+
+async fn github_emails(State(g): State<Arc<GitHubState>>, headers: HeaderMap) -> impl IntoResponse {
+    if !github_caller_ok(&g, &headers) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "Bad credentials" })));
+    }
+    let emails: Vec<Value> = g
+        .emails
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(email, primary, verified)| json!({ "email": email, "primary": primary, "verified": verified, "visibility": null }))
+        .collect();
+    (StatusCode::OK, Json(json!(emails)))
+}
+
+async fn start_github() -> Arc<GitHubState> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (chain, key, ca_pem) = certificate_for("127.0.0.1");
+    let state = Arc::new(GitHubState {
+        url,
+        ca_pem,
+        user_id: Mutex::new(4242),
+        emails: Mutex::new(vec![("Alice@Example.com".into(), true, true)]),
+        tokens: Mutex::default(),
+        grants: Mutex::default(),
+    });
+    let app = Router::new()
+        .route("/login/oauth/authorize", get(github_authorize))
+        .route("/login/oauth/access_token", post(github_token))
+        .route("/api/user", get(github_user))
+        .route("/api/user/emails", get(github_emails))
+        .with_state(state.clone());
+    serve_https(listener, app, &chain, &key);
+    state
+}
+
+async fn berth_with_github(github: &GitHubState, name: &str, client_secret: &str) -> Berth {
+    let spec = format!(
+        "name=github,github=true,auth-url={url}/login/oauth/authorize,token-url={url}/login/oauth/access_token,\
+         api-url={url}/api,client-id={CLIENT_ID},client-secret={client_secret},auto-join=example.com:main:viewer",
+        url = github.url
+    );
+    let provider = Provider::parse(&spec).unwrap();
+    berth_with(provider, &github.ca_pem, name, |s| s.with_ca(github.ca_pem.as_bytes()).unwrap()).await
+}
+
+#[tokio::test]
+async fn github_sign_in_over_https_takes_the_primary_verified_email_and_links_by_user_id() {
+    let github = start_github().await;
+    let berth = berth_with_github(&github, "github", CLIENT_SECRET).await;
+    let (status, _, providers) = berth.get("/api/v1/auth/providers", None).await;
+    assert_eq!((status, providers), (StatusCode::OK, json!(["github"])));
+
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["email"], "alice@example.com");
+    assert_eq!(body["user"]["teams"], json!([{ "team": "main", "role": "viewer" }]));
+
+    // The account follows GitHub's user id: a changed primary email still signs in alice.
+    *github.emails.lock().unwrap() =
+        vec![("alice@example.com".into(), false, true), ("new@example.com".into(), true, true)];
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["email"], "alice@example.com", "linked by GitHub's user id");
+
+    // Another GitHub user whose primary email is not verified is nobody.
+    *github.user_id.lock().unwrap() = 7;
+    *github.emails.lock().unwrap() =
+        vec![("carol@example.com".into(), true, false), ("c@example.com".into(), false, true)];
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("verified email"), "{body}");
+}
+
+#[tokio::test]
+async fn github_refusing_the_client_signs_nobody_in() {
+    let github = start_github().await;
+    // Berth configured with a secret GitHub does not know: GitHub answers 200 with an error.
+    let berth = berth_with_github(&github, "github-bad-secret", "not-the-secret").await;
+    let (status, _, body) = berth.finish(&berth.redirect_back().await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("exchanging the code"), "{body}");
+    assert!(github.tokens.lock().unwrap().is_empty(), "no token was given out");
 }
