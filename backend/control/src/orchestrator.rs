@@ -86,6 +86,8 @@ struct Inner {
     /// routes last applied, so an unchanged table is not applied again (which would reset the
     /// round-robin cursors for nothing).
     routes_lock: tokio::sync::Mutex<Vec<berth_ingress::RouteSpec>>,
+    /// Route tables computed so far (`Orchestrator::route_computations`).
+    route_computations: std::sync::atomic::AtomicU64,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,
     /// Every task the orchestrator runs, so `shutdown` can wait for them to be gone.
@@ -115,6 +117,7 @@ impl Orchestrator {
                 config,
                 app_locks: Mutex::new(HashMap::new()),
                 routes_lock: tokio::sync::Mutex::new(Vec::new()),
+                route_computations: Default::default(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),

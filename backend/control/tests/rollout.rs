@@ -548,7 +548,7 @@ async fn an_old_replica_moved_off_a_lost_host_during_the_drain_does_not_outlive_
 }
 
 /// A remote host whose agent the test plays: every 50 ms, unless paused, it reports each replica
-/// desired on it ready at `endpoint`.
+/// desired on it ready at `endpoint`, with a fresh CPU and memory sample each time.
 struct PlayedHost {
     endpoint: SocketAddr,
     paused: Arc<std::sync::atomic::AtomicBool>,
@@ -569,7 +569,7 @@ impl PlayedHost {
         let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let quiet = paused.clone();
         let task = tokio::spawn(async move {
-            loop {
+            for sample in 0u64.. {
                 if !quiet.load(std::sync::atomic::Ordering::SeqCst) {
                     let wanted = desired.borrow_and_update().clone().unwrap_or_default();
                     let report = wanted
@@ -583,7 +583,10 @@ impl PlayedHost {
                                 restarts: 0,
                                 message: None,
                                 started_at: None,
-                                usage: None,
+                                usage: Some(berth_wire::agent::ContainerUsage {
+                                    cpu_millis: sample % 1000,
+                                    memory_bytes: (sample % 100 + 1) << 20,
+                                }),
                             };
                             (d.replica_id.clone(), observed)
                         })
@@ -691,4 +694,27 @@ async fn a_replacement_ready_before_the_host_returns_wins_and_the_lost_replica_i
     let rows = plane.store.replicas_of_app(app).await.unwrap();
     assert!(rows.iter().all(|r| r.host == HOST && r.id != on_h2.id), "{rows:#?}");
     assert!(!plane.routed().contains(&h2_endpoint));
+}
+
+#[tokio::test]
+async fn usage_samples_do_not_recompute_the_route_table() {
+    let (plane, h2, _app, _listener) = blip_plane().await;
+    assert!(plane.routed().contains(&h2.endpoint));
+    // h2 reports every 50 ms, each report with a new sample: over a second, twenty reports that
+    // change nothing that routes. (First, let the release's last steps land.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = plane.orchestrator.route_computations();
+    let observed = plane.orchestrator.observed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = plane.orchestrator.route_computations();
+    assert_ne!(observed, plane.orchestrator.observed(), "the samples changed the reports");
+    assert_eq!(after, before, "route tables computed for usage samples alone");
+    // What routes still does: h2 going quiet takes its endpoint out.
+    h2.pause(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while plane.routed().contains(&h2.endpoint) {
+        assert!(tokio::time::Instant::now() < deadline, "h2's endpoint is still routed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(plane.orchestrator.route_computations() > after);
 }

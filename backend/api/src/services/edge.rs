@@ -186,7 +186,14 @@ impl Services {
     /// The ingress's figures in the Prometheus text format (instance admins: they name every app).
     pub fn metrics(&self, principal: &Principal) -> Result<String> {
         principal.require_instance_admin()?;
-        Ok(self.orchestrator.ingress().prometheus())
+        let mut text = self.orchestrator.ingress().prometheus();
+        text.push_str(&format!(
+            "# HELP berth_route_tables_computed_total Route tables the control plane computed (on releases, host changes, readiness changes).\n\
+             # TYPE berth_route_tables_computed_total counter\n\
+             berth_route_tables_computed_total {}\n",
+            self.orchestrator.route_computations()
+        ));
+        Ok(text)
     }
 }
 

@@ -11,6 +11,7 @@ impl Orchestrator {
     /// Also called when certificates change (a name with one is redirected to HTTPS).
     pub async fn publish_routes(&self) -> anyhow::Result<()> {
         let mut last = self.inner.routes_lock.lock().await;
+        self.inner.route_computations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = &self.inner.store;
         let apps = store.all_apps().await?;
         let replicas = store.all_replicas().await?;
@@ -43,17 +44,40 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Re-routes on every change of the agents' reports, for the life of the orchestrator.
+    /// How many times the route table was computed since start (a figure for `/metrics`, and
+    /// for tests that what does not route does not recompute it).
+    pub fn route_computations(&self) -> u64 {
+        self.inner.route_computations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Re-routes whenever the agents' reports change what routes: which replicas are ready at
+    /// which endpoint. Everything else a report carries (CPU and memory samples every few seconds,
+    /// restart counts, messages) leaves the table as it is, and is not worth three store reads.
+    /// Changes of the store (releases, hosts lost, domains) publish routes themselves.
     pub(super) async fn follow_reports(self) {
         let mut reports = self.inner.links.observed();
+        let mut routed = None;
         loop {
-            if let Err(error) = self.publish_routes().await {
-                tracing::error!(error = format!("{error:#}"), "publishing routes failed");
+            let ready = ready_endpoints(&reports.borrow_and_update());
+            if routed.as_ref() != Some(&ready) {
+                match self.publish_routes().await {
+                    Ok(()) => routed = Some(ready),
+                    // Tried again on the next report, whatever it carries.
+                    Err(error) => tracing::error!(error = format!("{error:#}"), "publishing routes failed"),
+                }
             }
             if reports.changed().await.is_err() {
                 return;
             }
-            reports.borrow_and_update();
         }
     }
+}
+
+/// What of the reports decides routes: each ready replica's endpoint.
+fn ready_endpoints(reports: &crate::links::ObservedUnion) -> std::collections::BTreeMap<String, String> {
+    reports
+        .iter()
+        .filter(|(_, observed)| observed.ready())
+        .filter_map(|(id, observed)| Some((id.clone(), observed.endpoint.clone()?)))
+        .collect()
 }
