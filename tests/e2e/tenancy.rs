@@ -70,6 +70,9 @@ async fn teams_are_isolated_and_secrets_reach_only_their_container() -> anyhow::
     let (_, detail) = api.call(Method::GET, "/web", None).await?;
     assert_eq!(detail["releases"][0]["spec"]["secrets"], json!({ "DB_PASSWORD": "" }), "{detail}");
     assert!(!detail.to_string().contains("hunter2-e2e"));
+    let shown = server.cli(&["apps", "show", "web"])?;
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(shown.contains("  DB_PASSWORD (secret, set)") && !shown.contains("hunter2-e2e"), "{shown}");
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(&server.data_dir)? {
         let path = entry?.path();

@@ -4,7 +4,7 @@
 
 use std::error::Error;
 
-use berth_wire::api::{AppDetail, AppSummary, HostInfo, LogLine, QuotaInfo, ReleaseEvent};
+use berth_wire::api::{AppDetail, AppSummary, HostInfo, LogLine, QuotaInfo, ReleaseEvent, ReleaseInfo};
 use berth_wire::identity::{AuditEntry, Me, Member, TeamRole, TokenInfo};
 use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, Table};
@@ -97,7 +97,37 @@ pub(crate) fn apps_table(apps: &[AppSummary]) -> String {
     table(&["NAME", "RELEASE", "READY", "IMAGE", "URL"], &[1, 2], rows)
 }
 
-/// `berth apps show`: the summary, then the replicas and the releases.
+/// The newest release's limits and environment, as `berth apps show` prints them: plain
+/// variables with their values (or `(hidden)` for callers who may not see them), secret ones as
+/// `(secret, set)`: the API never returns a secret's value.
+fn release_settings(release: &ReleaseInfo) -> String {
+    let spec = &release.spec;
+    let cpu = spec.cpu_millis.map_or("no CPU limit".to_string(), |m| format!("CPU {m}m"));
+    let memory = spec.memory_mb.map_or("no memory limit".to_string(), |mb| format!("memory {mb} MiB"));
+    let mut lines = vec![format!("release {}: {cpu}, {memory}", release.number)];
+    let constraints: Vec<String> = spec.constraints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !constraints.is_empty() {
+        lines.push(format!("on hosts with {}", constraints.join(",")));
+    }
+    let mut variables: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(name, value)| (name.clone(), if release.env_hidden { "(hidden)".into() } else { value.clone() }))
+        .chain(spec.secrets.keys().map(|name| (name.clone(), "(secret, set)".into())))
+        .collect();
+    variables.sort();
+    if variables.is_empty() {
+        lines.push("no environment variables".into());
+    }
+    lines.extend(variables.into_iter().map(|(name, value)| match value.starts_with('(') {
+        true => format!("  {name} {value}"),
+        false => format!("  {name}={value}"),
+    }));
+    lines.join("\n")
+}
+
+/// `berth apps show`: the summary, the newest release's settings, then the replicas and the
+/// releases.
 pub(crate) fn app_detail(app: &AppDetail) -> String {
     let summary = &app.summary;
     let serving = summary.serving_release.map_or("none".into(), |number| number.to_string());
@@ -121,8 +151,9 @@ pub(crate) fn app_detail(app: &AppDetail) -> String {
         };
         vec![release.number.to_string(), release.state.as_str().into(), release.spec.image.clone(), note]
     });
+    let settings = app.releases.first().map(|newest| format!("\n\n{}", release_settings(newest))).unwrap_or_default();
     format!(
-        "{}  ({})\nserving release {serving}, {}/{} replicas ready, image {}\n\nREPLICAS\n{}\n\nRELEASES\n{}",
+        "{}  ({})\nserving release {serving}, {}/{} replicas ready, image {}{settings}\n\nREPLICAS\n{}\n\nRELEASES\n{}",
         summary.name,
         summary.url,
         summary.replicas_ready,
@@ -361,6 +392,43 @@ mod tests {
         let rendered = members_table(&members);
         assert_eq!(rendered.lines().count(), 3, "{rendered}");
         assert!(rendered.lines().any(|line| line.starts_with("viewer@example.com") && line.ends_with("deployer")));
+    }
+
+    #[test]
+    fn app_show_prints_the_environment_but_never_a_hidden_or_secret_value() {
+        let mut spec = berth_wire::AppSpec {
+            image: "web:1".into(),
+            port: 8080,
+            replicas: 2,
+            env: [("LOG".to_string(), "debug".to_string())].into(),
+            secrets: [("TOKEN".to_string(), String::new())].into(),
+            health_path: None,
+            cpu_millis: Some(250),
+            memory_mb: None,
+            constraints: [("region".to_string(), "eu".to_string())].into(),
+            privileges: Default::default(),
+            protocol: Default::default(),
+        };
+        let release = |spec: &berth_wire::AppSpec, env_hidden| ReleaseInfo {
+            number: 3,
+            spec: spec.clone(),
+            env_hidden,
+            state: berth_wire::api::ReleaseState::Serving,
+            message: None,
+            rollback_of: None,
+            created_at: 0,
+            finished_at: None,
+            events: Vec::new(),
+        };
+        let shown = release_settings(&release(&spec, false));
+        assert_eq!(
+            shown,
+            "release 3: CPU 250m, no memory limit\non hosts with region=eu\n  LOG=debug\n  TOKEN (secret, set)"
+        );
+        // A viewer: names only.
+        spec.env.insert("LOG".into(), String::new());
+        let shown = release_settings(&release(&spec, true));
+        assert!(shown.contains("  LOG (hidden)") && !shown.contains("LOG="), "{shown}");
     }
 
     #[test]

@@ -63,7 +63,11 @@ fn request(app: usize) -> Request {
         app_id: app as i64,
         cpu_millis: 100 + (app as u64 * 37) % 900,
         memory_mb: 128 + (app as u64 * 53) % 896,
-        constraints: if app.is_multiple_of(10) { BTreeMap::from([("zone".into(), "z1".into())]) } else { BTreeMap::new() },
+        constraints: if app.is_multiple_of(10) {
+            BTreeMap::from([("zone".into(), "z1".into())])
+        } else {
+            BTreeMap::new()
+        },
     }
 }
 
