@@ -269,7 +269,7 @@ impl ContainerRuntime for DockerRuntime {
                 // The network went between our look and the create (removed by an operator's
                 // prune, say): made again, once.
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
-                    if network.is_some() && message.contains("network") =>
+                    if network.is_some() && message.contains("network") && message.contains("not found") =>
                 {
                     tracing::warn!(container = %spec.name, %message, "the team network vanished; creating it again");
                     let network = self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?;

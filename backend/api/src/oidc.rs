@@ -267,6 +267,9 @@ fn provider_client(extra_roots: &[reqwest::Certificate]) -> anyhow::Result<reqwe
 
 /// How long discovery documents and signing keys are trusted before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// How far the provider's clock may be ahead of ours when checking an ID token's expiry.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
 /// The default of `SignIn::keys_refetch_after`.
 const KEYS_REFETCH_AFTER: Duration = Duration::from_secs(30);
 
@@ -451,7 +454,9 @@ impl SignIn {
                         discovered.metadata.issuer().clone(),
                         discovered.metadata.jwks().clone(),
                     )
-                    .set_allowed_algs(ALLOWED_ALGS);
+                    .set_allowed_algs(ALLOWED_ALGS)
+                    // Clocks differ: a token is taken until a minute after its `exp`, as before.
+                    .set_time_fn(|| chrono::Utc::now() - CLOCK_SKEW);
                     id_token.claims(&verifier, &nonce).cloned()
                 };
                 let claims = match verify(&discovered) {

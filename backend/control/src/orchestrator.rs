@@ -88,6 +88,9 @@ struct Inner {
     routes_lock: tokio::sync::Mutex<Vec<berth_ingress::RouteSpec>>,
     /// Route tables computed so far (`Orchestrator::route_computations`).
     route_computations: std::sync::atomic::AtomicU64,
+    /// Woken when a publication of routes failed, so it is tried again without waiting for a
+    /// report that changes what routes.
+    routes_failed: tokio::sync::Notify,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,
     /// Every task the orchestrator runs, so `shutdown` can wait for them to be gone.
@@ -118,6 +121,7 @@ impl Orchestrator {
                 app_locks: Mutex::new(HashMap::new()),
                 routes_lock: tokio::sync::Mutex::new(Vec::new()),
                 route_computations: Default::default(),
+                routes_failed: tokio::sync::Notify::new(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -224,6 +228,8 @@ impl Orchestrator {
     /// A release in progress is abandoned at its next step.
     pub async fn delete(&self, app_id: i64) -> anyhow::Result<()> {
         self.inner.store.mark_deleting(app_id).await?;
+        // Out of the routes now, even while a release holds the app's lock.
+        self.publish_routes().await?;
         self.run_app(app_id).await
     }
 

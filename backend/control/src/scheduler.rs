@@ -76,6 +76,10 @@ pub struct Fleet<'h> {
 /// A host's entry in its cell: (room, replicas, name rank, index), the order of preference.
 type Entry = (u64, usize, usize, usize);
 
+/// The most CPU (millicores) or memory (MiB) of one host the scheduler counts: 2 million cores,
+/// 2 PiB; agents' claims are bounded far below (4 096 cores, 64 TiB).
+const MAX_CAPACITY: u64 = 1 << 31;
+
 /// Free CPU and free memory are each cut into this many levels (of the host's capacity).
 const LEVELS: u64 = 256;
 
@@ -155,7 +159,9 @@ impl Group {
 }
 
 /// A host's CPU and memory as the denominators of its free fractions: an unreported (zero)
-/// resource counts as one unit, always entirely free.
+/// resource counts as one unit, always entirely free. Capacities are taken up to
+/// [`MAX_CAPACITY`], so the products below stay within `u64` (and their cross products within
+/// `u128`) whatever a host claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Capacity {
     cpu: u64,
@@ -164,7 +170,7 @@ struct Capacity {
 
 impl Capacity {
     fn of(host: &HostSlot) -> Capacity {
-        Capacity { cpu: host.cpu_millis, memory: host.memory_mb }
+        Capacity { cpu: host.cpu_millis.min(MAX_CAPACITY), memory: host.memory_mb.min(MAX_CAPACITY) }
     }
 
     /// Free CPU and memory as numerators over `denominators()`.
@@ -179,7 +185,8 @@ impl Capacity {
 
     /// What a request takes of the free numerators (nothing of an unreported resource).
     fn taken(self, request: &Request) -> (u64, u64) {
-        let take = |cap: u64, asked: u64| if cap == 0 { 0 } else { asked };
+        // More than the capacity fits nowhere; the excess need not be counted.
+        let take = |cap: u64, asked: u64| if cap == 0 { 0 } else { asked.min(cap + 1) };
         (take(self.cpu, request.cpu_millis), take(self.memory, request.memory_mb))
     }
 
@@ -191,8 +198,8 @@ impl Capacity {
     }
 
     fn fits(self, load: &Load, request: &Request) -> bool {
-        (self.cpu == 0 || load.cpu + request.cpu_millis <= self.cpu)
-            && (self.memory == 0 || load.memory + request.memory_mb <= self.memory)
+        (self.cpu == 0 || load.cpu.saturating_add(request.cpu_millis) <= self.cpu)
+            && (self.memory == 0 || load.memory.saturating_add(request.memory_mb) <= self.memory)
     }
 }
 
@@ -226,8 +233,8 @@ impl<'h> Fleet<'h> {
         for p in placed {
             if let Some(&i) = index.get(p.host.as_str()) {
                 let l = &mut load[i];
-                l.cpu += p.cpu_millis;
-                l.memory += p.memory_mb;
+                l.cpu = l.cpu.saturating_add(p.cpu_millis);
+                l.memory = l.memory.saturating_add(p.memory_mb);
                 l.total += 1;
                 *of_app.entry(p.app_id).or_default().entry(i).or_default() += 1;
             }
@@ -324,8 +331,8 @@ impl<'h> Fleet<'h> {
         let (free, old) = (capacity.free(&self.load[i]), self.key(i, capacity));
         self.groups[group].remove(free, &old);
         let load = &mut self.load[i];
-        load.cpu += request.cpu_millis;
-        load.memory += request.memory_mb;
+        load.cpu = load.cpu.saturating_add(request.cpu_millis);
+        load.memory = load.memory.saturating_add(request.memory_mb);
         load.total += 1;
         let (free, new) = (capacity.free(&self.load[i]), self.key(i, capacity));
         self.groups[group].insert(free, new);
@@ -340,13 +347,15 @@ fn explain(hosts: &[HostSlot], load: &[Load], request: &Request) -> String {
     }
     let (mut unavailable, mut constrained, mut cpu, mut memory) = (0, 0, 0, 0);
     for (h, l) in hosts.iter().zip(load) {
+        let capacity = Capacity::of(h);
+        let short = |cap: u64, used: u64, asked: u64| cap != 0 && used.saturating_add(asked) > cap;
         if !h.schedulable {
             unavailable += 1;
         } else if !request.constraints.iter().all(|(k, v)| h.labels.get(k) == Some(v)) {
             constrained += 1;
-        } else if h.cpu_millis != 0 && l.cpu + request.cpu_millis > h.cpu_millis {
+        } else if short(capacity.cpu, l.cpu, request.cpu_millis) {
             cpu += 1;
-        } else if h.memory_mb != 0 && l.memory + request.memory_mb > h.memory_mb {
+        } else if short(capacity.memory, l.memory, request.memory_mb) {
             memory += 1;
         }
     }
@@ -484,6 +493,19 @@ mod tests {
         let hosts = [host("big", 16_000, 0), host("small", 2000, 0)];
         let existing = [placed("big", 1, 8000), placed("small", 1, 1000)];
         assert_eq!(place(&hosts, &existing, &request(2, 1000), 1).hosts, ["small"]);
+    }
+
+    #[test]
+    fn absurd_capacities_and_requests_neither_overflow_nor_fit_wrongly() {
+        let hosts = [host("huge", u64::MAX, u64::MAX), host("small", 1000, 1024)];
+        let existing = [Placement { host: "huge".into(), app_id: 9, cpu_millis: u64::MAX, memory_mb: 1 }];
+        let plan =
+            place(&hosts, &existing, &Request { app_id: 1, cpu_millis: 500, memory_mb: 512, ..Request::default() }, 1);
+        assert_eq!(plan.hosts, ["small"], "the huge host is full");
+        let plan =
+            place(&hosts, &[], &Request { app_id: 1, cpu_millis: 0, memory_mb: u64::MAX, ..Request::default() }, 1);
+        assert_eq!(plan.hosts, Vec::<String>::new());
+        assert!(plan.unplaced.unwrap().contains("2 short of memory"));
     }
 
     #[test]

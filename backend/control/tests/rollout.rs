@@ -474,6 +474,35 @@ async fn a_deleted_app_leaves_no_route_container_or_record() {
 }
 
 #[tokio::test]
+async fn an_app_deleted_while_its_release_waits_for_capacity_leaves_the_routes_at_once() {
+    let plane = Plane::new().await;
+    let app = plane.create(&spec("web:1", 2)).await;
+    plane.settled(app, 1).await;
+    // Release 2 wants more CPU than any host has: it waits, holding the app, until the deploy
+    // timeout.
+    let mut big = spec("web:2", 2);
+    big.cpu_millis = Some(64_000);
+    let number = plane.deploy(app, &big).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !plane.phases(app, number).await.iter().any(|p| p == "waiting_for_capacity") {
+        assert!(tokio::time::Instant::now() < deadline, "release 2 never waited for capacity");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(!plane.routed().is_empty());
+    let deleting = tokio::spawn({
+        let orchestrator = plane.orchestrator.clone();
+        async move { orchestrator.delete(app).await }
+    });
+    // Nothing that routes changes in the agents' reports: the deletion itself must unroute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while plane.ingress.endpoints(APP_HOST).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "a deleted app is still routed: {:?}", plane.routed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    deleting.abort();
+}
+
+#[tokio::test]
 async fn draining_a_host_moves_its_replicas_onto_another_and_reroutes() {
     let mut plane = Plane::new().await;
     let second = MemoryRuntime::new();

@@ -142,7 +142,8 @@ impl SignInTable {
                 token_url: self.token_url.unwrap_or_else(|| "https://github.com/login/oauth/access_token".into()),
                 api_url: self.api_url.unwrap_or_else(|| "https://api.github.com".into()),
             },
-            (false, Some(issuer)) => ProviderKind::Oidc { issuer: issuer.trim_end_matches('/').to_string() },
+            // Kept as written: the discovery document and the tokens must name it exactly.
+            (false, Some(issuer)) => ProviderKind::Oidc { issuer },
             _ => bail!("sign-in provider {name}: set either issuer (OpenID Connect) or github = true"),
         };
         let auto_join = self.auto_join.iter().map(|rule| AutoJoin::parse(rule)).collect::<anyhow::Result<_>>()?;
@@ -460,7 +461,7 @@ mod tests {
         assert_eq!(config.sign_in.len(), 1);
         assert_eq!(config.sign_in[0].client_secret, "s3cret");
         assert!(
-            matches!(&config.sign_in[0].kind, ProviderKind::Oidc { issuer } if issuer == "https://login.example.com")
+            matches!(&config.sign_in[0].kind, ProviderKind::Oidc { issuer } if issuer == "https://login.example.com/")
         );
     }
 

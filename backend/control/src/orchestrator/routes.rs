@@ -10,6 +10,14 @@ impl Orchestrator {
     /// Recomputes the route table: every app's names → ready replicas of its serving release.
     /// Also called when certificates change (a name with one is redirected to HTTPS).
     pub async fn publish_routes(&self) -> anyhow::Result<()> {
+        let published = self.compute_routes().await;
+        if published.is_err() {
+            self.inner.routes_failed.notify_one();
+        }
+        published
+    }
+
+    async fn compute_routes(&self) -> anyhow::Result<()> {
         let mut last = self.inner.routes_lock.lock().await;
         self.inner.route_computations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = &self.inner.store;
@@ -53,21 +61,28 @@ impl Orchestrator {
     /// Re-routes whenever the agents' reports change what routes: which replicas are ready at
     /// which endpoint. Everything else a report carries (CPU and memory samples every few seconds,
     /// restart counts, messages) leaves the table as it is, and is not worth three store reads.
-    /// Changes of the store (releases, hosts lost, domains) publish routes themselves.
+    /// Changes of the store (releases, hosts lost, domains) publish routes themselves; when such
+    /// a publication fails (the store unreachable, say), this tries again every second until one
+    /// succeeds.
     pub(super) async fn follow_reports(self) {
         let mut reports = self.inner.links.observed();
         let mut routed = None;
+        let mut retry = false;
         loop {
             let ready = ready_endpoints(&reports.borrow_and_update());
-            if routed.as_ref() != Some(&ready) {
-                match self.publish_routes().await {
-                    Ok(()) => routed = Some(ready),
-                    // Tried again on the next report, whatever it carries.
-                    Err(error) => tracing::error!(error = format!("{error:#}"), "publishing routes failed"),
+            if retry || routed.as_ref() != Some(&ready) {
+                match self.compute_routes().await {
+                    Ok(()) => (routed, retry) = (Some(ready), false),
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "publishing routes failed; retrying in 1 s");
+                        retry = true;
+                    }
                 }
             }
-            if reports.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = reports.changed() => if changed.is_err() { return },
+                () = self.inner.routes_failed.notified() => retry = true,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {}
             }
         }
     }
