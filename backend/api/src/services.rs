@@ -116,6 +116,9 @@ pub struct Services {
 impl Services {
     pub fn new(store: Store, orchestrator: Orchestrator, builds: Builds, certs: Certs) -> Services {
         let sign_in = crate::oidc::SignIn::new("http://localhost", Vec::new());
+        let admission = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        let gate = quotas::BuildReleaseGate { store: store.clone(), admission: admission.clone() };
+        builds.set_release_gate(std::sync::Arc::new(gate));
         Services {
             store,
             orchestrator,
@@ -127,7 +130,7 @@ impl Services {
             public_url: "http://localhost".into(),
             hook_socket: std::path::PathBuf::from("hooks.sock"),
             container_defaults: ContainerDefaults::default(),
-            admission: Default::default(),
+            admission,
         }
     }
 

@@ -113,11 +113,24 @@ pub struct Builds {
     inner: Arc<Inner>,
 }
 
+/// Says whether a build may release `spec` as the next release of `app` (the service layer's
+/// quota check): the build may have started minutes before, and other releases may have taken
+/// the room meanwhile. What `admit` returns is held until the release is stored.
+pub trait ReleaseGate: Send + Sync {
+    fn admit<'a>(
+        &'a self,
+        app: &'a AppRow,
+        spec: &'a berth_wire::AppSpec,
+    ) -> futures::future::BoxFuture<'a, Result<Box<dyn Send>, String>>;
+}
+
 struct Inner {
     store: Store,
     orchestrator: Orchestrator,
     repos: Repos,
     config: BuildsConfig,
+    /// Set once by the service layer; without one, every build's release is admitted.
+    gate: std::sync::OnceLock<Arc<dyn ReleaseGate>>,
     /// By app id.
     running: Mutex<HashMap<i64, Running>>,
     /// One semaphore per host: its build slots.
@@ -145,11 +158,18 @@ impl Builds {
             orchestrator,
             repos,
             config,
+            gate: std::sync::OnceLock::new(),
             running: Mutex::default(),
             slots: Mutex::default(),
             tasks: TaskTracker::new(),
         };
         Ok(Builds { inner: Arc::new(inner) })
+    }
+
+    /// The check every build's release passes before it is stored (set once; later calls are
+    /// ignored).
+    pub fn set_release_gate(&self, gate: Arc<dyn ReleaseGate>) {
+        let _ = self.inner.gate.set(gate);
     }
 
     pub fn repos(&self) -> &Repos {
@@ -412,6 +432,20 @@ impl Builds {
         let app = &order.app;
         let failed = |message: String| (BuildState::Failed, message);
         let store_failed = |e: berth_store::StoreError| failed(format!("database error: {e}"));
+        // Admitted (the quota) before the secrets are held, the order every release takes.
+        let admitted = match inner.gate.get() {
+            Some(gate) => {
+                let mut spec = inner
+                    .store
+                    .base_spec(app.id)
+                    .await
+                    .map_err(store_failed)?
+                    .ok_or_else(|| failed("the app has no spec to release".into()))?;
+                spec.image = row.image.clone();
+                Some(gate.admit(app, &spec).await.map_err(|why| failed(format!("release refused: {why}")))?)
+            }
+            None => None,
+        };
         // The spec's sealed secrets are copied as they are: a key rotation waits until it is stored.
         let sealing = inner.orchestrator.secrets().hold().await;
         let mut spec = inner
@@ -423,6 +457,7 @@ impl Builds {
         spec.image = row.image.clone();
         let number = inner.store.create_release(app.id, &spec, None).await.map_err(store_failed)?;
         drop(sealing);
+        drop(admitted);
         inner.store.set_build_release(row.id, number).await.map_err(store_failed)?;
         inner.orchestrator.enqueue(app.id);
         log.push(format!("release {number} queued"));

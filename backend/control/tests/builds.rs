@@ -156,6 +156,46 @@ async fn a_built_image_is_released_and_serves() {
     );
 }
 
+/// A gate that refuses every release after the first `allowed`, as a quota taken by a deploy
+/// while the build ran would.
+struct CountingGate {
+    allowed: std::sync::atomic::AtomicUsize,
+}
+
+impl berth_control::builds::ReleaseGate for CountingGate {
+    fn admit<'a>(
+        &'a self,
+        app: &'a berth_store::AppRow,
+        spec: &'a AppSpec,
+    ) -> futures::future::BoxFuture<'a, Result<Box<dyn Send>, String>> {
+        let left =
+            self.allowed.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                n.checked_sub(1)
+            });
+        let answer = match left {
+            Ok(_) => Ok(Box::new(()) as Box<dyn Send>),
+            Err(_) => {
+                Err(format!("team {}'s quota allows 1 replicas; this would make {}", app.team, spec.replicas + 1))
+            }
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn a_release_the_gate_refuses_when_the_build_ends_fails_the_build_and_releases_nothing() {
+    let plane = plane().await;
+    plane.builds.set_release_gate(std::sync::Arc::new(CountingGate { allowed: 1.into() }));
+    let mut first = plane.start('a', "FROM scratch\nCOPY app /app\n").await;
+    assert_eq!(outcome(&mut first).await.state, BuildState::Succeeded);
+    let mut second = plane.start('b', "FROM scratch\nCOPY app /app\n").await;
+    let outcome = outcome(&mut second).await;
+    assert_eq!(outcome.state, BuildState::Failed);
+    assert!(outcome.message.contains("release refused: team main's quota allows 1 replicas"), "{}", outcome.message);
+    let releases = plane.store.releases(plane.app.id).await.unwrap();
+    assert_eq!(releases.len(), 1, "only the first build released");
+}
+
 #[tokio::test]
 async fn a_failing_build_fails_with_the_builders_error_and_releases_nothing() {
     let plane = plane().await;

@@ -3,10 +3,11 @@
 //! A quota bounds what a team's apps are declared to run: per app, its latest release that did
 //! not fail (or the spec of an app whose first build has not released yet), replicas times their
 //! CPU and memory limits. It is checked when a release is asked for, so the caller gets the
-//! reason at once, and it counts steady state only: the extra replicas of a release in progress
-//! and the replacements of a host's replicas are not counted (a team at its quota can still
-//! release and fail over). A change that does not grow a resource is always accepted, so a
-//! lowered quota never blocks scaling down.
+//! reason at once (a build: when the push or webhook starts it, and again, through
+//! [`BuildReleaseGate`], when its release is stored minutes later). It counts steady state only:
+//! the extra replicas of a release in progress and the replacements of a host's replicas are not
+//! counted (a team at its quota can still release and fail over). A change that does not grow a
+//! resource is always accepted, so a lowered quota never blocks scaling down.
 
 use berth_store::AppRow;
 use berth_wire::AppSpec;
@@ -46,20 +47,89 @@ fn add(a: ResourceUse, b: ResourceUse) -> ResourceUse {
     }
 }
 
-impl Services {
-    /// What the team's apps are declared to run; with `except`, that app's share apart.
-    async fn team_use(&self, team_id: i64, except: Option<i64>) -> Result<(ResourceUse, ResourceUse)> {
-        let (mut others, mut current) = (ResourceUse::default(), ResourceUse::default());
-        for (app_id, spec) in self.store.team_footprints(team_id).await? {
-            if Some(app_id) == except {
-                current = footprint(&spec);
-            } else {
-                others = add(others, footprint(&spec));
-            }
-        }
-        Ok((others, current))
-    }
+/// The quota check of a build's release, at the moment it is stored: a deploy or another build
+/// may have taken the room since the push was accepted. Holds the admission lock from the check
+/// until the release is stored, like every other release.
+pub(super) struct BuildReleaseGate {
+    pub(super) store: berth_store::Store,
+    pub(super) admission: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
 
+impl berth_control::builds::ReleaseGate for BuildReleaseGate {
+    fn admit<'a>(
+        &'a self,
+        app: &'a AppRow,
+        spec: &'a AppSpec,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<Box<dyn Send>, String>> {
+        Box::pin(async move {
+            let admitted = self.admission.clone().lock_owned().await;
+            check_quota(&self.store, app.team_id, &app.team, Some(app.id), spec).await.map_err(|e| e.to_string())?;
+            Ok(Box::new(admitted) as Box<dyn Send>)
+        })
+    }
+}
+
+/// What the team's apps are declared to run; with `except`, that app's share apart.
+async fn team_use(store: &berth_store::Store, team_id: i64, except: Option<i64>) -> Result<(ResourceUse, ResourceUse)> {
+    let (mut others, mut current) = (ResourceUse::default(), ResourceUse::default());
+    for (app_id, spec) in store.team_footprints(team_id).await? {
+        if Some(app_id) == except {
+            current = footprint(&spec);
+        } else {
+            others = add(others, footprint(&spec));
+        }
+    }
+    Ok((others, current))
+}
+
+/// Refuses `next` as the spec of app `app_id` (`None`: a new app) of `team` when it would
+/// take the team past a limit of its quota and grows that resource.
+async fn check_quota(
+    store: &berth_store::Store,
+    team_id: i64,
+    team: &str,
+    app_id: Option<i64>,
+    next: &AppSpec,
+) -> Result<()> {
+    let quota = store.team_quota(team_id).await?;
+    if quota == TeamQuota::default() {
+        return Ok(());
+    }
+    let (others, current) = team_use(store, team_id, app_id).await?;
+    let wanted = footprint(next);
+    // An unlimited replica would escape the quota: none may be added (an app that already
+    // runs some may keep them, shrink, or take a new image).
+    if wanted.replicas > current.replicas {
+        if quota.cpu_millis.is_some() && next.cpu_millis.is_none() {
+            return Err(invalid("cpu_millis", format!("team {team} has a CPU quota: give the app a CPU limit")));
+        }
+        if quota.memory_mb.is_some() && next.memory_mb.is_none() {
+            return Err(invalid("memory_mb", format!("team {team} has a memory quota: give the app a memory limit")));
+        }
+    }
+    let limits = [
+        ("replicas", " replicas", quota.replicas, others.replicas, current.replicas, wanted.replicas),
+        ("cpu_millis", "m of CPU", quota.cpu_millis, others.cpu_millis, current.cpu_millis, wanted.cpu_millis),
+        ("memory_mb", " MiB of memory", quota.memory_mb, others.memory_mb, current.memory_mb, wanted.memory_mb),
+    ];
+    for (field, unit, limit, others, current, wanted) in limits {
+        if let Some(max) = limit
+            && others + wanted > max
+            && wanted > current
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "team {team}'s quota allows {max}{unit}; this would make {}{unit} ({others} in its other apps)",
+                    others + wanted
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Services {
     /// Refuses `next` as the spec of app `app_id` (`None`: a new app) of `team` when it would
     /// take the team past a limit of its quota and grows that resource.
     pub(super) async fn check_quota(
@@ -69,45 +139,7 @@ impl Services {
         app_id: Option<i64>,
         next: &AppSpec,
     ) -> Result<()> {
-        let quota = self.store.team_quota(team_id).await?;
-        if quota == TeamQuota::default() {
-            return Ok(());
-        }
-        let (others, current) = self.team_use(team_id, app_id).await?;
-        let wanted = footprint(next);
-        // An unlimited replica would escape the quota: none may be added (an app that already
-        // runs some may keep them, shrink, or take a new image).
-        if wanted.replicas > current.replicas {
-            if quota.cpu_millis.is_some() && next.cpu_millis.is_none() {
-                return Err(invalid("cpu_millis", format!("team {team} has a CPU quota: give the app a CPU limit")));
-            }
-            if quota.memory_mb.is_some() && next.memory_mb.is_none() {
-                return Err(invalid(
-                    "memory_mb",
-                    format!("team {team} has a memory quota: give the app a memory limit"),
-                ));
-            }
-        }
-        let limits = [
-            ("replicas", " replicas", quota.replicas, others.replicas, current.replicas, wanted.replicas),
-            ("cpu_millis", "m of CPU", quota.cpu_millis, others.cpu_millis, current.cpu_millis, wanted.cpu_millis),
-            ("memory_mb", " MiB of memory", quota.memory_mb, others.memory_mb, current.memory_mb, wanted.memory_mb),
-        ];
-        for (field, unit, limit, others, current, wanted) in limits {
-            if let Some(max) = limit
-                && others + wanted > max
-                && wanted > current
-            {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "team {team}'s quota allows {max}{unit}; this would make {}{unit} ({others} in its other apps)",
-                        others + wanted
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_quota(&self.store, team_id, team, app_id, next).await
     }
 
     /// A build releases the app's latest spec with its new image: refused before it starts when
@@ -121,7 +153,7 @@ impl Services {
     pub async fn quota(&self, principal: &Principal, team: &str) -> Result<QuotaInfo> {
         let team_id = principal.require(team, Action::ViewApps)?;
         let quota = self.store.team_quota(team_id).await?;
-        let (used, _) = self.team_use(team_id, None).await?;
+        let (used, _) = team_use(&self.store, team_id, None).await?;
         Ok(QuotaInfo { team: team.to_string(), quota, used })
     }
 
@@ -130,7 +162,7 @@ impl Services {
         let team_id =
             self.store.team_id(team).await?.ok_or_else(|| ServiceError::NotFound(format!("team {team} not found")))?;
         self.store.set_team_quota(team_id, &quota).await?;
-        let (used, _) = self.team_use(team_id, None).await?;
+        let (used, _) = team_use(&self.store, team_id, None).await?;
         Ok(QuotaInfo { team: team.to_string(), quota, used })
     }
 
