@@ -41,6 +41,8 @@ enum Expect {
 
 struct World {
     router: axum::Router,
+    /// Shut down after its one request: hundreds of worlds' background loops would pile up.
+    orchestrator: berth_control::Orchestrator,
     token: Option<String>,
     /// The caller's own token id (for revoking one's own token).
     token_id: i64,
@@ -135,8 +137,8 @@ async fn world(caller: Caller) -> World {
     };
     let certificate_id = store.insert_certificate(certificate).await.unwrap();
 
-    let router = support::router(&dir, store, None).await;
-    World { router, token, token_id, certificate_id, _dir: dir }
+    let (router, orchestrator) = support::router_parts(&dir, store, None, Default::default()).await;
+    World { router, orchestrator, token, token_id, certificate_id, _dir: dir }
 }
 
 fn expectation(access: Access, caller: Caller, relation: TeamRelation) -> Option<Expect> {
@@ -265,6 +267,7 @@ async fn every_endpoint_every_role_every_team_relation() {
                 }
                 .unwrap();
                 let response = world.router.clone().oneshot(request).await.unwrap();
+                world.orchestrator.shutdown().await;
                 let status = response.status().as_u16();
                 checked += 1;
                 if classify(status) != expected {

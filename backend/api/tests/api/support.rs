@@ -53,6 +53,17 @@ pub async fn router_with(
     sign_in: Option<SignIn>,
     defaults: ContainerDefaults,
 ) -> Router {
+    router_parts(dir, store, sign_in, defaults).await.0
+}
+
+/// `router_with`, and its orchestrator: a test making many instances shuts each down, or their
+/// background loops (host checks every 200 ms) pile up and slow everything after them.
+pub async fn router_parts(
+    dir: &ScratchDir,
+    store: Store,
+    sign_in: Option<SignIn>,
+    defaults: ContainerDefaults,
+) -> (Router, Orchestrator) {
     let config = OrchestratorConfig {
         deploy_timeout: Duration::from_secs(600),
         drain_timeout: Duration::from_secs(1),
@@ -73,11 +84,11 @@ pub async fn router_with(
     let certs_config =
         CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) };
     let certs = Certs::start(store.clone(), ingress, orchestrator.clone(), certs_config).await.expect("certificates");
-    let mut services = Services::new(store, orchestrator, builds, certs).with_container_defaults(defaults);
+    let mut services = Services::new(store, orchestrator.clone(), builds, certs).with_container_defaults(defaults);
     if let Some(sign_in) = sign_in {
         services = services.with_sign_in(sign_in);
     }
-    http::router(AppState { services })
+    (http::router(AppState { services }), orchestrator)
 }
 
 /// A bootstrapped instance: the router and the admin's token.
