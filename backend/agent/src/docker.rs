@@ -265,7 +265,11 @@ impl ContainerRuntime for DockerRuntime {
                 false => Some(self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?),
             };
             let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
-            match self.docker.create_container(Some(options.clone()), create_body(spec, network.as_deref())).await {
+            let created = match self
+                .docker
+                .create_container(Some(options.clone()), create_body(spec, network.as_deref()))
+                .await
+            {
                 // The network went between our look and the create (removed by an operator's
                 // prune, say): made again, once.
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
@@ -273,15 +277,11 @@ impl ContainerRuntime for DockerRuntime {
                 {
                     tracing::warn!(container = %spec.name, %message, "the team network vanished; creating it again");
                     let network = self.team_network(&spec.desired.team, spec.labels.get(labels::HOST)).await?;
-                    Ok(self
-                        .docker
-                        .create_container(Some(options), create_body(spec, Some(&network)))
-                        .await
-                        .map_err(error)?
-                        .id)
+                    self.docker.create_container(Some(options), create_body(spec, Some(&network))).await
                 }
-                created => Ok(created.map_err(error)?.id),
-            }
+                created => created,
+            };
+            Ok(created.map_err(error)?.id)
         }
         .boxed()
     }

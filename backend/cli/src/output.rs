@@ -109,20 +109,21 @@ fn release_settings(release: &ReleaseInfo) -> String {
     if !constraints.is_empty() {
         lines.push(format!("on hosts with {}", constraints.join(",")));
     }
-    let mut variables: Vec<(String, String)> = spec
+    // By name, then the line shown for it.
+    let mut variables: Vec<(&String, String)> = spec
         .env
         .iter()
-        .map(|(name, value)| (name.clone(), if release.env_hidden { "(hidden)".into() } else { value.clone() }))
-        .chain(spec.secrets.keys().map(|name| (name.clone(), "(secret, set)".into())))
+        .map(|(name, value)| match release.env_hidden {
+            true => (name, format!("  {name} (hidden)")),
+            false => (name, format!("  {name}={value}")),
+        })
+        .chain(spec.secrets.keys().map(|name| (name, format!("  {name} (secret, set)"))))
         .collect();
     variables.sort();
     if variables.is_empty() {
         lines.push("no environment variables".into());
     }
-    lines.extend(variables.into_iter().map(|(name, value)| match value.starts_with('(') {
-        true => format!("  {name} {value}"),
-        false => format!("  {name}={value}"),
-    }));
+    lines.extend(variables.into_iter().map(|(_, line)| line));
     lines.join("\n")
 }
 
@@ -400,7 +401,7 @@ mod tests {
             image: "web:1".into(),
             port: 8080,
             replicas: 2,
-            env: [("LOG".to_string(), "debug".to_string())].into(),
+            env: [("LOG".to_string(), "debug".to_string()), ("MOOD".to_string(), "(sunny)".to_string())].into(),
             secrets: [("TOKEN".to_string(), String::new())].into(),
             health_path: None,
             cpu_millis: Some(250),
@@ -423,7 +424,7 @@ mod tests {
         let shown = release_settings(&release(&spec, false));
         assert_eq!(
             shown,
-            "release 3: CPU 250m, no memory limit\non hosts with region=eu\n  LOG=debug\n  TOKEN (secret, set)"
+            "release 3: CPU 250m, no memory limit\non hosts with region=eu\n  LOG=debug\n  MOOD=(sunny)\n  TOKEN (secret, set)"
         );
         // A viewer: names only.
         spec.env.insert("LOG".into(), String::new());

@@ -115,13 +115,18 @@ pub struct Builds {
 
 /// Says whether a build may release `spec` as the next release of `app` (the service layer's
 /// quota check): the build may have started minutes before, and other releases may have taken
-/// the room meanwhile. What `admit` returns is held until the release is stored.
+/// the room meanwhile.
 pub trait ReleaseGate: Send + Sync {
+    /// Taken before the secrets are held (the order every release takes) and held until the
+    /// release is stored, so nothing takes the room between the check and the release.
+    fn enter(&self) -> futures::future::BoxFuture<'_, Box<dyn Send>>;
+
+    /// Whether `spec` may be the next release of `app`; if not, why.
     fn admit<'a>(
         &'a self,
         app: &'a AppRow,
         spec: &'a berth_wire::AppSpec,
-    ) -> futures::future::BoxFuture<'a, Result<Box<dyn Send>, String>>;
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
 struct Inner {
@@ -432,18 +437,9 @@ impl Builds {
         let app = &order.app;
         let failed = |message: String| (BuildState::Failed, message);
         let store_failed = |e: berth_store::StoreError| failed(format!("database error: {e}"));
-        // Admitted (the quota) before the secrets are held, the order every release takes.
-        let admitted = match inner.gate.get() {
-            Some(gate) => {
-                let mut spec = inner
-                    .store
-                    .base_spec(app.id)
-                    .await
-                    .map_err(store_failed)?
-                    .ok_or_else(|| failed("the app has no spec to release".into()))?;
-                spec.image = row.image.clone();
-                Some(gate.admit(app, &spec).await.map_err(|why| failed(format!("release refused: {why}")))?)
-            }
+        let gate = inner.gate.get();
+        let admission = match gate {
+            Some(gate) => Some(gate.enter().await),
             None => None,
         };
         // The spec's sealed secrets are copied as they are: a key rotation waits until it is stored.
@@ -455,9 +451,12 @@ impl Builds {
             .map_err(store_failed)?
             .ok_or_else(|| failed("the app has no spec to release".into()))?;
         spec.image = row.image.clone();
+        if let Some(gate) = gate {
+            gate.admit(app, &spec).await.map_err(|why| failed(format!("release refused: {why}")))?;
+        }
         let number = inner.store.create_release(app.id, &spec, None).await.map_err(store_failed)?;
         drop(sealing);
-        drop(admitted);
+        drop(admission);
         inner.store.set_build_release(row.id, number).await.map_err(store_failed)?;
         inner.orchestrator.enqueue(app.id);
         log.push(format!("release {number} queued"));

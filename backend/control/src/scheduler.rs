@@ -67,7 +67,7 @@ pub struct Fleet<'h> {
     of_app: HashMap<i64, HashMap<usize, usize>>,
     /// Each host's position in name order (the last tie-break).
     rank: Vec<usize>,
-    /// Schedulable hosts grouped by capacity, each group ordered by room left.
+    /// Schedulable hosts grouped by capacity, each group in cells by free CPU and memory.
     groups: Vec<Group>,
     /// The group of each host (`None`: not schedulable).
     group_of: Vec<Option<usize>>,
@@ -132,8 +132,9 @@ impl Group {
         (u128::from(sum) * u128::from(cpu) * u128::from(memory) / u128::from(LEVELS)) as u64
     }
 
-    /// The most preferred host of the group that `fits`, skipping hosts `wanted` refuses.
-    fn best(&self, request: &Request, wanted: impl Fn(usize) -> bool, fits: impl Fn(usize) -> bool) -> Option<Entry> {
+    /// The most preferred host of the group that fits `request` and that `candidate` takes
+    /// (whether it fits is checked there: on a boundary level not every host does).
+    fn best(&self, request: &Request, candidate: impl Fn(usize) -> bool) -> Option<Entry> {
         let taken = self.capacity.taken(request);
         let least = self.capacity.room(taken);
         let (cpu_min, memory_min) = self.levels(taken);
@@ -147,7 +148,7 @@ impl Group {
                 continue;
             }
             // On a boundary level, hosts may lack what the request takes: checked one by one.
-            let found = hosts.range((least, 0, 0, 0)..).find(|&&(.., i)| wanted(i) && fits(i));
+            let found = hosts.range((least, 0, 0, 0)..).find(|&&(.., i)| candidate(i));
             if let Some(&entry) = found
                 && best.is_none_or(|b| entry < b)
             {
@@ -302,8 +303,9 @@ impl<'h> Fleet<'h> {
         }
         // Hosts without it: in each group, the one with the least room that still fits.
         for group in &self.groups {
-            let without_app = |i: usize| running.and_then(|r| r.get(&i)).is_none_or(|&count| count == 0);
-            if let Some((.., i)) = group.best(request, without_app, |i| self.eligible(i, request)) {
+            let candidate =
+                |i: usize| running.and_then(|r| r.get(&i)).is_none_or(|&count| count == 0) && self.eligible(i, request);
+            if let Some((.., i)) = group.best(request, candidate) {
                 consider(self.score(i, 0, request), i);
             }
         }

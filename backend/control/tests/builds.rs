@@ -163,17 +163,21 @@ struct CountingGate {
 }
 
 impl berth_control::builds::ReleaseGate for CountingGate {
+    fn enter(&self) -> futures::future::BoxFuture<'_, Box<dyn Send>> {
+        Box::pin(async { Box::new(()) as Box<dyn Send> })
+    }
+
     fn admit<'a>(
         &'a self,
         app: &'a berth_store::AppRow,
         spec: &'a AppSpec,
-    ) -> futures::future::BoxFuture<'a, Result<Box<dyn Send>, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         let left =
             self.allowed.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
                 n.checked_sub(1)
             });
         let answer = match left {
-            Ok(_) => Ok(Box::new(()) as Box<dyn Send>),
+            Ok(_) => Ok(()),
             Err(_) => {
                 Err(format!("team {}'s quota allows 1 replicas; this would make {}", app.team, spec.replicas + 1))
             }

@@ -56,15 +56,17 @@ pub(super) struct BuildReleaseGate {
 }
 
 impl berth_control::builds::ReleaseGate for BuildReleaseGate {
+    fn enter(&self) -> futures::future::BoxFuture<'_, Box<dyn Send>> {
+        Box::pin(async move { Box::new(self.admission.clone().lock_owned().await) as Box<dyn Send> })
+    }
+
     fn admit<'a>(
         &'a self,
         app: &'a AppRow,
         spec: &'a AppSpec,
-    ) -> futures::future::BoxFuture<'a, std::result::Result<Box<dyn Send>, String>> {
+    ) -> futures::future::BoxFuture<'a, std::result::Result<(), String>> {
         Box::pin(async move {
-            let admitted = self.admission.clone().lock_owned().await;
-            check_quota(&self.store, app.team_id, &app.team, Some(app.id), spec).await.map_err(|e| e.to_string())?;
-            Ok(Box::new(admitted) as Box<dyn Send>)
+            check_quota(&self.store, app.team_id, &app.team, Some(app.id), spec).await.map_err(|e| e.to_string())
         })
     }
 }

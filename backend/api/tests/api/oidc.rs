@@ -119,21 +119,30 @@ struct Claims {
     azp: Option<String>,
 }
 
+/// Whether the token request authenticates as Berth's client (HTTP Basic, as both providers take it).
+fn client_authenticated(headers: &HeaderMap) -> bool {
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+}
+
+/// The S256 PKCE challenge of `verifier`.
+fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
 async fn token(
     State(p): State<Arc<ProviderState>>,
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> impl IntoResponse {
-    let expected =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    if !client_authenticated(&headers) {
         return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" })));
     }
     let Some(grant) = p.grants.lock().unwrap().remove(&form.code) else {
         return (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_grant" })));
     };
-    let challenge =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(form.code_verifier.as_bytes()));
+    let challenge = pkce_challenge(&form.code_verifier);
     if form.grant_type != "authorization_code"
         || challenge != grant.challenge
         || form.redirect_uri != grant.redirect_uri
@@ -183,12 +192,10 @@ async fn jwks(State(p): State<Arc<ProviderState>>) -> Json<Value> {
 /// The provider, over HTTPS with a certificate from a CA of the test's own (Berth trusts it only
 /// through `SignIn::with_ca`).
 async fn start_provider() -> Arc<ProviderState> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("https://{}", listener.local_addr().unwrap());
-    let (chain, key, ca_pem) = certificate_for("127.0.0.1");
+    let https = HttpsListener::bind().await;
     let state = Arc::new(ProviderState {
-        issuer,
-        ca_pem,
+        issuer: https.url.clone(),
+        ca_pem: https.ca_pem.clone(),
         email: Mutex::new(("alice@example.com".into(), true)),
         subject: Mutex::new(None),
         audience: Mutex::new(CLIENT_ID.into()),
@@ -205,19 +212,38 @@ async fn start_provider() -> Arc<ProviderState> {
         .route("/token", post(token))
         .route("/jwks", get(jwks))
         .with_state(state.clone());
-    serve_https(listener, app, &chain, &key);
+    https.serve(app);
     state
 }
 
-/// Serves `app` on `listener` over HTTPS with the certificate `chain` and its `key` (PEM).
-fn serve_https(listener: tokio::net::TcpListener, app: Router, chain: &str, key: &str) {
-    let files = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (files.path().join("server.crt"), files.path().join("server.key"));
-    std::fs::write(&cert_file, chain).unwrap();
-    std::fs::write(&key_file, key).unwrap();
-    let acceptor = berth_api::server::tls_acceptor(&cert_file, &key_file).unwrap();
-    let limits = berth_api::server::ApiLimits::default();
-    tokio::spawn(berth_api::server::serve(listener, Some(acceptor), app, limits, std::future::pending()));
+/// A loopback listener for a provider double, with a certificate for it from a CA of the test's
+/// own: its URL, and the CA Berth is told to trust.
+struct HttpsListener {
+    listener: tokio::net::TcpListener,
+    url: String,
+    chain: String,
+    key: String,
+    ca_pem: String,
+}
+
+impl HttpsListener {
+    async fn bind() -> HttpsListener {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (chain, key, ca_pem) = certificate_for("127.0.0.1");
+        HttpsListener { listener, url, chain, key, ca_pem }
+    }
+
+    /// Serves `app` over HTTPS in the background.
+    fn serve(self, app: Router) {
+        let files = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = (files.path().join("server.crt"), files.path().join("server.key"));
+        std::fs::write(&cert_file, &self.chain).unwrap();
+        std::fs::write(&key_file, &self.key).unwrap();
+        let acceptor = berth_api::server::tls_acceptor(&cert_file, &key_file).unwrap();
+        let limits = berth_api::server::ApiLimits::default();
+        tokio::spawn(berth_api::server::serve(self.listener, Some(acceptor), app, limits, std::future::pending()));
+    }
 }
 
 /// A leaf certificate for `name` (PEM chain and key) and the CA that signed it (PEM).
@@ -517,14 +543,11 @@ async fn github_token(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> impl IntoResponse {
-    let expected =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    if !client_authenticated(&headers) {
         // GitHub answers a bad client with 200 and an error body; Berth must still refuse.
         return Json(json!({ "error": "incorrect_client_credentials" }));
     }
-    let challenge =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(form.code_verifier.as_bytes()));
+    let challenge = pkce_challenge(&form.code_verifier);
     match g.grants.lock().unwrap().remove(&form.code) {
         Some((expected, redirect)) if expected == challenge && redirect == form.redirect_uri => {}
         _ => return Json(json!({ "error": "bad_verification_code" })),
@@ -564,12 +587,10 @@ async fn github_emails(State(g): State<Arc<GitHubState>>, headers: HeaderMap) ->
 }
 
 async fn start_github() -> Arc<GitHubState> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let (chain, key, ca_pem) = certificate_for("127.0.0.1");
+    let https = HttpsListener::bind().await;
     let state = Arc::new(GitHubState {
-        url,
-        ca_pem,
+        url: https.url.clone(),
+        ca_pem: https.ca_pem.clone(),
         user_id: Mutex::new(4242),
         emails: Mutex::new(vec![("Alice@Example.com".into(), true, true)]),
         tokens: Mutex::default(),
@@ -581,7 +602,7 @@ async fn start_github() -> Arc<GitHubState> {
         .route("/api/user", get(github_user))
         .route("/api/user/emails", get(github_emails))
         .with_state(state.clone());
-    serve_https(listener, app, &chain, &key);
+    https.serve(app);
     state
 }
 
