@@ -23,6 +23,9 @@ pub(crate) struct OcspSource {
     pub(crate) request: Vec<u8>,
     /// The `CertID` asked about, without its tag and length: a response must name exactly it.
     pub(crate) cert_id: Vec<u8>,
+    /// The issuer's certificate (DER): a response must be signed by it or by a responder it
+    /// authorised.
+    pub(crate) issuer: Vec<u8>,
 }
 
 impl OcspSource {
@@ -45,7 +48,7 @@ impl OcspSource {
         // OCSPRequest { TBSRequest { requestList SEQUENCE OF Request { reqCert } } }, no nonce
         // (responders precompute responses; a nonce would defeat that).
         let request = seq(&[&seq(&[&seq(&[&seq(&[&tlv(0x30, &cert_id)])])])]);
-        Some(OcspSource { url, request, cert_id })
+        Some(OcspSource { url, request, cert_id, issuer: chain[1].as_ref().to_vec() })
     }
 }
 
@@ -102,17 +105,21 @@ pub(crate) enum OcspError {
     NotGood,
     #[error("the response is past its nextUpdate")]
     Expired,
+    #[error("the response is not signed by the certificate's issuer or a responder it authorised")]
+    BadSignature,
     #[error("fetching from the responder failed: {0}")]
     Fetch(String),
     #[error("the responder is on a private address ({0}); see --ocsp-private-responders")]
     PrivateResponder(std::net::IpAddr),
 }
 
-/// When a response may be stapled for the certificate `cert_id` names (the `CertID`'s content):
-/// its `thisUpdate` and `nextUpdate`. Its signature is for clients to check.
+/// When a response may be stapled for the certificate `source` asks about: its `thisUpdate` and
+/// `nextUpdate`. It must be signed by the issuer, or by a responder certificate it carries that the
+/// issuer signed for OCSP signing (RFC 6960 4.2.2.2): a forged or misdirected answer stapled would
+/// make clients that check refuse the site, and clients that do not check believe it.
 pub(crate) fn check_response(
     der: &[u8],
-    cert_id: &[u8],
+    source: &OcspSource,
     now: SystemTime,
 ) -> Result<(SystemTime, Option<SystemTime>), OcspError> {
     const U: Class = Class::Universal;
@@ -130,7 +137,9 @@ pub(crate) fn check_response(
         return Err(OcspError::Malformed);
     }
     let mut basic = expect(&mut bytes, U, 4)?.data;
-    let mut basic = expect(&mut basic, U, 16)?.data;
+    let basic = expect(&mut basic, U, 16)?.data;
+    verify_signature(basic, &source.issuer, now)?;
+    let mut basic = basic;
     let mut data = expect(&mut basic, U, 16)?.data;
     // [0] version (optional), then responderID ([1] byName or [2] byKey).
     if next(&mut data)?.tag() == Tag(0) {
@@ -140,7 +149,7 @@ pub(crate) fn check_response(
     let mut responses = expect(&mut data, U, 16)?.data;
     while !responses.is_empty() {
         let mut single = expect(&mut responses, U, 16)?.data;
-        if expect(&mut single, U, 16)?.data != cert_id {
+        if expect(&mut single, U, 16)?.data != source.cert_id {
             continue;
         }
         let status = next(&mut single)?;
@@ -165,6 +174,47 @@ pub(crate) fn check_response(
         return Ok((this_update, next_update));
     }
     Err(OcspError::NoMatch)
+}
+
+/// Checks the signature of a `BasicOCSPResponse` (its content: `tbsResponseData`,
+/// `signatureAlgorithm`, `signature`, `certs [0]`): by the issuer itself, or by one of `certs` that
+/// the issuer signed, marked for OCSP signing and valid `now`.
+fn verify_signature(mut basic: &[u8], issuer: &[u8], now: SystemTime) -> Result<(), OcspError> {
+    use x509_parser::asn1_rs::BitString;
+    use x509_parser::time::ASN1Time;
+    use x509_parser::verify::verify_signature;
+    use x509_parser::x509::AlgorithmIdentifier;
+
+    let before = basic;
+    next(&mut basic)?;
+    let signed = &before[..before.len() - basic.len()];
+    let (rest, algorithm) = AlgorithmIdentifier::from_der(basic).map_err(|_| OcspError::Malformed)?;
+    let (rest, signature) = BitString::from_der(rest).map_err(|_| OcspError::Malformed)?;
+    let (_, issuer) = X509Certificate::from_der(issuer).map_err(|_| OcspError::Malformed)?;
+    if verify_signature(issuer.public_key(), &algorithm, &signature, signed).is_ok() {
+        return Ok(());
+    }
+    // A delegated responder, which must come with the response.
+    let mut rest = rest;
+    let Ok(certs) = expect(&mut rest, Class::ContextSpecific, 0) else {
+        return Err(OcspError::BadSignature);
+    };
+    let mut certs = certs.data;
+    let mut certs = expect(&mut certs, Class::Universal, 16)?.data;
+    let now = ASN1Time::from_timestamp(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64)
+        .map_err(|_| OcspError::Malformed)?;
+    while !certs.is_empty() {
+        let (remaining, responder) = X509Certificate::from_der(certs).map_err(|_| OcspError::Malformed)?;
+        certs = remaining;
+        let authorised = responder.issuer().as_raw() == issuer.subject().as_raw()
+            && responder.verify_signature(Some(issuer.public_key())).is_ok()
+            && responder.validity().is_valid_at(now)
+            && responder.extended_key_usage().ok().flatten().is_some_and(|usage| usage.value.ocsp_signing);
+        if authorised && verify_signature(responder.public_key(), &algorithm, &signature, signed).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(OcspError::BadSignature)
 }
 
 fn next<'a>(input: &mut &'a [u8]) -> Result<Any<'a>, OcspError> {
@@ -246,72 +296,140 @@ pub(crate) async fn fetch(url: &str, request: &[u8], allow_private: bool) -> Res
 mod tests {
     use super::*;
 
-    /// A CA, and a leaf it signs with `serial` and an OCSP responder URL: (leaf DER, CA DER,
-    /// CA PEM, CA key PEM).
-    fn chain(serial: u64) -> (Vec<u8>, Vec<u8>, String, String) {
-        use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.distinguished_name.push(DnType::CommonName, "Berth OCSP test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let (ca_pem, ca_key_pem) = (ca.pem(), ca_key.serialize_pem());
-        let issuer = Issuer::new(ca_params, ca_key);
-        let mut params = CertificateParams::new(vec!["web.example".to_string()]).unwrap();
-        params.serial_number = Some(serial.into());
-        let access = seq(&[&seq(&[
-            &[0x06, 0x08, 0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01],
-            &tlv(0x86, b"http://127.0.0.1:9/ocsp"),
-        ])]);
-        params.custom_extensions.push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], access));
-        let leaf = params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
-        (leaf.der().to_vec(), ca.der().to_vec(), ca_pem, ca_key_pem)
+    /// A test CA: its certificate (DER and PEM), its key (PEM) and what signs with it.
+    struct Ca {
+        der: Vec<u8>,
+        pem: String,
+        key_pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     }
 
-    /// OpenSSL's OCSP responder, offline: its answer to `request` given an index line for serial
-    /// 1000 with `status` (`V` valid, `R` revoked), valid for `minutes`.
-    fn openssl_response(request: &[u8], ca_pem: &str, ca_key_pem: &str, status: &str, minutes: u32) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!("berth-ocsp-unit-{}-{status}-{minutes}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let revoked = if status == "R" { "261201000000Z" } else { "" };
-        std::fs::write(dir.join("index.txt"), format!("{status}\t491231235959Z\t{revoked}\t1000\tunknown\t/CN=web\n"))
+    impl Ca {
+        fn new() -> Ca {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "Berth OCSP test CA");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = params.self_signed(&key).unwrap();
+            let (pem, key_pem) = (ca.pem(), key.serialize_pem());
+            Ca { der: ca.der().to_vec(), pem, key_pem, issuer: Issuer::new(params, key) }
+        }
+
+        /// A leaf with `serial` that names a responder: its OCSP source.
+        fn leaf(&self, serial: u64) -> OcspSource {
+            let leaf = self.leaf_der(serial);
+            OcspSource::of(&[CertificateDer::from(leaf), CertificateDer::from(self.der.clone())]).unwrap()
+        }
+
+        fn leaf_der(&self, serial: u64) -> Vec<u8> {
+            use rcgen::{CertificateParams, CustomExtension, KeyPair};
+            let mut params = CertificateParams::new(vec!["web.example".to_string()]).unwrap();
+            params.serial_number = Some(serial.into());
+            let access = seq(&[&seq(&[
+                &[0x06, 0x08, 0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01],
+                &tlv(0x86, b"http://127.0.0.1:9/ocsp"),
+            ])]);
+            params.custom_extensions.push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], access));
+            params.signed_by(&KeyPair::generate().unwrap(), &self.issuer).unwrap().der().to_vec()
+        }
+
+        /// A delegated responder's certificate and key (PEM), marked for OCSP signing or not.
+        fn responder(&self, ocsp_signing: bool) -> (String, String) {
+            use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            if ocsp_signing {
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+
+        /// OpenSSL's OCSP responder, offline: its answer to `request` given an index line for
+        /// serial 1000 with `status` (`V` valid, `R` revoked), valid for `minutes`, signed by this
+        /// CA or by `signer` (certificate and key PEM).
+        fn answer(&self, request: &[u8], status: &str, minutes: u32, signer: Option<&(String, String)>) -> Vec<u8> {
+            let dir = std::env::temp_dir().join(format!(
+                "berth-ocsp-unit-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let revoked = if status == "R" { "261201000000Z" } else { "" };
+            std::fs::write(
+                dir.join("index.txt"),
+                format!("{status}\t491231235959Z\t{revoked}\t1000\tunknown\t/CN=web\n"),
+            )
             .unwrap();
-        std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-        std::fs::write(dir.join("ca.key"), ca_key_pem).unwrap();
-        std::fs::write(dir.join("request.der"), request).unwrap();
-        let output = std::process::Command::new("openssl")
-            .current_dir(&dir)
-            .args(["ocsp", "-index", "index.txt", "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem"])
-            .args(["-reqin", "request.der", "-respout", "response.der", "-nmin", &minutes.to_string()])
-            .output()
-            .expect("openssl is installed");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let response = std::fs::read(dir.join("response.der")).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        response
+            let (signer_pem, signer_key) = signer.map_or((&self.pem, &self.key_pem), |(cert, key)| (cert, key));
+            std::fs::write(dir.join("ca.pem"), &self.pem).unwrap();
+            std::fs::write(dir.join("signer.pem"), signer_pem).unwrap();
+            std::fs::write(dir.join("signer.key"), signer_key).unwrap();
+            std::fs::write(dir.join("request.der"), request).unwrap();
+            let output = std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args(["ocsp", "-index", "index.txt", "-rsigner", "signer.pem", "-rkey", "signer.key", "-CA", "ca.pem"])
+                .args(["-reqin", "request.der", "-respout", "response.der", "-nmin", &minutes.to_string()])
+                .output()
+                .expect("openssl is installed");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let response = std::fs::read(dir.join("response.der")).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            response
+        }
     }
 
     #[test]
     fn requests_name_the_responder_and_openssl_answers_are_checked() {
-        let (leaf, ca, ca_pem, ca_key_pem) = chain(0x1000);
-        let source = OcspSource::of(&[CertificateDer::from(leaf.clone()), CertificateDer::from(ca.clone())]).unwrap();
+        let ca = Ca::new();
+        let source = ca.leaf(0x1000);
         assert_eq!(source.url, "http://127.0.0.1:9/ocsp");
         assert!(source.cert_id.ends_with(&[0x02, 0x02, 0x10, 0x00]), "the serial ends the CertID");
         // Without its issuer in the chain there is nothing to ask.
-        assert!(OcspSource::of(&[CertificateDer::from(leaf)]).is_none());
+        assert!(OcspSource::of(&[CertificateDer::from(ca.leaf_der(0x1000))]).is_none());
 
         let now = SystemTime::now();
-        let good = openssl_response(&source.request, &ca_pem, &ca_key_pem, "V", 10);
-        let (this_update, next_update) = check_response(&good, &source.cert_id, now).unwrap();
+        let good = ca.answer(&source.request, "V", 10, None);
+        let (this_update, next_update) = check_response(&good, &source, now).unwrap();
         assert!(this_update <= now + Duration::from_secs(5));
         assert!(next_update.unwrap() > now + Duration::from_secs(500));
-        // Another issuer's certificate with the same serial is not covered.
-        let (other_leaf, other_ca, _, _) = chain(0x1000);
-        let other = OcspSource::of(&[CertificateDer::from(other_leaf), CertificateDer::from(other_ca)]).unwrap();
-        assert_eq!(check_response(&good, &other.cert_id, now), Err(OcspError::NoMatch));
-        assert_eq!(check_response(&good, &source.cert_id, now + Duration::from_secs(3600)), Err(OcspError::Expired));
-        let revoked = openssl_response(&source.request, &ca_pem, &ca_key_pem, "R", 10);
-        assert_eq!(check_response(&revoked, &source.cert_id, now), Err(OcspError::NotGood));
+        // The same issuer's certificate with another serial is not covered.
+        assert_eq!(check_response(&good, &ca.leaf(0x1001), now), Err(OcspError::NoMatch));
+        assert_eq!(check_response(&good, &source, now + Duration::from_secs(3600)), Err(OcspError::Expired));
+        let revoked = ca.answer(&source.request, "R", 10, None);
+        assert_eq!(check_response(&revoked, &source, now), Err(OcspError::NotGood));
+    }
+
+    #[test]
+    fn only_the_issuer_or_a_responder_it_authorised_may_sign() {
+        let ca = Ca::new();
+        let source = ca.leaf(0x1000);
+        let now = SystemTime::now();
+        // Another CA's answer about a certificate with the same serial, asked with the same
+        // request: right shape, wrong signer.
+        let other = Ca::new();
+        let forged = other.answer(&source.request, "V", 10, None);
+        assert_eq!(check_response(&forged, &source, now), Err(OcspError::BadSignature));
+        // A responder the issuer delegated to, with the OCSP signing usage.
+        let delegated = ca.responder(true);
+        let answer = ca.answer(&source.request, "V", 10, Some(&delegated));
+        assert!(check_response(&answer, &source, now).is_ok());
+        // Signed by the issuer but not for OCSP: any certificate holder of this CA could forge.
+        let ordinary = ca.responder(false);
+        let answer = ca.answer(&source.request, "V", 10, Some(&ordinary));
+        assert_eq!(check_response(&answer, &source, now), Err(OcspError::BadSignature));
+        // A delegated responder of another CA.
+        let stranger = other.responder(true);
+        let answer = ca.answer(&source.request, "V", 10, Some(&stranger));
+        assert_eq!(check_response(&answer, &source, now), Err(OcspError::BadSignature));
+        // A signed answer altered to cover another serial: without the signature check it would be
+        // believed for that certificate.
+        let good = ca.answer(&source.request, "V", 10, None);
+        let mut altered = good.clone();
+        let at = altered.windows(4).position(|w| w == [0x02, 0x02, 0x10, 0x00]).unwrap();
+        altered[at + 3] = 0x01;
+        assert_eq!(check_response(&altered, &ca.leaf(0x1001), now), Err(OcspError::BadSignature));
     }
 
     #[test]
@@ -346,10 +464,11 @@ mod tests {
     #[test]
     fn garbage_and_error_statuses_are_refused() {
         let now = SystemTime::now();
-        assert_eq!(check_response(b"", b"\x10", now), Err(OcspError::Malformed));
-        assert_eq!(check_response(b"\x30\x03\x0a\x01\x00", b"\x10", now), Err(OcspError::Malformed));
+        let source = Ca::new().leaf(0x1000);
+        assert_eq!(check_response(b"", &source, now), Err(OcspError::Malformed));
+        assert_eq!(check_response(b"\x30\x03\x0a\x01\x00", &source, now), Err(OcspError::Malformed));
         // OCSPResponse { responseStatus tryLater(3) }
-        assert_eq!(check_response(b"\x30\x03\x0a\x01\x03", b"\x10", now), Err(OcspError::Status(3)));
-        assert_eq!(check_response(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff], b"\x10", now), Err(OcspError::Malformed));
+        assert_eq!(check_response(b"\x30\x03\x0a\x01\x03", &source, now), Err(OcspError::Status(3)));
+        assert_eq!(check_response(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff], &source, now), Err(OcspError::Malformed));
     }
 }

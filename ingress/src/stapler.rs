@@ -3,7 +3,8 @@
 //! `status_request`) need not ask the CA themselves.
 //!
 //! - A response is stapled only if `ocsp::check_response` accepts it (successful, for exactly
-//!   this certificate, `good`, not past `nextUpdate`). Clients verify its signature.
+//!   this certificate, `good`, not past `nextUpdate`, signed by the issuer or a responder it
+//!   authorised).
 //! - It is refreshed halfway between `thisUpdate` and `nextUpdate` (at most every 12 h; hourly
 //!   without a `nextUpdate`). A failed fetch keeps the staple until its `nextUpdate` and is retried
 //!   after 1 minute, doubling to 1 hour; an expired or revoked staple is removed.
@@ -139,7 +140,7 @@ async fn round(ingress: &Ingress) -> Duration {
     for source in due {
         fetches.spawn(async move {
             let result = match fetch(&source.url, &source.request, allow_private).await {
-                Ok(der) => check_response(&der, &source.cert_id, SystemTime::now()).map(|times| (der, times)),
+                Ok(der) => check_response(&der, &source, SystemTime::now()).map(|times| (der, times)),
                 Err(error) => Err(error),
             };
             (source, result)
