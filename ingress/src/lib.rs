@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 mod config;
+mod fast;
 mod host;
 mod metrics;
 mod ocsp;
@@ -301,8 +302,13 @@ impl Ingress {
             let ingress = ingress.clone();
             async move { Ok::<_, std::convert::Infallible>(ingress.handle(req, conn).await) }
         });
+        // HTTP/1.1 starts on the fast path, which hands the connection to hyper at the first
+        // request it does not take (HTTP/2's preface included).
         let served = match tls {
-            None => builders.auto.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+            None => match self.serve_fast(stream, conn).await {
+                None => return,
+                Some(rest) => builders.auto.serve_connection_with_upgrades(TokioIo::new(rest), service).await,
+            },
             Some(acceptor) => {
                 let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -312,16 +318,22 @@ impl Ingress {
                 let builder = match stream.get_ref().1.alpn_protocol() {
                     // A validator checking the challenge certificate: the handshake was all it wanted.
                     Some(ACME_TLS_ALPN) => return,
-                    Some(b"h2") => &builders.h2,
+                    Some(b"h2") => {
+                        return log_end(
+                            builders.h2.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                            client,
+                        );
+                    }
                     Some(_) => &builders.h1,
                     None => &builders.auto,
                 };
-                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                match self.serve_fast(stream, conn).await {
+                    None => return,
+                    Some(rest) => builder.serve_connection_with_upgrades(TokioIo::new(rest), service).await,
+                }
             }
         };
-        if let Err(error) = served {
-            tracing::debug!(%error, %client, "client connection ended with an error");
-        }
+        log_end(served, client);
     }
 
     /// Counts a connection from `ip` against its cap until the guard is dropped.
@@ -334,6 +346,12 @@ impl Ingress {
         }
         *count += 1;
         Some(Admitted { ingress: self.clone(), ip })
+    }
+}
+
+fn log_end(served: Result<(), Box<dyn std::error::Error + Send + Sync>>, client: SocketAddr) {
+    if let Err(error) = served {
+        tracing::debug!(%error, %client, "client connection ended with an error");
     }
 }
 

@@ -68,7 +68,7 @@ impl ProxyError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "missing_host",
             ProxyError::DuplicateHost => "duplicate_host",
@@ -83,12 +83,12 @@ impl ProxyError {
         }
     }
 
-    fn is_upstream(&self) -> bool {
+    pub(crate) fn is_upstream(&self) -> bool {
         matches!(self, ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed | ProxyError::UpstreamTimeout)
     }
 
     /// The error page: JSON for clients that ask for it (`Accept: application/json`), else HTML.
-    fn into_response(self, json: bool) -> Response<ResponseBody> {
+    pub(crate) fn into_response(self, json: bool) -> Response<ResponseBody> {
         let status = self.status();
         let (content_type, page) = if json {
             let body = json_string(&self.to_string());
@@ -251,7 +251,7 @@ fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
 /// dropped and the next one (or a new one) is tried.
 const POOLED_READY_WAIT: Duration = Duration::from_millis(250);
 
-const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 impl Ingress {
     pub(crate) async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ResponseBody> {
@@ -477,7 +477,7 @@ impl Ingress {
 
     /// The next endpoint for `key` from the current table, skipping `tried`, counted as in flight
     /// before the table is let go (so a drain cannot miss it).
-    fn pick(&self, key: &str, tried: &[SocketAddr]) -> Option<InFlight> {
+    pub(crate) fn pick(&self, key: &str, tried: &[SocketAddr]) -> Option<InFlight> {
         self.table.load().routes.get(key)?.pick(tried)
     }
 
@@ -554,7 +554,7 @@ impl Ingress {
         Ok(Sender::H1(sender))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout)??;
@@ -635,7 +635,7 @@ fn empty_body() -> UpstreamBody {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect timed out")]
     Timeout,
     #[error(transparent)]

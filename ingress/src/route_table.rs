@@ -87,6 +87,8 @@ pub struct Endpoint {
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
     idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
+    /// Idle connections of the HTTP/1.1 fast path (`fast.rs`), which owns them directly.
+    raw_idle: Mutex<Vec<(tokio::net::TcpStream, Instant)>>,
     /// The HTTP/2 connection to an h2c endpoint, shared by all its requests.
     pub(crate) h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
@@ -97,6 +99,7 @@ impl Endpoint {
             addr,
             in_flight: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
     }
@@ -125,6 +128,27 @@ impl Endpoint {
         let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
         if idle.len() < max_pool {
             idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+impl Endpoint {
+    /// The most recently idled fast-path connection younger than `max_idle`, if any. One the app
+    /// has closed meanwhile shows when it is used (the fast path then tries a fresh one).
+    pub(crate) fn take_raw_idle(&self, max_idle: Duration) -> Option<tokio::net::TcpStream> {
+        let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < max_idle {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn put_raw_idle(&self, stream: tokio::net::TcpStream, max_pool: usize) {
+        let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
+        if idle.len() < max_pool {
+            idle.push((stream, Instant::now()));
         }
     }
 }
