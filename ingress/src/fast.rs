@@ -38,7 +38,10 @@ const MAX_REQUEST_HEADERS: usize = 64;
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// Largest response head read from an app.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Read size from apps.
 const READ_CHUNK: usize = 16 << 10;
+/// Read size from clients (request heads; bodies take the hyper path).
+const CLIENT_READ: usize = 4 << 10;
 
 /// A connection with bytes already read from it in front: what hyper is given on a hand-over.
 pub(crate) struct Rewind<S> {
@@ -52,6 +55,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.read.len().min(buf.remaining());
             buf.put_slice(&self.read[..n]);
             self.read.advance(n);
+            if self.read.is_empty() {
+                // Lets go of the fast path's buffer.
+                self.read = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -151,9 +158,11 @@ impl Ingress {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut upstream_buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut out = Vec::with_capacity(READ_CHUNK);
+        // An idle connection holds its request buffer only; the others grow with the first
+        // exchange and stay bounded (a read chunk plus a head).
+        let mut buf = BytesMut::with_capacity(CLIENT_READ);
+        let mut upstream_buf = BytesMut::new();
+        let mut out = Vec::new();
         let head_timeout = self.config.header_read_timeout;
         loop {
             // The head: a client has `header_read_timeout` for it, kept-alive idle time included.
@@ -169,7 +178,7 @@ impl Ingress {
                         Head::Partial => {}
                     }
                 }
-                buf.reserve(READ_CHUNK);
+                buf.reserve(CLIENT_READ);
                 match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                     Ok(Ok(_)) => {}
@@ -325,11 +334,31 @@ impl Ingress {
         let started = Instant::now();
         let _in_flight = plan.metrics.start();
         let first = plan.first.take().expect("BUG: a plan is dispatched once");
-        let (status, keep_alive, error) = match self.dispatch(&plan, first, upstream_buf, out).await {
+        let dispatched = self.dispatch(&plan, first, upstream_buf, out).await;
+        // Figures and the access log at the response head, as on the hyper path.
+        let (status, error) = match &dispatched {
+            Ok((_, _, answer)) => (answer.status, ""),
+            Err(error) => (error.status().as_u16(), error.code()),
+        };
+        let latency = started.elapsed();
+        plan.metrics.record(status, latency);
+        if let Some((method, path)) = &plan.log {
+            tracing::info!(
+                target: "berth::access",
+                client = %plan.conn.peer.ip(),
+                tls = plan.conn.tls,
+                host = plan.host.as_str(),
+                %method,
+                path,
+                status,
+                micros = latency.as_micros() as u64,
+                error,
+            );
+        }
+        match dispatched {
             Ok((upstream, in_flight, answer)) => {
-                let (status, framing) = (answer.status, answer.framing);
-                let relayed = relay(client, upstream, answer, upstream_buf, out).await;
-                let keep_alive = match relayed {
+                let framing = answer.framing;
+                match relay(client, upstream, answer, upstream_buf, out).await {
                     Relayed::Complete { reusable, upstream } => {
                         if let Some(upstream) = upstream.filter(|_| reusable) {
                             in_flight.0.put_raw_idle(upstream, self.config.max_idle_per_endpoint);
@@ -341,38 +370,17 @@ impl Ingress {
                         false
                     }
                     Relayed::ClientGone => false,
-                };
-                drop(in_flight);
-                (status, keep_alive, "")
+                }
             }
             Err(error) => {
                 if error.is_upstream() {
                     plan.metrics.upstream_error();
                 }
-                let code = error.code();
-                let response = error.into_response(plan.json);
-                let status = response.status().as_u16();
                 out.clear();
-                write_own_response(out, response, plan.reply);
-                let written = client.write_all(out).await.is_ok() && client.flush().await.is_ok();
-                (status, written && plan.reply.keep_alive, code)
+                write_own_response(out, error.into_response(plan.json), plan.reply);
+                client.write_all(out).await.is_ok() && client.flush().await.is_ok() && plan.reply.keep_alive
             }
-        };
-        plan.metrics.record(status, started.elapsed());
-        if let Some((method, path)) = &plan.log {
-            tracing::info!(
-                target: "berth::access",
-                client = %plan.conn.peer.ip(),
-                tls = plan.conn.tls,
-                host = plan.host.as_str(),
-                %method,
-                path,
-                status,
-                micros = started.elapsed().as_micros() as u64,
-                error,
-            );
         }
-        keep_alive
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) enum ProxyError {
 }
 
 impl ProxyError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
