@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::Ingress;
 use crate::host::parse_authority;
-use crate::proxy::{ACME_CHALLENGE_PREFIX, Conn, ProxyError, ResponseBody};
+use crate::proxy::{ACME_CHALLENGE_PREFIX, CLIENT_FORWARDING, Conn, HOP_BY_HOP, ProxyError, ResponseBody};
 use crate::route_table::{Endpoint, InFlight};
 
 /// Request headers parsed in place; a request with more goes to hyper.
@@ -573,7 +573,7 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
             put_header(out, name.as_bytes(), header.value);
             continue;
         }
-        if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        if hop_by_hop(name)
             || (reply.hsts_max_age.is_some() && name.eq_ignore_ascii_case("strict-transport-security"))
             || connection_named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
         {
@@ -780,27 +780,16 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1), never passed on (the framing is written afresh).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Forwarding headers only a trusted proxy may set (the ingress writes its own).
-const CLIENT_FORWARDING: [&str; 6] =
-    ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-original-url"];
+/// Hop-by-hop headers, `Upgrade` included (upgrades take the hyper path): never passed on, the
+/// framing is written afresh.
+fn hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case("upgrade") || HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
 
 /// Request headers not copied upstream: hop-by-hop ones, Host and X-Forwarded-For (written
 /// afresh), and from untrusted peers every forwarding header.
 fn dropped_request_header(name: &str, trusted: bool) -> bool {
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+    hop_by_hop(name)
         || name.eq_ignore_ascii_case("host")
         || name.eq_ignore_ascii_case("x-forwarded-for")
         || (!trusted

@@ -141,26 +141,23 @@ fn wants_json(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"))
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+/// Hop-by-hop headers (RFC 9110 7.6.1), except `Upgrade`, which an upgrade keeps. Shared with the
+/// fast path.
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
 ];
 
 /// Forwarding headers an untrusted client may not set: apps (Spring, Go, Rails) believe them.
-const CLIENT_FORWARDING: [HeaderName; 6] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-original-url"),
-];
+/// (`X-Forwarded-For`, `-Proto` and `-Host` are handled on their own.) Shared with the fast path.
+pub(crate) const CLIENT_FORWARDING: [&str; 6] =
+    ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-original-url"];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` (and the
 /// `Connection: upgrade` that announces it) survive when the exchange is an upgrade.
@@ -178,7 +175,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -499,7 +496,7 @@ impl Ingress {
         if !trusted {
             headers.remove(&xfp);
             headers.remove(&xfh);
-            for name in &CLIENT_FORWARDING {
+            for name in CLIENT_FORWARDING {
                 headers.remove(name);
             }
             // From an untrusted peer the list is the peer alone.

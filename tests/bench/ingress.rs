@@ -11,7 +11,10 @@
 //! - "Proxy core busy" is all of core 0 (the proxy, the kernel's network work it causes, and
 //!   whatever else runs there: Berth's control plane is pinned with its ingress). Below ~95 % the
 //!   load side (core 1) set the pace, and "req per core-s" (req/s over that busy share) is the
-//!   better comparison of what each proxy costs.
+//!   better comparison of what each proxy costs. "Load core busy" shows the other side: near 100 %
+//!   the load generator and the replicas are the limit. A proxy that idles costs the load side
+//!   more (on a VM, waking a sleeping process across cores is an interprocessor interrupt), so
+//!   req/s can favour a busier, slower proxy there.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -73,6 +76,9 @@ struct Figures {
     p99_us: f64,
     /// How busy the proxy's core was (0..1): below ~0.95 the load side, not the proxy, set the pace.
     busy: f64,
+    /// How busy the load core was (0..1): near 1 it (the load generator and the replicas), not
+    /// the proxy, set the pace.
+    load_busy: f64,
 }
 
 impl Figures {
@@ -192,11 +198,13 @@ pub async fn run() -> anyhow::Result<()> {
             for offset in 0..proxies.len() {
                 let index = (round + offset) % proxies.len();
                 let proxy = &proxies[index];
-                let before = core_jiffies(PROXY_CORE)?;
+                let (before, load_before) = (core_jiffies(PROXY_CORE)?, core_jiffies(LOAD_CORE)?);
                 let mut figures = measure(scenario, proxy, &dir)
                     .with_context(|| format!("{} through {}", scenario.title(), proxy.name))?;
-                let after = core_jiffies(PROXY_CORE)?;
+                let (after, load_after) = (core_jiffies(PROXY_CORE)?, core_jiffies(LOAD_CORE)?);
                 figures.busy = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+                figures.load_busy =
+                    (load_after.0 - load_before.0) as f64 / (load_after.1 - load_before.1).max(1) as f64;
                 println!("  round {}  {}", round + 1, row(proxy.name, &figures));
                 results[index].push(figures);
             }
@@ -233,12 +241,13 @@ pub async fn run() -> anyhow::Result<()> {
 
 fn row(name: &str, f: &Figures) -> String {
     format!(
-        "{name:<8} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   proxy core {:>3.0}% busy, {:>9.0} req per core-s",
+        "{name:<8} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   proxy core {:>3.0}% busy, {:>9.0} req per core-s   load core {:>3.0}% busy",
         f.rps,
         f.p50_us / 1000.0,
         f.p99_us / 1000.0,
         f.busy * 100.0,
-        f.per_core_second()
+        f.per_core_second(),
+        f.load_busy * 100.0
     )
 }
 
@@ -248,7 +257,13 @@ fn median(figures: &[Figures]) -> Figures {
         let mut values: Vec<u64> = figures.iter().map(|x| (f(x) * 1000.0) as u64).collect();
         quantile(&mut values, 0.5) as f64 / 1000.0
     };
-    Figures { rps: pick(|f| f.rps), p50_us: pick(|f| f.p50_us), p99_us: pick(|f| f.p99_us), busy: pick(|f| f.busy) }
+    Figures {
+        rps: pick(|f| f.rps),
+        p50_us: pick(|f| f.p50_us),
+        p99_us: pick(|f| f.p99_us),
+        busy: pick(|f| f.busy),
+        load_busy: pick(|f| f.load_busy),
+    }
 }
 
 fn measure(scenario: Scenario, proxy: &Proxy, dir: &Path) -> anyhow::Result<Figures> {
@@ -291,7 +306,7 @@ fn wrk(url: &str, headers: &[&str]) -> anyhow::Result<Figures> {
             .with_context(|| format!("wrk printed no {want} latency:\n{text}"))?;
         duration_us(line.trim())
     };
-    Ok(Figures { rps, p50_us: percentile("50%")?, p99_us: percentile("99%")?, busy: 0.0 })
+    Ok(Figures { rps, p50_us: percentile("50%")?, p99_us: percentile("99%")?, busy: 0.0, load_busy: 0.0 })
 }
 
 /// wrk's durations: `812.00us`, `1.23ms`, `2.01s`.
@@ -348,7 +363,7 @@ fn h2load(proxy: &Proxy, log: &Path) -> anyhow::Result<Figures> {
     }
     let p50 = quantile(&mut durations, 0.5) as f64;
     let p99 = quantile(&mut durations, 0.99) as f64;
-    Ok(Figures { rps, p50_us: p50, p99_us: p99, busy: 0.0 })
+    Ok(Figures { rps, p50_us: p50, p99_us: p99, busy: 0.0, load_busy: 0.0 })
 }
 
 /// nginx or HAProxy on the proxy core, HTTP and HTTPS (h2 by ALPN) to the same upstreams.
