@@ -13,7 +13,15 @@
 //!
 //! Invariants shared with the hyper path: the same hop-by-hop and forwarding-header rules, the
 //! endpoint counted in flight from the pick until the response body is sent (draining), retries
-//! only to endpoints of the table in use, and the same timeouts.
+//! only to endpoints of the table in use (and once more to the same endpoint when a pooled
+//! connection turns out closed), and the same head, connect and response-head timeouts. Like the
+//! hyper path, it has no timeout on writing to a client that stops reading.
+//!
+//! Where it is stricter than hyper: a pooled connection on which anything arrived while idle is
+//! not reused (a late second response would answer the next request); chunked bodies are checked
+//! for bare LFs and control bytes, since they pass through as they are; a body the app ends by
+//! closing is sent chunked, so a cut-off one shows as such; a response head that cannot be passed
+//! on (ambiguous framing, an unasked-for upgrade) is a 502 without asking again.
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,8 +44,8 @@ use crate::route_table::{Endpoint, InFlight};
 const MAX_REQUEST_HEADERS: usize = 64;
 /// Response headers parsed in place; an app that sends more gets a 502.
 const MAX_RESPONSE_HEADERS: usize = 128;
-/// Largest response head read from an app.
-const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Largest response head read from an app (about hyper's client buffer).
+const MAX_RESPONSE_HEAD: usize = 400 << 10;
 /// Read size from apps.
 const READ_CHUNK: usize = 16 << 10;
 /// Read size from clients (request heads; bodies take the hyper path).
@@ -125,6 +133,17 @@ enum Head {
     HandOver,
     /// More bytes are needed.
     Partial,
+    /// Complete, but larger than allowed: for hyper, which answers 431.
+    TooLarge,
+}
+
+/// How an exchange left the client connection.
+enum Ending {
+    KeepAlive,
+    /// Closed cleanly (the client or a close-delimited body asked for it).
+    Close,
+    /// Broken off (the app failed mid-body, or the client went away).
+    Abort,
 }
 
 /// How a response body ends (RFC 9112 6.3).
@@ -145,8 +164,11 @@ struct Answer {
 
 /// Why an attempt to get a response head from an app failed.
 enum AttemptError {
-    /// Nothing usable came back (closed, reset, garbage): another attempt may succeed.
+    /// The connection closed or broke before a response head: another attempt may succeed.
     Failed,
+    /// The app answered with a head the proxy does not pass on (unparsable, too large, an
+    /// unasked-for upgrade, ambiguous framing): asking again would only repeat the request.
+    Refused,
     /// No head within the response timeout.
     Timeout,
 }
@@ -158,11 +180,8 @@ impl Ingress {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // An idle connection holds its request buffer only; the others grow with the first
-        // exchange and stay bounded (a read chunk plus a head).
+        // An idle connection holds its request buffer only; the others live for one exchange.
         let mut buf = BytesMut::with_capacity(CLIENT_READ);
-        let mut upstream_buf = BytesMut::new();
-        let mut out = Vec::new();
         let head_timeout = self.config.header_read_timeout;
         loop {
             // The head: a client has `header_read_timeout` for it, kept-alive idle time included.
@@ -172,10 +191,10 @@ impl Ingress {
                     match self.plan(&buf, conn) {
                         Head::Fast(plan) => break plan,
                         Head::HandOver => return Some(Rewind { read: buf.freeze(), inner: client }),
-                        Head::Partial if buf.len() > self.config.max_header_bytes => {
+                        Head::Partial | Head::TooLarge if buf.len() > self.config.max_header_bytes => {
                             return Some(Rewind { read: buf.freeze(), inner: client });
                         }
-                        Head::Partial => {}
+                        Head::Partial | Head::TooLarge => {}
                     }
                 }
                 buf.reserve(CLIENT_READ);
@@ -185,10 +204,15 @@ impl Ingress {
                 }
             };
             buf.advance(plan.head_len);
-            let keep_alive = self.exchange(&mut client, *plan, &mut upstream_buf, &mut out).await;
-            if !keep_alive {
-                let _ = client.shutdown().await;
-                return None;
+            match self.exchange(&mut client, *plan).await {
+                Ending::KeepAlive => {}
+                Ending::Close => {
+                    let _ = client.shutdown().await;
+                    return None;
+                }
+                // Dropped without a close_notify or a clean end: the client can tell a cut-off
+                // response from a whole one.
+                Ending::Abort => return None,
             }
         }
     }
@@ -199,6 +223,7 @@ impl Ingress {
         let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len > self.config.max_header_bytes => return Head::TooLarge,
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Head::Partial,
             Err(_) => return Head::HandOver,
@@ -206,6 +231,11 @@ impl Ingress {
         let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
             return Head::HandOver;
         };
+        // Targets made of URI path and query characters only (RFC 3986 `pchar`, `/`, `?`); hyper
+        // decides about anything else (a fragment, `<`, `"`...).
+        if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@/?".contains(&b)) {
+            return Head::HandOver;
+        }
         // Idempotent methods only (RFC 9110 9.2.2): a failed attempt may be sent again.
         if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE" | "PUT" | "TRACE") || !path.starts_with('/') {
             return Head::HandOver;
@@ -216,7 +246,7 @@ impl Ingress {
         let trusted = self.config.trusts(conn.peer.ip());
         let mut host = None;
         let mut client_keep_alive = true;
-        let mut json = false;
+        let mut json = None;
         let mut forwarded_for = None;
         let mut forwarded_proto = false;
         let mut forwarded_host = false;
@@ -245,7 +275,8 @@ impl Ingress {
                     }
                 }
             } else if name.eq_ignore_ascii_case("accept") {
-                json |= header.value.windows(16).any(|w| w == b"application/json");
+                // The first Accept header decides, as `wants_json` on the hyper path.
+                json.get_or_insert_with(|| header.value.windows(16).any(|w| w == b"application/json"));
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
                 if forwarded_for.replace(header.value).is_some() {
                     return Head::HandOver;
@@ -318,7 +349,7 @@ impl Ingress {
                 keep_alive: client_keep_alive,
                 hsts_max_age: hsts_max_age.filter(|_| conn.tls),
             },
-            json,
+            json: json.unwrap_or(false),
             metrics,
             first: Some(first),
             log,
@@ -327,14 +358,15 @@ impl Ingress {
 
     /// One request: sent to the planned endpoint (or others, on failure), its response passed
     /// back. Returns whether the client connection may serve another request.
-    async fn exchange<S>(&self, client: &mut S, mut plan: Plan, upstream_buf: &mut BytesMut, out: &mut Vec<u8>) -> bool
+    async fn exchange<S>(&self, client: &mut S, mut plan: Plan) -> Ending
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
         let _in_flight = plan.metrics.start();
         let first = plan.first.take().expect("BUG: a plan is dispatched once");
-        let dispatched = self.dispatch(&plan, first, upstream_buf, out).await;
+        let (mut upstream_buf, mut out) = (BytesMut::new(), Vec::new());
+        let dispatched = self.dispatch(&plan, first, &mut upstream_buf, &mut out).await;
         // Figures and the access log at the response head, as on the hyper path.
         let (status, error) = match &dispatched {
             Ok((_, _, answer)) => (answer.status, ""),
@@ -355,30 +387,29 @@ impl Ingress {
                 error,
             );
         }
+        let close = if plan.reply.keep_alive { Ending::KeepAlive } else { Ending::Close };
         match dispatched {
             Ok((upstream, in_flight, answer)) => {
-                let framing = answer.framing;
-                match relay(client, upstream, answer, upstream_buf, out).await {
+                match relay(client, upstream, answer, &mut upstream_buf, &mut out).await {
                     Relayed::Complete { reusable, upstream } => {
                         if let Some(upstream) = upstream.filter(|_| reusable) {
                             in_flight.0.put_raw_idle(upstream, self.config.max_idle_per_endpoint);
                         }
-                        plan.reply.keep_alive && framing != Framing::UntilClose
+                        close
                     }
                     Relayed::UpstreamBroke => {
                         plan.metrics.upstream_error();
-                        false
+                        Ending::Abort
                     }
-                    Relayed::ClientGone => false,
+                    Relayed::ClientGone => Ending::Abort,
                 }
             }
             Err(error) => {
                 if error.is_upstream() {
                     plan.metrics.upstream_error();
                 }
-                out.clear();
-                write_own_response(out, error.into_response(plan.json), plan.reply);
-                client.write_all(out).await.is_ok() && client.flush().await.is_ok() && plan.reply.keep_alive
+                write_own_response(&mut out, error.into_response(plan.json), plan.reply);
+                if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() { close } else { Ending::Abort }
             }
         }
     }
@@ -412,6 +443,7 @@ impl Ingress {
                 Ok(mut stream) => match self.attempt(&mut stream, plan, upstream_buf, out).await {
                     Ok(answer) => return Ok((stream, candidate, answer)),
                     Err(AttemptError::Timeout) => return Err(ProxyError::UpstreamTimeout),
+                    Err(AttemptError::Refused) => return Err(ProxyError::UpstreamFailed),
                     // The app may have closed an idle connection as it was taken: once more on a
                     // fresh one before giving the endpoint up.
                     Err(AttemptError::Failed) if reused => {
@@ -462,10 +494,10 @@ impl Ingress {
                         continue;
                     }
                     ResponseHead::Partial if upstream_buf.len() > MAX_RESPONSE_HEAD => {
-                        return Err(AttemptError::Failed);
+                        return Err(AttemptError::Refused);
                     }
                     ResponseHead::Partial => {}
-                    ResponseHead::Malformed => return Err(AttemptError::Failed),
+                    ResponseHead::Malformed => return Err(AttemptError::Refused),
                 }
             }
             upstream_buf.reserve(READ_CHUNK);
@@ -515,7 +547,13 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
     for header in response.headers.iter() {
         let (name, value) = (header.name, header.value);
         if name.eq_ignore_ascii_case("content-length") {
-            let Some(parsed) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+            // Digits only (`+5` parses as a number but is not a length); passed on as written.
+            let digits = value.trim_ascii();
+            let parsed = match std::str::from_utf8(digits) {
+                Ok(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text.parse::<u64>().ok(),
+                _ => None,
+            };
+            let Some(parsed) = parsed else {
                 return ResponseHead::Malformed;
             };
             if length.replace(parsed).is_some_and(|earlier| earlier != parsed) {
@@ -584,7 +622,17 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
     if let Some(max_age) = reply.hsts_max_age {
         out.extend_from_slice(format!("strict-transport-security: max-age={max_age}\r\n").as_bytes());
     }
-    if !reply.keep_alive || framing == Framing::UntilClose {
+    if framing == Framing::UntilClose {
+        // Sent on chunked, so the client can tell a body cut off by a failure from a whole one and
+        // keep its connection; codings the app applied (`gzip`) are named before it.
+        out.extend_from_slice(b"transfer-encoding: ");
+        for header in response.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+            out.extend_from_slice(header.value);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"chunked\r\n");
+    }
+    if !reply.keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -628,9 +676,15 @@ where
             },
             Framing::UntilClose => upstream_buf.len(),
         };
-        out.extend_from_slice(&upstream_buf[..take]);
+        if answer.framing == Framing::UntilClose && take > 0 {
+            out.extend_from_slice(format!("{take:x}\r\n").as_bytes());
+            out.extend_from_slice(&upstream_buf[..take]);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&upstream_buf[..take]);
+        }
         upstream_buf.advance(take);
-        if answer.framing != Framing::UntilClose && answer.framing != Framing::Chunked {
+        if let Framing::Length(_) = answer.framing {
             remaining -= take as u64;
         }
         let done = match answer.framing {
@@ -638,16 +692,15 @@ where
             Framing::Chunked => chunks.done(),
             Framing::UntilClose => false,
         };
+        // Flushed every time: over TLS a write may leave records buffered, and a streamed
+        // response (server-sent events) must not wait for the app's next piece.
         if !out.is_empty() {
-            if client.write_all(out).await.is_err() {
+            if client.write_all(out).await.is_err() || client.flush().await.is_err() {
                 return Relayed::ClientGone;
             }
             out.clear();
         }
         if done {
-            if client.flush().await.is_err() {
-                return Relayed::ClientGone;
-            }
             // Bytes past the end of the response: the app is confused; its connection is not
             // used again.
             let reusable = answer.reusable && upstream_buf.is_empty();
@@ -657,7 +710,7 @@ where
         upstream_buf.reserve(READ_CHUNK);
         match upstream.read_buf(upstream_buf).await {
             Ok(0) if answer.framing == Framing::UntilClose => {
-                if client.flush().await.is_err() {
+                if client.write_all(b"0\r\n\r\n").await.is_err() || client.flush().await.is_err() {
                     return Relayed::ClientGone;
                 }
                 return Relayed::Complete { reusable: false, upstream: None };
@@ -733,8 +786,8 @@ impl Chunked {
                 },
                 Extension { size } => match byte {
                     b'\r' => SizeLf { size },
-                    b'\n' => return Err(()),
-                    _ => Extension { size },
+                    _ if field_byte(byte) => Extension { size },
+                    _ => return Err(()),
                 },
                 SizeLf { size } => match byte {
                     b'\n' if size == 0 => TrailerStart,
@@ -743,13 +796,17 @@ impl Chunked {
                 },
                 DataCr => (byte == b'\r').then_some(DataLf).ok_or(())?,
                 DataLf => (byte == b'\n').then_some(Start).ok_or(())?,
+                // A bare LF ends nothing here: a client that takes it as a line end would read
+                // what follows as another response.
                 TrailerStart => match byte {
                     b'\r' => TrailerLf { empty: true },
-                    _ => Trailer,
+                    _ if field_byte(byte) => Trailer,
+                    _ => return Err(()),
                 },
                 Trailer => match byte {
                     b'\r' => TrailerLf { empty: false },
-                    _ => Trailer,
+                    _ if field_byte(byte) => Trailer,
+                    _ => return Err(()),
                 },
                 TrailerLf { empty } => match byte {
                     b'\n' if empty => Done,
@@ -761,6 +818,12 @@ impl Chunked {
         }
         Ok(i)
     }
+}
+
+/// A byte that may appear in a chunk extension or a trailer line: visible, space, tab or
+/// obs-text; no control byte (LF, NUL, DEL...).
+fn field_byte(byte: u8) -> bool {
+    byte == b'\t' || (0x20..0x7f).contains(&byte) || byte >= 0x80
 }
 
 fn hex(byte: u8) -> Option<u64> {
@@ -874,7 +937,19 @@ mod tests {
 
     #[test]
     fn malformed_chunk_framing_is_refused() {
-        for bad in [&b"g\r\n"[..], b"5\r\nhelloX", b"5\n", b"11111111111111111\r\n", b"5;x\n", b"0\r\n\r\r"] {
+        for bad in [
+            &b"g\r\n"[..],
+            b"5\r\nhelloX",
+            b"5\n",
+            b"11111111111111111\r\n",
+            b"5;x\n",
+            b"5;x\x00\r\n",
+            b"0\r\n\r\r",
+            // A bare LF after the last chunk, then what would be read as a second response.
+            b"0\r\n\nHTTP/1.1 200 OK\r\n",
+            b"0\r\nx-a: 1\n\r\n",
+            b"0\r\nx-a: \x7f\r\n\r\n",
+        ] {
             assert_eq!(Chunked::default().feed(bad), Err(()), "{}", String::from_utf8_lossy(bad));
         }
     }
@@ -923,11 +998,14 @@ mod tests {
             ResponseHead::Malformed
         ));
         assert!(matches!(rewrite(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", keep).0, ResponseHead::Malformed));
-        // No length: the body runs to the app's close, and so does the client's connection.
+        // No length: the body runs to the app's close, and reaches the client chunked, after the
+        // app's own coding.
         let (head, out) = rewrite(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", keep);
         let ResponseHead::Final(_, answer) = head else { panic!("a final head") };
         assert_eq!((answer.framing, answer.reusable), (Framing::UntilClose, false));
-        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
+        let (_, out) = rewrite(b"HTTP/1.1 200 OK\r\n\r\n", Reply { keep_alive: false, ..keep });
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
         let (head, out) = rewrite(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", keep);
         assert!(matches!(head, ResponseHead::Final(_, Answer { framing: Framing::Chunked, .. })));
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");

@@ -14,6 +14,8 @@ use x509_parser::prelude::{GeneralName, ParsedExtension, X509Certificate};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// How long a response that names no `nextUpdate` is taken for.
+const MAX_AGE_WITHOUT_NEXT_UPDATE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where and how to ask about one certificate.
 #[derive(Debug)]
@@ -35,7 +37,11 @@ impl OcspSource {
         let (_, leaf) = X509Certificate::from_der(chain.first()?.as_ref()).ok()?;
         let url = responder_url(&leaf)?;
         let (_, issuer) = X509Certificate::from_der(chain.get(1)?.as_ref()).ok()?;
-        if issuer.subject().as_raw() != leaf.issuer().as_raw() {
+        // The issuer by its signature on the leaf, not only by name: its key is what a response
+        // must be signed by.
+        if issuer.subject().as_raw() != leaf.issuer().as_raw()
+            || leaf.verify_signature(Some(issuer.public_key())).is_err()
+        {
             return None;
         }
         let name_hash = sha1(leaf.issuer().as_raw());
@@ -103,8 +109,10 @@ pub(crate) enum OcspError {
     NoMatch,
     #[error("the certificate's status is not good (revoked or unknown)")]
     NotGood,
-    #[error("the response is past its nextUpdate")]
+    #[error("the response is past its nextUpdate (or, naming none, more than a week old)")]
     Expired,
+    #[error("the response is older than the one stapled")]
+    Older,
     #[error("the response is not signed by the certificate's issuer or a responder it authorised")]
     BadSignature,
     #[error("fetching from the responder failed: {0}")]
@@ -168,7 +176,10 @@ pub(crate) fn check_response(
         if this_update > now + Duration::from_secs(300) {
             return Err(OcspError::Malformed);
         }
-        if next_update.is_some_and(|next| next <= now) {
+        // Without a nextUpdate a signed "good" would be believable forever, replayed after a
+        // revocation: a week is the most it is taken for.
+        let valid_until = next_update.unwrap_or(this_update + MAX_AGE_WITHOUT_NEXT_UPDATE);
+        if valid_until <= now {
             return Err(OcspError::Expired);
         }
         return Ok((this_update, next_update));
@@ -336,8 +347,14 @@ mod tests {
 
         /// A delegated responder's certificate and key (PEM), marked for OCSP signing or not.
         fn responder(&self, ocsp_signing: bool) -> (String, String) {
+            self.responder_until(ocsp_signing, time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        }
+
+        fn responder_until(&self, ocsp_signing: bool, not_after: time::OffsetDateTime) -> (String, String) {
             use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.not_before = not_after - time::Duration::days(60);
+            params.not_after = not_after;
             if ocsp_signing {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
             }
@@ -347,7 +364,8 @@ mod tests {
         }
 
         /// OpenSSL's OCSP responder, offline: its answer to `request` given an index line for
-        /// serial 1000 with `status` (`V` valid, `R` revoked), valid for `minutes`, signed by this
+        /// serial 1000 with `status` (`V` valid, `R` revoked), valid for `minutes` (0: no
+        /// `nextUpdate`), signed by this
         /// CA or by `signer` (certificate and key PEM).
         fn answer(&self, request: &[u8], status: &str, minutes: u32, signer: Option<&(String, String)>) -> Vec<u8> {
             let dir = std::env::temp_dir().join(format!(
@@ -370,7 +388,8 @@ mod tests {
             let output = std::process::Command::new("openssl")
                 .current_dir(&dir)
                 .args(["ocsp", "-index", "index.txt", "-rsigner", "signer.pem", "-rkey", "signer.key", "-CA", "ca.pem"])
-                .args(["-reqin", "request.der", "-respout", "response.der", "-nmin", &minutes.to_string()])
+                .args(["-reqin", "request.der", "-respout", "response.der"])
+                .args(if minutes > 0 { vec!["-nmin".to_string(), minutes.to_string()] } else { Vec::new() })
                 .output()
                 .expect("openssl is installed");
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -399,6 +418,11 @@ mod tests {
         assert_eq!(check_response(&good, &source, now + Duration::from_secs(3600)), Err(OcspError::Expired));
         let revoked = ca.answer(&source.request, "R", 10, None);
         assert_eq!(check_response(&revoked, &source, now), Err(OcspError::NotGood));
+        // Without a nextUpdate (0 minutes: none given) an answer is taken for a week, no longer.
+        let open_ended = ca.answer(&source.request, "V", 0, None);
+        assert_eq!(check_response(&open_ended, &source, now).unwrap().1, None);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(check_response(&open_ended, &source, now + week + Duration::from_secs(60)), Err(OcspError::Expired));
     }
 
     #[test]
@@ -418,6 +442,10 @@ mod tests {
         // Signed by the issuer but not for OCSP: any certificate holder of this CA could forge.
         let ordinary = ca.responder(false);
         let answer = ca.answer(&source.request, "V", 10, Some(&ordinary));
+        assert_eq!(check_response(&answer, &source, now), Err(OcspError::BadSignature));
+        // A delegated responder whose certificate has expired.
+        let expired = ca.responder_until(true, time::OffsetDateTime::now_utc() - time::Duration::days(1));
+        let answer = ca.answer(&source.request, "V", 10, Some(&expired));
         assert_eq!(check_response(&answer, &source, now), Err(OcspError::BadSignature));
         // A delegated responder of another CA.
         let stranger = other.responder(true);

@@ -133,12 +133,16 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// The most recently idled fast-path connection younger than `max_idle`, if any. One the app
-    /// has closed meanwhile shows when it is used (the fast path then tries a fresh one).
+    /// The most recently idled fast-path connection younger than `max_idle` on which nothing has
+    /// arrived since: one the app closed, or sent stray bytes on (a late second response would
+    /// answer the next request), is dropped. One the app closes just as it is taken shows when it
+    /// is used (the fast path then tries a fresh one).
     pub(crate) fn take_raw_idle(&self, max_idle: Duration) -> Option<tokio::net::TcpStream> {
         let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < max_idle {
+            if since.elapsed() < max_idle
+                && matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
                 return Some(stream);
             }
         }

@@ -31,6 +31,7 @@ const MAX_REFRESH: Duration = Duration::from_secs(12 * 3600);
 /// A response being stapled.
 struct Staple {
     der: Vec<u8>,
+    this_update: SystemTime,
     next_update: Option<SystemTime>,
     refresh_at: SystemTime,
 }
@@ -152,6 +153,12 @@ async fn round(ingress: &Ingress) -> Duration {
     let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
     for (source, result) in results {
         let state = states.entry(source.request.clone()).or_default();
+        // An answer older than the one stapled is a replay (the fetch is plain HTTP): a "good"
+        // from before a revocation must not replace what came after it.
+        let result = result.and_then(|(der, (this_update, next_update))| match &state.staple {
+            Some(stapled) if this_update < stapled.this_update => Err(OcspError::Older),
+            _ => Ok((der, (this_update, next_update))),
+        });
         match result {
             Ok((der, (this_update, next_update))) => {
                 // Halfway to nextUpdate, at most every 12 h and at least a minute apart, and
@@ -163,7 +170,7 @@ async fn round(ingress: &Ingress) -> Duration {
                 let refresh_at = half.min(now + MAX_REFRESH).max(now + Duration::from_secs(60));
                 let refresh_at = next_update.map_or(refresh_at, |next| refresh_at.min(next));
                 tracing::debug!(url = %source.url, "stapling a fresh OCSP response");
-                state.staple = Some(Staple { der, next_update, refresh_at });
+                state.staple = Some(Staple { der, this_update, next_update, refresh_at });
                 state.retry_at = None;
                 state.failures = 0;
             }

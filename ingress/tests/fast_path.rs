@@ -17,9 +17,21 @@ struct Seen {
     connections: usize,
 }
 
-/// An app that answers each request with `answer(head)`: the response bytes, and whether to close
-/// the connection afterwards (without saying so). Request bodies are read by `Content-Length`.
-async fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Arc<Mutex<Seen>>) {
+/// What a scripted app does with a request: the bytes it answers, then bytes it sends a little
+/// later unasked (if any), and whether it then closes the connection (without saying so).
+struct Script {
+    answer: Vec<u8>,
+    later: Option<Vec<u8>>,
+    close: bool,
+}
+
+fn answer(bytes: &[u8]) -> Script {
+    Script { answer: bytes.to_vec(), later: None, close: false }
+}
+
+/// An app that answers the `n`th request on a connection (from 0) with `script(head, n)`.
+/// Request bodies are read by `Content-Length`.
+async fn scripted(script: fn(&str, usize) -> Script) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -31,6 +43,7 @@ async fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Arc<Mutex
             let record = record.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut answered = 0;
                 loop {
                     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                         let mut chunk = [0u8; 4096];
@@ -57,8 +70,16 @@ async fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Arc<Mutex
                     }
                     buf.drain(..end + 4 + length);
                     record.lock().unwrap().heads.push(head.clone());
-                    let (response, close) = answer(&head);
-                    if stream.write_all(&response).await.is_err() || close {
+                    let Script { answer, later, close } = script(&head, answered);
+                    answered += 1;
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    if let Some(later) = later {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = stream.write_all(&later).await;
+                    }
+                    if close {
                         return;
                     }
                 }
@@ -122,9 +143,9 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_request: 
 
 #[tokio::test]
 async fn a_kept_alive_pipelined_connection_moves_to_hyper_at_a_request_with_a_body_and_keeps_its_order() {
-    let (app, seen) = scripted(|head| {
+    let (app, seen) = scripted(|head, _| {
         let line = head.lines().next().unwrap().to_string();
-        (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{line}", line.len()).into_bytes(), false)
+        answer(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{line}", line.len()).as_bytes())
     })
     .await;
     let addr = ingress(IngressConfig::default(), "web.localhost", app).await;
@@ -150,7 +171,7 @@ async fn a_kept_alive_pipelined_connection_moves_to_hyper_at_a_request_with_a_bo
 
 #[tokio::test]
 async fn chunked_close_delimited_and_bodiless_responses_pass_through_whole() {
-    let (app, _) = scripted(|head| {
+    let (app, seen) = scripted(|head, _| {
         let path = head.split(' ').nth(1).unwrap();
         match path {
             "/chunked" => {
@@ -164,14 +185,20 @@ async fn chunked_close_delimited_and_bodiless_responses_pass_through_whole() {
                     body.extend_from_slice(b"\r\n");
                 }
                 body.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
-                (body, false)
+                answer(&body)
             }
-            "/close" => (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the app closes".to_vec(), true),
-            "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(), false),
+            "/close" => Script {
+                close: true,
+                ..answer(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the app closes")
+            },
+            "/head" => answer(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
             "/smuggle" => {
-                (b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), false)
+                answer(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
             }
-            _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(), false),
+            "/lf-trailer" => {
+                answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\nHTTP/1.1 200 OK\r\n\r\n")
+            }
+            _ => answer(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
         }
     })
     .await;
@@ -194,7 +221,8 @@ async fn chunked_close_delimited_and_bodiless_responses_pass_through_whole() {
     assert_eq!(status, 200);
     assert!(head.contains("content-length: 1000"), "{head}");
 
-    // A response with both framings is refused: a 502, and the connection stays usable.
+    // A response with both framings is refused with a 502, and not asked for again (the
+    // connection stays usable).
     stream
         .write_all(b"GET /smuggle HTTP/1.1\r\nhost: web.localhost\r\naccept: application/json\r\n\r\n")
         .await
@@ -202,44 +230,60 @@ async fn chunked_close_delimited_and_bodiless_responses_pass_through_whole() {
     let (status, head, body) = read_response(&mut stream, &mut buf, false).await;
     assert_eq!(status, 502, "{head}");
     assert!(String::from_utf8_lossy(&body).contains("upstream_failed"));
+    let asked = seen.lock().unwrap().heads.iter().filter(|h| h.contains("/smuggle")).count();
+    assert_eq!(asked, 1, "a refused response is not asked for again");
 
-    // A body that ends with the app's connection ends the client's too.
+    // A body that ends with the app's connection reaches the client chunked, so the client can
+    // tell it whole from cut off, and keeps its connection.
     stream.write_all(b"GET /close HTTP/1.1\r\nhost: web.localhost\r\n\r\n").await.unwrap();
     let (status, head, body) = read_response(&mut stream, &mut buf, false).await;
-    assert_eq!((status, body.as_slice()), (200, &b"until the app closes"[..]));
-    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!((status, body.as_slice()), (200, &b"14\r\nuntil the app closes\r\n0\r\n\r\n"[..]));
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("connection: close"), "{head}");
+
+    // A chunked body whose trailer section ends in a bare LF is not passed on: what follows it
+    // would read as a second response to a lenient client. The connection is broken off.
+    stream.write_all(b"GET /lf-trailer HTTP/1.1\r\nhost: web.localhost\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(!rest.contains("0\r\n\n") && !rest.contains("HTTP/1.1 200 OK\r\n\r\n"), "{rest:?}");
 }
 
 #[tokio::test]
-async fn an_idle_connection_the_app_closed_is_replaced_without_an_error() {
-    // The app closes after each response without saying so: the ingress pools the connection,
-    // finds it closed on the next request and sends that on a fresh one.
-    let (app, seen) = scripted(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), true)).await;
+async fn pooled_connections_are_reused_but_not_once_the_app_closed_or_spoke_out_of_turn() {
+    // The app closes every connection after its second response, without saying so; after `/s1`
+    // it sends a stray response 20 ms after the real one.
+    let (app, seen) = scripted(|head, n| {
+        let path = head.split(' ').nth(1).unwrap().to_string();
+        let body = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", &path[1..3]);
+        let stray = (path == "/s1").then(|| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nXX".to_vec());
+        Script { answer: body.into_bytes(), later: stray, close: n == 1 }
+    })
+    .await;
     let addr = ingress(IngressConfig::default(), "web.localhost", app).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
-    for _ in 0..3 {
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: web.localhost\r\n\r\n").await.unwrap();
+    for path in ["/a1", "/a2", "/b1", "/b2", "/s1", "/c1"] {
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: web.localhost\r\n\r\n").as_bytes()).await.unwrap();
         let (status, _, body) = read_response(&mut stream, &mut buf, false).await;
-        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+        assert_eq!((status, String::from_utf8(body).unwrap()), (200, path[1..3].to_string()));
+        // Lets the app's close or stray bytes arrive before the next request takes the connection.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = seen.lock().unwrap();
-    assert_eq!(
-        (seen.heads.len(), seen.connections),
-        (3, 3),
-        "each request reached the app once, on its own connection"
-    );
+    assert_eq!(seen.heads.len(), 6, "each request reached the app once");
+    // a1 a2 | b1 b2 | s1 (then the stray bytes) | c1
+    assert_eq!(seen.connections, 4, "two requests per connection, and none after stray bytes");
 }
 
 #[tokio::test]
 async fn forwarding_headers_from_untrusted_clients_are_replaced_and_from_trusted_ones_extended() {
-    let answer: fn(&str) -> (Vec<u8>, bool) = |_| (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false);
+    let script: fn(&str, usize) -> Script = |_, _| answer(b"HTTP/1.1 204 No Content\r\n\r\n");
     let request = b"GET /x?y=1 HTTP/1.1\r\nHost: Web.Localhost:8080\r\nX-Forwarded-For: 6.6.6.6\r\n\
         Forwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nConnection: keep-alive\r\n\
         Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Custom: kept\r\n\r\n";
     let head_seen = |config: IngressConfig| async move {
-        let (app, seen) = scripted(answer).await;
+        let (app, seen) = scripted(script).await;
         let addr = ingress(config, "web.localhost", app).await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request).await.unwrap();
