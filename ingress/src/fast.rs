@@ -402,6 +402,16 @@ impl Ingress {
                         Ending::Abort
                     }
                     Relayed::ClientGone => Ending::Abort,
+                    Relayed::Unsendable => {
+                        plan.metrics.upstream_error();
+                        out.clear();
+                        write_own_response(&mut out, ProxyError::UpstreamFailed.into_response(plan.json), plan.reply);
+                        if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() {
+                            close
+                        } else {
+                            Ending::Abort
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -560,8 +570,17 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
                 return ResponseHead::Malformed;
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
-            transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            // `chunked` may only be the final coding (RFC 9112 6.1): after it, in this header or a
+            // later one, nothing can frame the body.
+            if transfer_encoding == Some(true) {
+                return ResponseHead::Malformed;
+            }
+            let codings: Vec<&[u8]> = value.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
+            let chunked_at = codings.iter().position(|c| c.eq_ignore_ascii_case(b"chunked"));
+            if chunked_at.is_some_and(|at| at + 1 != codings.len()) {
+                return ResponseHead::Malformed;
+            }
+            transfer_encoding = Some(chunked_at.is_some());
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -645,6 +664,8 @@ enum Relayed {
     Complete { reusable: bool, upstream: Option<TcpStream> },
     /// The app's side ended early or sent a malformed body: the client connection is closed.
     UpstreamBroke,
+    /// The body was malformed from its first bytes, before anything reached the client.
+    Unsendable,
     /// The client could not be written to.
     ClientGone,
 }
@@ -666,12 +687,14 @@ where
         _ => u64::MAX,
     };
     let mut chunks = Chunked::default();
+    let mut sent = false;
     loop {
         // Take what belongs to this body from what has been read.
         let take = match answer.framing {
             Framing::Length(_) => (upstream_buf.len() as u64).min(remaining) as usize,
             Framing::Chunked => match chunks.feed(upstream_buf) {
                 Ok(n) => n,
+                Err(()) if !sent => return Relayed::Unsendable,
                 Err(()) => return Relayed::UpstreamBroke,
             },
             Framing::UntilClose => upstream_buf.len(),
@@ -699,6 +722,7 @@ where
                 return Relayed::ClientGone;
             }
             out.clear();
+            sent = true;
         }
         if done {
             // Bytes past the end of the response: the app is confused; its connection is not
@@ -737,6 +761,10 @@ enum ChunkState {
         size: u64,
         digits: u8,
     },
+    /// Whitespace after the size.
+    SizeSpace {
+        size: u64,
+    },
     /// Past the size: extensions (skipped) until CR.
     Extension {
         size: u64,
@@ -751,7 +779,9 @@ enum ChunkState {
     DataLf,
     /// After the last chunk: trailer lines until an empty one.
     TrailerStart,
-    Trailer,
+    Trailer {
+        colon: bool,
+    },
     TrailerLf {
         empty: bool,
     },
@@ -781,7 +811,15 @@ impl Chunked {
                 Size { size, digits } => match (byte, hex(byte)) {
                     (_, Some(value)) if digits < 16 => Size { size: size << 4 | value, digits: digits + 1 },
                     (b'\r', _) => SizeLf { size },
-                    (b';' | b' ' | b'\t', _) => Extension { size },
+                    (b';', _) => Extension { size },
+                    (b' ' | b'\t', _) => SizeSpace { size },
+                    _ => return Err(()),
+                },
+                // Whitespace after the size leads only to an extension or the line's end.
+                SizeSpace { size } => match byte {
+                    b' ' | b'\t' => SizeSpace { size },
+                    b';' => Extension { size },
+                    b'\r' => SizeLf { size },
                     _ => return Err(()),
                 },
                 Extension { size } => match byte {
@@ -798,14 +836,17 @@ impl Chunked {
                 DataLf => (byte == b'\n').then_some(Start).ok_or(())?,
                 // A bare LF ends nothing here: a client that takes it as a line end would read
                 // what follows as another response.
+                // A trailer line is `name: value`: no leading whitespace (obsolete folding).
                 TrailerStart => match byte {
                     b'\r' => TrailerLf { empty: true },
-                    _ if field_byte(byte) => Trailer,
+                    b' ' | b'\t' | b':' => return Err(()),
+                    _ if field_byte(byte) => Trailer { colon: false },
                     _ => return Err(()),
                 },
-                Trailer => match byte {
-                    b'\r' => TrailerLf { empty: false },
-                    _ if field_byte(byte) => Trailer,
+                Trailer { colon } => match byte {
+                    b'\r' if colon => TrailerLf { empty: false },
+                    b':' => Trailer { colon: true },
+                    _ if field_byte(byte) => Trailer { colon },
                     _ => return Err(()),
                 },
                 TrailerLf { empty } => match byte {
@@ -949,6 +990,10 @@ mod tests {
             b"0\r\n\nHTTP/1.1 200 OK\r\n",
             b"0\r\nx-a: 1\n\r\n",
             b"0\r\nx-a: \x7f\r\n\r\n",
+            b"5 6\r\n",
+            b"5 junk\r\n",
+            b"0\r\n folded\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
         ] {
             assert_eq!(Chunked::default().feed(bad), Err(()), "{}", String::from_utf8_lossy(bad));
         }
@@ -998,6 +1043,14 @@ mod tests {
             ResponseHead::Malformed
         ));
         assert!(matches!(rewrite(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", keep).0, ResponseHead::Malformed));
+        assert!(matches!(rewrite(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", keep).0, ResponseHead::Malformed));
+        // Chunked before another coding, in one header or across two.
+        for te in
+            [&b"Transfer-Encoding: chunked, gzip\r\n"[..], b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"]
+        {
+            let response = [&b"HTTP/1.1 200 OK\r\n"[..], te, b"\r\n"].concat();
+            assert!(matches!(rewrite(&response, keep).0, ResponseHead::Malformed));
+        }
         // No length: the body runs to the app's close, and reaches the client chunked, after the
         // app's own coding.
         let (head, out) = rewrite(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", keep);

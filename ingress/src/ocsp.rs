@@ -37,12 +37,18 @@ impl OcspSource {
         let (_, leaf) = X509Certificate::from_der(chain.first()?.as_ref()).ok()?;
         let url = responder_url(&leaf)?;
         let (_, issuer) = X509Certificate::from_der(chain.get(1)?.as_ref()).ok()?;
-        // The issuer by its signature on the leaf, not only by name: its key is what a response
-        // must be signed by.
-        if issuer.subject().as_raw() != leaf.issuer().as_raw()
-            || leaf.verify_signature(Some(issuer.public_key())).is_err()
-        {
+        if issuer.subject().as_raw() != leaf.issuer().as_raw() {
             return None;
+        }
+        // The issuer by its signature on the leaf too, where the verifier knows the algorithm
+        // (ring's: RSA PKCS#1 and PSS with SHA-2, ECDSA P-256/P-384, Ed25519); for others the
+        // name decides, and the response's own signature check stands.
+        match leaf.verify_signature(Some(issuer.public_key())) {
+            Ok(()) | Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {}
+            Err(_) => {
+                tracing::warn!(url = %url, "the certificate after the leaf is named as its issuer but did not sign it: no OCSP stapling");
+                return None;
+            }
         }
         let name_hash = sha1(leaf.issuer().as_raw());
         let key_hash = sha1(&issuer.public_key().subject_public_key.data);
@@ -107,8 +113,9 @@ pub(crate) enum OcspError {
     Status(u8),
     #[error("the response does not cover this certificate (or names it by another hash than SHA-1)")]
     NoMatch,
+    /// With the answer's `thisUpdate`.
     #[error("the certificate's status is not good (revoked or unknown)")]
-    NotGood,
+    NotGood(SystemTime),
     #[error("the response is past its nextUpdate (or, naming none, more than a week old)")]
     Expired,
     #[error("the response is older than the one stapled")]
@@ -161,10 +168,10 @@ pub(crate) fn check_response(
             continue;
         }
         let status = next(&mut single)?;
-        if status.class() != C || status.tag() != Tag(0) {
-            return Err(OcspError::NotGood);
-        }
         let this_update = time(&expect(&mut single, U, 24)?)?;
+        if status.class() != C || status.tag() != Tag(0) {
+            return Err(OcspError::NotGood(this_update));
+        }
         let next_update = match expect(&mut single, C, 0) {
             Ok(tagged) => {
                 let mut inner = tagged.data;
@@ -176,10 +183,7 @@ pub(crate) fn check_response(
         if this_update > now + Duration::from_secs(300) {
             return Err(OcspError::Malformed);
         }
-        // Without a nextUpdate a signed "good" would be believable forever, replayed after a
-        // revocation: a week is the most it is taken for.
-        let valid_until = next_update.unwrap_or(this_update + MAX_AGE_WITHOUT_NEXT_UPDATE);
-        if valid_until <= now {
+        if valid_until(this_update, next_update) <= now {
             return Err(OcspError::Expired);
         }
         return Ok((this_update, next_update));
@@ -226,6 +230,12 @@ fn verify_signature(mut basic: &[u8], issuer: &[u8], now: SystemTime) -> Result<
         }
     }
     Err(OcspError::BadSignature)
+}
+
+/// Until when an answer may be stapled: its `nextUpdate`, or without one (a signed "good" would
+/// otherwise be believable forever, replayed after a revocation) a week after `thisUpdate`.
+pub(crate) fn valid_until(this_update: SystemTime, next_update: Option<SystemTime>) -> SystemTime {
+    next_update.unwrap_or(this_update + MAX_AGE_WITHOUT_NEXT_UPDATE)
 }
 
 fn next<'a>(input: &mut &'a [u8]) -> Result<Any<'a>, OcspError> {
@@ -417,7 +427,7 @@ mod tests {
         assert_eq!(check_response(&good, &ca.leaf(0x1001), now), Err(OcspError::NoMatch));
         assert_eq!(check_response(&good, &source, now + Duration::from_secs(3600)), Err(OcspError::Expired));
         let revoked = ca.answer(&source.request, "R", 10, None);
-        assert_eq!(check_response(&revoked, &source, now), Err(OcspError::NotGood));
+        assert!(matches!(check_response(&revoked, &source, now), Err(OcspError::NotGood(_))));
         // Without a nextUpdate (0 minutes: none given) an answer is taken for a week, no longer.
         let open_ended = ca.answer(&source.request, "V", 0, None);
         assert_eq!(check_response(&open_ended, &source, now).unwrap().1, None);

@@ -140,9 +140,11 @@ impl Endpoint {
     pub(crate) fn take_raw_idle(&self, max_idle: Duration) -> Option<tokio::net::TcpStream> {
         let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < max_idle
-                && matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
+            // Asked of the kernel (a non-blocking peek): tokio's cached readiness may not have
+            // seen what arrived since the last read.
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            let quiet = matches!(socket2::SockRef::from(&stream).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if since.elapsed() < max_idle && quiet {
                 return Some(stream);
             }
         }

@@ -31,14 +31,18 @@ const MAX_REFRESH: Duration = Duration::from_secs(12 * 3600);
 /// A response being stapled.
 struct Staple {
     der: Vec<u8>,
-    this_update: SystemTime,
-    next_update: Option<SystemTime>,
+    /// Its `nextUpdate`, or for one that names none, a week after `thisUpdate`.
+    valid_until: SystemTime,
     refresh_at: SystemTime,
 }
 
 #[derive(Default)]
 struct State {
     staple: Option<Staple>,
+    /// The newest `thisUpdate` of any signed answer for this certificate, good or not: an older
+    /// answer is a replay (the fetch is plain HTTP), and a "good" from before a revocation must
+    /// not come back once the revocation removed the staple.
+    newest: Option<SystemTime>,
     retry_at: Option<SystemTime>,
     failures: u32,
 }
@@ -69,7 +73,7 @@ impl Stapler {
 fn sync(certificate: &Certificate, state: Option<&State>, now: SystemTime) {
     let want = state
         .and_then(|s| s.staple.as_ref())
-        .filter(|staple| staple.next_update.is_none_or(|next| next > now))
+        .filter(|staple| staple.valid_until > now)
         .map(|staple| staple.der.as_slice());
     if certificate.key.load().ocsp.as_deref() != want {
         certificate.set_ocsp(want.map(<[u8]>::to_vec));
@@ -126,7 +130,7 @@ async fn round(ingress: &Ingress) -> Duration {
         for certificate in &certificates {
             let source = certificate.ocsp.as_ref().expect("BUG: served() keeps certificates with a responder");
             let state = states.entry(source.request.clone()).or_default();
-            if state.staple.as_ref().is_some_and(|s| s.next_update.is_some_and(|next| next <= now)) {
+            if state.staple.as_ref().is_some_and(|s| s.valid_until <= now) {
                 tracing::warn!(url = %source.url, names = ?certificate.names, "the stapled OCSP response expired; serving without one");
                 state.staple = None;
             }
@@ -153,12 +157,17 @@ async fn round(ingress: &Ingress) -> Duration {
     let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
     for (source, result) in results {
         let state = states.entry(source.request.clone()).or_default();
-        // An answer older than the one stapled is a replay (the fetch is plain HTTP): a "good"
-        // from before a revocation must not replace what came after it.
-        let result = result.and_then(|(der, (this_update, next_update))| match &state.staple {
-            Some(stapled) if this_update < stapled.this_update => Err(OcspError::Older),
-            _ => Ok((der, (this_update, next_update))),
-        });
+        let signed_at = match &result {
+            Ok((_, (this_update, _))) | Err(OcspError::NotGood(this_update)) => Some(*this_update),
+            Err(_) => None,
+        };
+        let result = match (signed_at, state.newest) {
+            (Some(this_update), Some(newest)) if this_update < newest => Err(OcspError::Older),
+            _ => result,
+        };
+        if result.is_ok() || matches!(result, Err(OcspError::NotGood(_))) {
+            state.newest = state.newest.max(signed_at);
+        }
         match result {
             Ok((der, (this_update, next_update))) => {
                 // Halfway to nextUpdate, at most every 12 h and at least a minute apart, and
@@ -170,7 +179,8 @@ async fn round(ingress: &Ingress) -> Duration {
                 let refresh_at = half.min(now + MAX_REFRESH).max(now + Duration::from_secs(60));
                 let refresh_at = next_update.map_or(refresh_at, |next| refresh_at.min(next));
                 tracing::debug!(url = %source.url, "stapling a fresh OCSP response");
-                state.staple = Some(Staple { der, this_update, next_update, refresh_at });
+                let valid_until = crate::ocsp::valid_until(this_update, next_update);
+                state.staple = Some(Staple { der, valid_until, refresh_at });
                 state.retry_at = None;
                 state.failures = 0;
             }
@@ -178,12 +188,12 @@ async fn round(ingress: &Ingress) -> Duration {
                 state.failures += 1;
                 let backoff = RETRY_FIRST.saturating_mul(1 << state.failures.min(7).saturating_sub(1)).min(RETRY_MAX);
                 tracing::warn!(url = %source.url, %error, retry_in = ?backoff, "no OCSP response to staple");
-                if error == OcspError::NotGood {
+                if matches!(error, OcspError::NotGood(_)) {
                     state.staple = None;
                 }
                 let retry_at = now + backoff;
-                state.retry_at = Some(match state.staple.as_ref().and_then(|s| s.next_update) {
-                    Some(next) => retry_at.min(next),
+                state.retry_at = Some(match state.staple.as_ref() {
+                    Some(staple) => retry_at.min(staple.valid_until),
                     None => retry_at,
                 });
             }
@@ -199,11 +209,8 @@ async fn round(ingress: &Ingress) -> Duration {
             pause = Duration::ZERO;
             continue;
         };
-        let times = [
-            state.retry_at,
-            state.staple.as_ref().map(|s| s.refresh_at),
-            state.staple.as_ref().and_then(|s| s.next_update),
-        ];
+        let times =
+            [state.retry_at, state.staple.as_ref().map(|s| s.refresh_at), state.staple.as_ref().map(|s| s.valid_until)];
         for at in times.into_iter().flatten() {
             pause = pause.min(at.duration_since(now).unwrap_or_default());
         }
