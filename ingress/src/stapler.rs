@@ -3,10 +3,11 @@
 //! `status_request`) need not ask the CA themselves.
 //!
 //! - A response is stapled only if `ocsp::check_response` accepts it (successful, for exactly
-//!   this certificate, `good`, not past `nextUpdate`, signed by the issuer or a responder it
-//!   authorised).
+//!   this certificate, `good`, not past `nextUpdate` or, naming none, not older than a week,
+//!   signed by the issuer or a responder it authorised) and it is not older than the newest
+//!   answer seen for the certificate, revoked ones included (a replay over plain HTTP).
 //! - It is refreshed halfway between `thisUpdate` and `nextUpdate` (at most every 12 h; hourly
-//!   without a `nextUpdate`). A failed fetch keeps the staple until its `nextUpdate` and is retried
+//!   without a `nextUpdate`). A failed fetch keeps the staple until it expires and is retried
 //!   after 1 minute, doubling to 1 hour; an expired or revoked staple is removed.
 //! - Certificates without a responder (Let's Encrypt's since 2025) or without their issuer in the
 //!   chain are served without a staple, quietly.
