@@ -48,6 +48,58 @@ struct State {
     failures: u32,
 }
 
+/// What one fetch brought: a checked good answer (DER) with its `thisUpdate` and `nextUpdate`, or
+/// why there is none.
+type Fetched = Result<(Vec<u8>, (SystemTime, Option<SystemTime>)), OcspError>;
+
+impl State {
+    /// What a fetch for this certificate brought (`Ok`: a checked good answer and its
+    /// `thisUpdate`/`nextUpdate`) does to its staple and its next attempt.
+    fn apply(&mut self, url: &str, result: Fetched, now: SystemTime) {
+        let signed_at = match &result {
+            Ok((_, (this_update, _))) | Err(OcspError::NotGood(this_update)) => Some(*this_update),
+            Err(_) => None,
+        };
+        let result = match (signed_at, self.newest) {
+            (Some(this_update), Some(newest)) if this_update < newest => Err(OcspError::Older),
+            _ => result,
+        };
+        if result.is_ok() || matches!(result, Err(OcspError::NotGood(_))) {
+            self.newest = self.newest.max(signed_at);
+        }
+        match result {
+            Ok((der, (this_update, next_update))) => {
+                // Halfway to nextUpdate, at most every 12 h and at least a minute apart, and
+                // never after nextUpdate.
+                let half = match next_update {
+                    Some(next) => this_update + next.duration_since(this_update).unwrap_or_default() / 2,
+                    None => now + REFRESH_WITHOUT_NEXT_UPDATE,
+                };
+                let refresh_at = half.min(now + MAX_REFRESH).max(now + Duration::from_secs(60));
+                let refresh_at = next_update.map_or(refresh_at, |next| refresh_at.min(next));
+                tracing::debug!(url = %url, "stapling a fresh OCSP response");
+                let valid_until = crate::ocsp::valid_until(this_update, next_update);
+                self.staple = Some(Staple { der, valid_until, refresh_at });
+                self.retry_at = None;
+                self.failures = 0;
+            }
+            Err(error) => {
+                self.failures += 1;
+                let backoff = RETRY_FIRST.saturating_mul(1 << self.failures.min(7).saturating_sub(1)).min(RETRY_MAX);
+                tracing::warn!(url = %url, %error, retry_in = ?backoff, "no OCSP response to staple");
+                if matches!(error, OcspError::NotGood(_)) {
+                    self.staple = None;
+                }
+                let retry_at = now + backoff;
+                self.retry_at = Some(match self.staple.as_ref() {
+                    Some(staple) => retry_at.min(staple.valid_until),
+                    None => retry_at,
+                });
+            }
+        }
+    }
+}
+
 /// The stapling state of every certificate with a responder, by OCSP request.
 #[derive(Default)]
 pub(crate) struct Stapler {
@@ -158,47 +210,7 @@ async fn round(ingress: &Ingress) -> Duration {
     let mut states = stapler.states.lock().expect("BUG: stapler lock poisoned");
     for (source, result) in results {
         let state = states.entry(source.request.clone()).or_default();
-        let signed_at = match &result {
-            Ok((_, (this_update, _))) | Err(OcspError::NotGood(this_update)) => Some(*this_update),
-            Err(_) => None,
-        };
-        let result = match (signed_at, state.newest) {
-            (Some(this_update), Some(newest)) if this_update < newest => Err(OcspError::Older),
-            _ => result,
-        };
-        if result.is_ok() || matches!(result, Err(OcspError::NotGood(_))) {
-            state.newest = state.newest.max(signed_at);
-        }
-        match result {
-            Ok((der, (this_update, next_update))) => {
-                // Halfway to nextUpdate, at most every 12 h and at least a minute apart, and
-                // never after nextUpdate.
-                let half = match next_update {
-                    Some(next) => this_update + next.duration_since(this_update).unwrap_or_default() / 2,
-                    None => now + REFRESH_WITHOUT_NEXT_UPDATE,
-                };
-                let refresh_at = half.min(now + MAX_REFRESH).max(now + Duration::from_secs(60));
-                let refresh_at = next_update.map_or(refresh_at, |next| refresh_at.min(next));
-                tracing::debug!(url = %source.url, "stapling a fresh OCSP response");
-                let valid_until = crate::ocsp::valid_until(this_update, next_update);
-                state.staple = Some(Staple { der, valid_until, refresh_at });
-                state.retry_at = None;
-                state.failures = 0;
-            }
-            Err(error) => {
-                state.failures += 1;
-                let backoff = RETRY_FIRST.saturating_mul(1 << state.failures.min(7).saturating_sub(1)).min(RETRY_MAX);
-                tracing::warn!(url = %source.url, %error, retry_in = ?backoff, "no OCSP response to staple");
-                if matches!(error, OcspError::NotGood(_)) {
-                    state.staple = None;
-                }
-                let retry_at = now + backoff;
-                state.retry_at = Some(match state.staple.as_ref() {
-                    Some(staple) => retry_at.min(staple.valid_until),
-                    None => retry_at,
-                });
-            }
-        }
+        state.apply(&source.url, result, now);
     }
     let mut pause = RETRY_MAX;
     for certificate in served(ingress) {
@@ -217,4 +229,47 @@ async fn round(ingress: &Ingress) -> Duration {
         }
     }
     pause.max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staple(state: &State) -> Option<&[u8]> {
+        state.staple.as_ref().map(|s| s.der.as_slice())
+    }
+
+    #[test]
+    fn an_answer_older_than_one_seen_is_a_replay_even_after_a_revocation_removed_the_staple() {
+        let now = SystemTime::now();
+        let at = |minutes: u64| now - Duration::from_secs(3600) + Duration::from_secs(minutes * 60);
+        let until = Some(now + Duration::from_secs(3600));
+        let mut state = State::default();
+        state.apply("http://ocsp.test", Ok((b"good at 0".to_vec(), (at(0), until))), now);
+        assert_eq!(staple(&state), Some(&b"good at 0"[..]));
+        // Revoked at minute 10: the staple goes.
+        state.apply("http://ocsp.test", Err(OcspError::NotGood(at(10))), now);
+        assert_eq!(staple(&state), None);
+        // The good answer of minute 0, replayed: refused, still nothing stapled.
+        state.apply("http://ocsp.test", Ok((b"good at 0".to_vec(), (at(0), until))), now);
+        assert_eq!(staple(&state), None);
+        assert_eq!(state.failures, 2);
+        // A newer answer is believed.
+        state.apply("http://ocsp.test", Ok((b"good at 20".to_vec(), (at(20), until))), now);
+        assert_eq!(staple(&state), Some(&b"good at 20"[..]));
+        assert_eq!((state.failures, state.retry_at), (0, None));
+    }
+
+    #[test]
+    fn a_staple_without_next_update_lasts_a_week_and_a_failed_fetch_retries_before_it_expires() {
+        let now = SystemTime::now();
+        let mut state = State::default();
+        state.apply("http://ocsp.test", Ok((b"open".to_vec(), (now, None))), now);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(state.staple.as_ref().unwrap().valid_until, now + week);
+        // A failed fetch keeps it, and retries within the backoff.
+        state.apply("http://ocsp.test", Err(OcspError::Fetch("refused".into())), now);
+        assert_eq!(staple(&state), Some(&b"open"[..]));
+        assert_eq!(state.retry_at, Some(now + RETRY_FIRST));
+    }
 }
