@@ -37,7 +37,8 @@ pub struct IngressConfig {
     /// Largest request body accepted; a larger declared length gets 413 before anything is sent
     /// upstream, a longer streamed body is cut off at the limit.
     pub max_body_bytes: u64,
-    /// Idle client connections (HTTP/2: no stream open) are closed after this long.
+    /// A client that takes nothing of what is sent to it (a response, a WebSocket's frames) for
+    /// this long is cut off, and its app connection and in-flight count are let go.
     pub idle_timeout: Duration,
     /// Client connections served at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,

@@ -14,8 +14,8 @@
 //! Invariants shared with the hyper path: the same hop-by-hop and forwarding-header rules, the
 //! endpoint counted in flight from the pick until the response body is sent (draining), retries
 //! only to endpoints of the table in use (and once more to the same endpoint when a pooled
-//! connection turns out closed), and the same head, connect and response-head timeouts. Like the
-//! hyper path, it has no timeout on writing to a client that stops reading.
+//! connection turns out closed), and the same head, connect and response-head timeouts; a client
+//! that stops reading is cut off below both (`stall`).
 //!
 //! Where it is stricter than hyper: a pooled connection on which anything arrived while idle is
 //! not reused (a late second response would answer the next request); chunked bodies are checked

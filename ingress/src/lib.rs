@@ -28,6 +28,7 @@ mod ocsp;
 mod proxy;
 mod proxy_protocol;
 mod route_table;
+mod stall;
 mod stapler;
 mod tls;
 
@@ -297,6 +298,8 @@ impl Ingress {
             return tracing::debug!(%client, "too many connections from this address");
         };
         let conn = Conn { peer: client, tls: tls.is_some() };
+        // Under TLS too, so a client that stops reading is cut off whatever the protocol.
+        let stream = stall::Stalling::new(stream, self.config.idle_timeout);
         let ingress = self.clone();
         let service = service_fn(move |req| {
             let ingress = ingress.clone();

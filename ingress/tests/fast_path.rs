@@ -329,3 +329,32 @@ async fn forwarding_headers_from_untrusted_clients_are_replaced_and_from_trusted
         ]
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_lets_the_app_go() {
+    // 64 MiB: more than the socket buffers on both sides hold.
+    let (app, _) = scripted(|_, _| {
+        let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 64 << 20).into_bytes();
+        response.resize(response.len() + (64 << 20), b'x');
+        answer(&response)
+    })
+    .await;
+    let ingress = Ingress::new(IngressConfig { idle_timeout: Duration::from_millis(300), ..IngressConfig::default() });
+    ingress.apply(vec![RouteSpec::new("web.localhost", vec![app])]).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ingress.clone().serve(listener));
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: web.localhost\r\n\r\n").await.unwrap();
+    // The client reads nothing. The request is in flight while the ingress still gets to write...
+    let started = tokio::time::Instant::now();
+    while ingress.in_flight(app) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the request never reached the app");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and stops counting once the client has taken nothing for the limit: a drain is not held.
+    let report = ingress.drain(&[app], Duration::from_secs(20)).await;
+    assert!(report.still_in_flight.is_empty(), "{report:?}");
+    drop(stream);
+}
