@@ -695,6 +695,9 @@ struct ServerArgs {
     /// A request body that sends nothing for this long is cut off. [default: 60]
     #[arg(long, env = "BERTH_INGRESS_BODY_TIMEOUT", value_parser = server::parse_duration)]
     ingress_body_timeout: Option<Duration>,
+    /// A client that takes nothing of what is sent to it for this long is cut off. [default: 75]
+    #[arg(long, env = "BERTH_INGRESS_SEND_TIMEOUT", value_parser = server::parse_duration)]
+    ingress_send_timeout: Option<Duration>,
     /// Time to open a connection to a replica before trying the next. [default: 2]
     #[arg(long, env = "BERTH_UPSTREAM_CONNECT_TIMEOUT", value_parser = server::parse_duration)]
     upstream_connect_timeout: Option<Duration>,
@@ -768,6 +771,7 @@ impl ServerArgs {
             ocsp_private_responders: self.ocsp_private_responders.then_some(true),
             ingress_header_timeout: self.ingress_header_timeout,
             ingress_body_timeout: self.ingress_body_timeout,
+            ingress_send_timeout: self.ingress_send_timeout,
             upstream_connect_timeout: self.upstream_connect_timeout,
             upstream_response_timeout: self.upstream_response_timeout,
             ingress_max_header_size: self.ingress_max_header_size,

@@ -82,6 +82,8 @@ pub struct ServerSettings {
     #[serde(default, deserialize_with = "duration")]
     pub ingress_body_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
+    pub ingress_send_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
     pub upstream_connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub upstream_response_timeout: Option<Duration>,
@@ -192,6 +194,7 @@ impl ServerSettings {
             ocsp_private_responders: self.ocsp_private_responders.or(under.ocsp_private_responders),
             ingress_header_timeout: self.ingress_header_timeout.or(under.ingress_header_timeout),
             ingress_body_timeout: self.ingress_body_timeout.or(under.ingress_body_timeout),
+            ingress_send_timeout: self.ingress_send_timeout.or(under.ingress_send_timeout),
             upstream_connect_timeout: self.upstream_connect_timeout.or(under.upstream_connect_timeout),
             upstream_response_timeout: self.upstream_response_timeout.or(under.upstream_response_timeout),
             ingress_max_header_size: self.ingress_max_header_size.or(under.ingress_max_header_size),
@@ -232,6 +235,7 @@ impl ServerSettings {
                 None => defaults.max_header_bytes,
             },
             body_idle_timeout: self.ingress_body_timeout.unwrap_or(defaults.body_idle_timeout),
+            idle_timeout: self.ingress_send_timeout.unwrap_or(defaults.idle_timeout),
             max_body_bytes: self.ingress_max_body_size.unwrap_or(defaults.max_body_bytes),
             max_connections: self.ingress_max_connections.unwrap_or(defaults.max_connections),
             max_connections_per_ip: self.ingress_max_connections_per_ip.unwrap_or(defaults.max_connections_per_ip),
