@@ -266,7 +266,7 @@ impl Ingress {
             {
                 return Head::HandOver;
             } else if name.eq_ignore_ascii_case("connection") {
-                for token in header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for token in tokens(header.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         client_keep_alive = false;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
@@ -388,40 +388,32 @@ impl Ingress {
             );
         }
         let close = if plan.reply.keep_alive { Ending::KeepAlive } else { Ending::Close };
-        match dispatched {
+        let error = match dispatched {
             Ok((upstream, in_flight, answer)) => {
                 match relay(client, upstream, answer, &mut upstream_buf, &mut out).await {
                     Relayed::Complete { reusable, upstream } => {
                         if let Some(upstream) = upstream.filter(|_| reusable) {
                             in_flight.0.put_raw_idle(upstream, self.config.max_idle_per_endpoint);
                         }
-                        close
+                        return close;
                     }
                     Relayed::UpstreamBroke => {
                         plan.metrics.upstream_error();
-                        Ending::Abort
+                        return Ending::Abort;
                     }
-                    Relayed::ClientGone => Ending::Abort,
-                    Relayed::Unsendable => {
-                        plan.metrics.upstream_error();
-                        out.clear();
-                        write_own_response(&mut out, ProxyError::UpstreamFailed.into_response(plan.json), plan.reply);
-                        if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() {
-                            close
-                        } else {
-                            Ending::Abort
-                        }
-                    }
+                    Relayed::ClientGone => return Ending::Abort,
+                    // Nothing reached the client yet: it gets the proxy's page instead.
+                    Relayed::Unsendable => ProxyError::UpstreamFailed,
                 }
             }
-            Err(error) => {
-                if error.is_upstream() {
-                    plan.metrics.upstream_error();
-                }
-                write_own_response(&mut out, error.into_response(plan.json), plan.reply);
-                if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() { close } else { Ending::Abort }
-            }
+            Err(error) => error,
+        };
+        if error.is_upstream() {
+            plan.metrics.upstream_error();
         }
+        out.clear();
+        write_own_response(&mut out, error.into_response(plan.json), plan.reply);
+        if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() { close } else { Ending::Abort }
     }
 }
 
@@ -553,7 +545,8 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
     let mut length: Option<u64> = None;
     let mut transfer_encoding: Option<bool> = None;
     let mut reusable = response.version == Some(1);
-    let mut named = false;
+    // Headers the app's Connection header names: hop-by-hop too.
+    let mut connection_named: Vec<&[u8]> = Vec::new();
     for header in response.headers.iter() {
         let (name, value) = (header.name, header.value);
         if name.eq_ignore_ascii_case("content-length") {
@@ -575,18 +568,18 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
             if transfer_encoding == Some(true) {
                 return ResponseHead::Malformed;
             }
-            let codings: Vec<&[u8]> = value.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
+            let codings: Vec<&[u8]> = tokens(value).collect();
             let chunked_at = codings.iter().position(|c| c.eq_ignore_ascii_case(b"chunked"));
             if chunked_at.is_some_and(|at| at + 1 != codings.len()) {
                 return ResponseHead::Malformed;
             }
             transfer_encoding = Some(chunked_at.is_some());
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     reusable = false;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
-                    named = true;
+                    connection_named.push(token);
                 }
             }
         }
@@ -612,16 +605,6 @@ fn rewrite_response_head(buf: &[u8], reply: Reply, out: &mut Vec<u8>) -> Respons
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let connection_named: Vec<&[u8]> = if named {
-        response
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii))
-            .collect()
-    } else {
-        Vec::new()
-    };
     for header in response.headers.iter() {
         let name = header.name;
         // A chunked body passes through as it is, so its transfer codings are kept as named
@@ -834,9 +817,9 @@ impl Chunked {
                 },
                 DataCr => (byte == b'\r').then_some(DataLf).ok_or(())?,
                 DataLf => (byte == b'\n').then_some(Start).ok_or(())?,
-                // A bare LF ends nothing here: a client that takes it as a line end would read
-                // what follows as another response.
-                // A trailer line is `name: value`: no leading whitespace (obsolete folding).
+                // A trailer line is `name: value`, without leading whitespace (obsolete folding),
+                // ended by CRLF: a bare LF ends nothing here, since a client that takes it as a
+                // line end would read what follows as another response.
                 TrailerStart => match byte {
                     b'\r' => TrailerLf { empty: true },
                     b' ' | b'\t' | b':' => return Err(()),
@@ -875,6 +858,11 @@ fn hex(byte: u8) -> Option<u64> {
 fn itoa3(status: u16) -> [u8; 3] {
     let status = status.min(999);
     [b'0' + (status / 100) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]
+}
+
+/// The comma-separated tokens of a header value (`Connection`, `Transfer-Encoding`), trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

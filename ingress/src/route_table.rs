@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
+use tokio::net::TcpStream;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -86,9 +87,9 @@ impl Route {
 pub struct Endpoint {
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
-    idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
+    idle: IdlePool<http1::SendRequest<UpstreamBody>>,
     /// Idle connections of the HTTP/1.1 fast path (`fast.rs`), which owns them directly.
-    raw_idle: Mutex<Vec<(tokio::net::TcpStream, Instant)>>,
+    raw_idle: IdlePool<TcpStream>,
     /// The HTTP/2 connection to an h2c endpoint, shared by all its requests.
     pub(crate) h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
@@ -98,8 +99,8 @@ impl Endpoint {
         Endpoint {
             addr,
             in_flight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
-            raw_idle: Mutex::new(Vec::new()),
+            idle: IdlePool::new(),
+            raw_idle: IdlePool::new(),
             h2: tokio::sync::Mutex::new(None),
         }
     }
@@ -112,49 +113,57 @@ impl Endpoint {
     /// ready yet (its connection task has not seen the end of the last response): the caller
     /// waits for that rather than throwing a good connection away.
     pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
-        while let Some((sender, since)) = idle.pop() {
-            if since.elapsed() < max_idle && !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        self.idle.take(max_idle, |sender| !sender.is_closed())
     }
 
     pub(crate) fn put_idle(&self, sender: http1::SendRequest<UpstreamBody>, max_pool: usize) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().expect("BUG: idle pool lock poisoned");
-        if idle.len() < max_pool {
-            idle.push((sender, Instant::now()));
+        if !sender.is_closed() {
+            self.idle.put(sender, max_pool);
         }
     }
-}
 
-impl Endpoint {
     /// The most recently idled fast-path connection younger than `max_idle` on which nothing has
     /// arrived since: one the app closed, or sent stray bytes on (a late second response would
     /// answer the next request), is dropped. One the app closes just as it is taken shows when it
     /// is used (the fast path then tries a fresh one).
-    pub(crate) fn take_raw_idle(&self, max_idle: Duration) -> Option<tokio::net::TcpStream> {
-        let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
-        while let Some((stream, since)) = idle.pop() {
+    pub(crate) fn take_raw_idle(&self, max_idle: Duration) -> Option<TcpStream> {
+        self.raw_idle.take(max_idle, |stream| {
             // Asked of the kernel (a non-blocking peek): tokio's cached readiness may not have
             // seen what arrived since the last read.
             let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            let quiet = matches!(socket2::SockRef::from(&stream).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            if since.elapsed() < max_idle && quiet {
-                return Some(stream);
+            matches!(socket2::SockRef::from(stream).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+    }
+
+    pub(crate) fn put_raw_idle(&self, stream: TcpStream, max_pool: usize) {
+        self.raw_idle.put(stream, max_pool);
+    }
+}
+
+/// Idle upstream connections of one kind, newest last.
+struct IdlePool<C>(Mutex<Vec<(C, Instant)>>);
+
+impl<C> IdlePool<C> {
+    fn new() -> IdlePool<C> {
+        IdlePool(Mutex::new(Vec::new()))
+    }
+
+    /// The newest connection younger than `max_idle` that is still `usable`; older and unusable
+    /// ones met on the way are dropped.
+    fn take(&self, max_idle: Duration, usable: impl Fn(&C) -> bool) -> Option<C> {
+        let mut idle = self.0.lock().expect("BUG: idle pool lock poisoned");
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < max_idle && usable(&conn) {
+                return Some(conn);
             }
         }
         None
     }
 
-    pub(crate) fn put_raw_idle(&self, stream: tokio::net::TcpStream, max_pool: usize) {
-        let mut idle = self.raw_idle.lock().expect("BUG: idle pool lock poisoned");
+    fn put(&self, conn: C, max_pool: usize) {
+        let mut idle = self.0.lock().expect("BUG: idle pool lock poisoned");
         if idle.len() < max_pool {
-            idle.push((stream, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 }
