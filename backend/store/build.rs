@@ -1,4 +1,4 @@
-// `sqlx::migrate!` embeds the migrations: rebuild when one is added or changed.
+// `sqlx::migrate!` embeds the migrations (both engines' sets): rebuild when one is added or changed.
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations");
 }

@@ -14,13 +14,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("berth-wire", &[]),
     ("berth-ingress", &[]),
     ("berth-agent", &["berth-wire"]),
-    ("berth-store", &["berth-wire"]),
+    // `berth-testdb` only under the `testing` feature, which only the suites' dev-dependencies enable.
+    ("berth-store", &["berth-wire", "berth-testdb"]),
     ("berth-control", &["berth-wire", "berth-store", "berth-agent", "berth-ingress"]),
     ("berth-frontend", &["berth-wire"]),
     ("berth-api", &["berth-wire", "berth-store", "berth-agent", "berth-control", "berth-ingress", "berth-frontend"]),
     ("berth-cli", &["berth-wire"]),
     ("berth", &["berth-wire", "berth-api", "berth-agent", "berth-cli"]),
-    ("berth-tests", &["berth-wire", "berth-cli"]),
+    ("berth-tests", &["berth-wire", "berth-cli", "berth-testdb"]),
+    // Test support: a throwaway PostgreSQL for the tests; it needs no workspace crate.
+    ("berth-testdb", &[]),
     // The newcomer's path (`cargo xtask run`) must not build the test support.
     ("xtask", &[]),
 ];

@@ -73,8 +73,20 @@ async fn teams_are_isolated_and_secrets_reach_only_their_container() -> anyhow::
     let shown = server.cli(&["apps", "show", "web"])?;
     let shown = String::from_utf8_lossy(&shown.stdout).to_string();
     assert!(shown.contains("  DB_PASSWORD (secret, set)") && !shown.contains("hunter2-e2e"), "{shown}");
+    // On PostgreSQL, every row it holds, copied by `berth admin migrate-store` into a SQLite file.
+    let mut files = server.data_dir.clone();
+    if let Some(url) = &fixture.database {
+        files = fixture.dir.join("rows");
+        let target = format!("sqlite:{}", files.join("berth.db").display());
+        std::fs::create_dir_all(&files)?;
+        let copied = std::process::Command::new(berth_tests::berth_binary()?)
+            .args(["admin", "migrate-store", "--from", url, "--to", &target])
+            .output()?;
+        assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+        assert!(String::from_utf8_lossy(&copied.stdout).contains("audit_log"), "the copy lists its tables");
+    }
     let mut stored = Vec::new();
-    for entry in std::fs::read_dir(&server.data_dir)? {
+    for entry in std::fs::read_dir(&files)? {
         let path = entry?.path();
         if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("berth.db")) {
             stored.extend(std::fs::read(&path)?);

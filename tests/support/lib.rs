@@ -98,6 +98,9 @@ pub struct Fixture {
     agent_hosts: std::sync::Mutex<Vec<String>>,
     /// `team/app` of apps built from git in this fixture, whose images it also removes.
     built_apps: std::sync::Mutex<Vec<String>>,
+    /// With `BERTH_TEST_STORE=postgres`: the PostgreSQL database the fixture's servers use (one
+    /// per fixture, kept across restarts), from the cluster the tests start themselves.
+    pub database: Option<String>,
 }
 
 impl Fixture {
@@ -130,6 +133,13 @@ impl Fixture {
             _scratch: scratch,
             agent_hosts: std::sync::Mutex::new(Vec::new()),
             built_apps: std::sync::Mutex::new(Vec::new()),
+            database: match berth_testdb::postgres_requested() {
+                true => Some(
+                    berth_testdb::fresh_database()?
+                        .context("BERTH_TEST_STORE=postgres, but the PostgreSQL binaries are not installed")?,
+                ),
+                false => None,
+            },
         };
         for version in ["v1", "v2"] {
             fixture.build_image(version)?;
@@ -340,6 +350,7 @@ impl Server {
             .arg(&data_dir)
             .args(if extra.contains(&"--listen") { Vec::new() } else { vec!["--listen".to_string(), api.to_string()] })
             .args(["--ingress-listen", &ingress.to_string()])
+            .args(fixture.database.iter().flat_map(|url| ["--database", url.as_str()]))
             .args(["--host-name", &fixture.host_name(), "--deploy-timeout", "15", "--stop-grace", "5"])
             .args(extra)
             .env("BERTH_LOG", "info,berth_api=debug,berth_control=debug,berth_agent=debug")

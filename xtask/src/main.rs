@@ -89,12 +89,57 @@ fn test() -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo-machete found unused dependencies (listed above)");
     }
+    compose_config()?;
     // The end-to-end tests run the real `berth` binary and drive its dashboard in Chromium, so
     // build both first (same profile: server and wasm must match for hydration).
     cargo(&["build", "-p", "berth", "--bin", "berth"])?;
     dashboard(false)?;
     cargo(&["test", "--workspace", "--", "--test-threads", "2"])?;
+    postgres_pass()?;
     schemathesis()
+}
+
+/// The suites that reach the store (the API's, the control plane's and the end-to-end tests), a
+/// second time on PostgreSQL: a cluster the tests start themselves from the `postgresql` package's
+/// binaries. The store's own tests run on both engines in the pass before.
+fn postgres_pass() -> anyhow::Result<()> {
+    let installed = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain(std::fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten().map(|v| v.path().join("bin")))
+        .any(|dir| dir.join("initdb").is_file());
+    if !installed {
+        eprintln!("xtask: PostgreSQL is not installed (apt-get install postgresql): SKIPPING the PostgreSQL pass");
+        return Ok(());
+    }
+    let env = [("BERTH_TEST_STORE", "postgres")];
+    cargo_with(&["test", "-p", "berth-api", "-p", "berth-control", "--", "--test-threads", "2"], &env)?;
+    cargo_with(&["test", "-p", "berth-tests", "--test", "e2e", "--", "--test-threads", "2"], &env)
+}
+
+/// `docker-compose config`: the production-shaped compose file parses and interpolates (its
+/// images cannot be pulled here, so this is as far as CI can take it).
+fn compose_config() -> anyhow::Result<()> {
+    let file = workspace_root().join("docker-compose.yml");
+    let candidates: [&[&str]; 2] = [&["docker-compose"], &["docker", "compose"]];
+    let installed = candidates.into_iter().find(|command| {
+        Command::new(command[0]).args(&command[1..]).arg("version").output().is_ok_and(|o| o.status.success())
+    });
+    let Some(command) = installed else {
+        eprintln!("xtask: neither docker-compose nor `docker compose` is installed: SKIPPING the compose file check");
+        return Ok(());
+    };
+    let output = Command::new(command[0])
+        .args(&command[1..])
+        .args(["-f", &file.to_string_lossy(), "config", "-q"])
+        .env("BERTH_DB_PASSWORD", "compose-config-check")
+        .output()
+        .with_context(|| format!("running {} config", command.join(" ")))?;
+    if !output.status.success() {
+        bail!("{} config: docker-compose.yml: {}", command.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    eprintln!("xtask: {} config: docker-compose.yml is valid", command.join(" "));
+    Ok(())
 }
 
 /// The version `cargo xtask test` installs when `schemathesis` is missing.

@@ -17,6 +17,7 @@ use berth_control::secrets::SecretKeys;
 use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
 use berth_store::Store;
+pub use berth_store::{CopyReport, Database};
 pub use berth_wire::ADMIN_TOKEN_FILE;
 
 use crate::auth;
@@ -34,6 +35,8 @@ pub use settings::{ServerSettings, parse_bytes, parse_duration};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Where the store lives (SQLite in the data directory unless `--database` says otherwise).
+    pub database: Database,
     pub listen: SocketAddr,
     pub ingress_listen: SocketAddr,
     pub base_domain: String,
@@ -105,7 +108,8 @@ pub const ADMIN_PASSWORD_FILE: &str = "admin.password";
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir).await?;
+    let store = Store::connect(&config.database).await?;
+    tracing::info!(database = %config.database.redacted(), "store open");
     bootstrap(&store, &config.data_dir).await?;
 
     let ingress_listener = tokio::net::TcpListener::bind(config.ingress_listen)
@@ -373,16 +377,37 @@ fn check(config: &ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `berth admin set-password`: sets a user's password in the data directory's store, with no
-/// server running.
-pub async fn set_password(data_dir: &Path, email: &str, password: &str) -> anyhow::Result<()> {
-    if !data_dir.join("berth.db").exists() {
-        bail!("{} holds no Berth database (is --data-dir / BERTH_DATA_DIR right?)", data_dir.display());
+/// `berth admin set-password`: sets a user's password in the store, with no server running.
+pub async fn set_password(database: &Database, email: &str, password: &str) -> anyhow::Result<()> {
+    if let Database::Sqlite(path) = database
+        && !path.exists()
+    {
+        bail!("{} does not exist: no Berth database there (is --data-dir / --database right?)", path.display());
     }
-    let store = Store::open(data_dir).await?;
+    let store = Store::connect(database).await?;
     crate::services::set_password_offline(&store, email, password)
         .await
-        .with_context(|| format!("in {}", data_dir.display()))
+        .with_context(|| format!("in {}", database.redacted()))
+}
+
+/// `berth admin migrate-store`: copies every row of the store `from` into `to`, a new, empty
+/// database (its schema is created first). `from` is only read (its migrations brought up to
+/// date first, as a server start would); a failure leaves `to` without rows.
+pub async fn migrate_store(from: &Database, to: &Database) -> anyhow::Result<CopyReport> {
+    if from == to {
+        bail!("--from and --to are the same database");
+    }
+    if let Database::Sqlite(path) = from
+        && !path.exists()
+    {
+        bail!("{} does not exist: no Berth database to copy", path.display());
+    }
+    let source = Store::connect(from).await.with_context(|| format!("opening the source {}", from.redacted()))?;
+    let target = Store::connect(to).await.with_context(|| format!("opening the target {}", to.redacted()))?;
+    let report = source.copy_to(&target).await.with_context(|| format!("copying into {}", to.redacted()))?;
+    source.close().await;
+    target.close().await;
+    Ok(report)
 }
 
 #[cfg(test)]

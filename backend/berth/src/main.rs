@@ -76,6 +76,8 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Exit 0 when the server at --url answers (for container health checks).
+    Health,
     /// Run a host agent that joins a control plane (`berth agent --join URL --token JOIN_TOKEN`).
     Agent(AgentArgs),
     /// Maintenance on this machine's data directory, without the API (`berth admin set-password`).
@@ -351,6 +353,21 @@ enum AdminCommand {
         /// The server's data directory.
         #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
         data_dir: PathBuf,
+        /// The server's store, when not the SQLite file in the data directory.
+        #[arg(long, env = "BERTH_DATABASE", value_parser = parse_database, hide_env_values = true)]
+        database: Option<server::Database>,
+    },
+    /// Copy every row of one store into a new, empty one, e.g. from the embedded SQLite to
+    /// PostgreSQL. Stop the server first; start it again with `--database` set to the target.
+    /// The data directory (keys, certificates, repositories) stays where it is.
+    #[command(name = "migrate-store")]
+    MigrateStore {
+        /// The store to copy: `sqlite:/path/to/berth.db` or `postgres://...`.
+        #[arg(long, value_parser = parse_database)]
+        from: server::Database,
+        /// The new store (its database must exist and hold no Berth rows).
+        #[arg(long, value_parser = parse_database)]
+        to: server::Database,
     },
 }
 
@@ -598,6 +615,10 @@ struct ServerArgs {
     /// [default: ./berth-data]
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The store: `postgres://USER:PASSWORD@HOST/DB` for PostgreSQL (several servers may share
+    /// it), or `sqlite:PATH`. [default: sqlite, berth.db in the data directory]
+    #[arg(long, env = "BERTH_DATABASE", value_parser = parse_database, hide_env_values = true)]
+    database: Option<server::Database>,
     /// Address of the API (and the dashboard). [default: 127.0.0.1:7878]
     #[arg(long, env = "BERTH_LISTEN")]
     listen: Option<SocketAddr>,
@@ -743,6 +764,7 @@ impl ServerArgs {
         };
         let flags = ServerSettings {
             data_dir: self.data_dir,
+            database: self.database,
             listen: self.listen,
             ingress_listen: self.ingress_listen,
             base_domain: self.base_domain,
@@ -787,6 +809,10 @@ impl ServerArgs {
         };
         Ok(flags.over(file))
     }
+}
+
+fn parse_database(text: &str) -> Result<server::Database, String> {
+    text.parse()
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -857,10 +883,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         agent_daemon::run(config).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    if let Command::Admin(AdminCommand::SetPassword { email, data_dir }) = &cli.command {
+    if let Command::Admin(AdminCommand::SetPassword { email, data_dir, database }) = &cli.command {
         let password = cli::read_password()?;
-        server::set_password(data_dir, email, &password).await?;
+        let database = database.clone().unwrap_or_else(|| server::Database::in_data_dir(data_dir));
+        server::set_password(&database, email, &password).await?;
         println!("berth: the password of {email} is set; its sessions and sign-in tokens are revoked");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Admin(AdminCommand::MigrateStore { from, to }) = &cli.command {
+        let report = server::migrate_store(from, to).await?;
+        for (table, rows) in &report.tables {
+            println!("{table:<22} {rows:>9} rows");
+        }
+        println!("berth: copied {} into {}", from.redacted(), to.redacted());
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Hook(HookCommand::PreReceive) = &cli.command {
@@ -871,6 +906,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     match &cli.command {
         Command::Login { email } => return cli::login(&cli.url, email, &cli::read_password()?).await,
+        Command::Health => return cli::health(&cli.url).await,
         Command::Invites(InvitesCommand::Accept { token, email, name }) => {
             return cli::accept_invite(&cli.url, token, email, name.clone(), &cli::read_password()?).await;
         }
@@ -882,6 +918,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         | Command::Agent(_)
         | Command::Admin(_)
         | Command::Login { .. }
+        | Command::Health
         | Command::Hook(_)
         | Command::GitCredential { .. }
         | Command::Invites(InvitesCommand::Accept { .. }) => {

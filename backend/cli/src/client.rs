@@ -200,6 +200,14 @@ impl ApiClient {
         client.send_for_answer(Method::POST, client.url(&["login"]), Some(request)).await
     }
 
+    /// `GET /api/v1/health`: whether the server answers, without credentials (container health
+    /// checks). Sent once.
+    pub async fn health(base_url: &str) -> anyhow::Result<()> {
+        let client = ApiClient::build(base_url, None, String::new())?;
+        let _: serde_json::Value = client.send_for_answer::<(), _>(Method::GET, client.url(&["health"]), None).await?;
+        Ok(())
+    }
+
     /// `POST /api/v1/invites/{invite_token}/accept`: joins the invitation's team, creating the
     /// account if needed. Sent once, without credentials.
     pub async fn accept_invite(

@@ -102,6 +102,14 @@ pub fn git_credential(url: &str, token: Option<String>, action: &str) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `berth health`: exits 0 when the server at `url` answers its health check (for container
+/// health checks: the image has no shell or curl).
+pub async fn health(url: &str) -> anyhow::Result<ExitCode> {
+    ApiClient::health(url).await?;
+    println!("ok");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn login(url: &str, email: &str, password: &str) -> anyhow::Result<ExitCode> {
     let url = url.trim_end_matches('/');
     let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_string()).unwrap_or_default();

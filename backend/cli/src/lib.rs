@@ -12,6 +12,6 @@ mod output;
 
 pub use client::{ApiClient, ApiError, DEFAULT_RETRY_BUDGET, MAX_LINE_BYTES, Resource, StreamLine};
 pub use commands::{
-    Client, Wait, accept_invite, cores_to_millis, env_flags, git_credential, login, read_password, secret_flags,
+    Client, Wait, accept_invite, cores_to_millis, env_flags, git_credential, health, login, read_password, secret_flags,
 };
 pub use credentials::config_path;

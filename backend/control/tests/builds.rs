@@ -28,7 +28,7 @@ struct Plane {
 
 async fn plane() -> Plane {
     let dir = tempfile::tempdir().expect("a scratch directory");
-    let store = Store::open(dir.path()).await.expect("opening the store");
+    let store = berth_store::testing::store(dir.path()).await;
     store.bootstrap("token hash", "password hash").await.unwrap();
     let team_id = store.team_id("main").await.unwrap().expect("team main");
     let runtime = MemoryRuntime::new();

@@ -74,7 +74,7 @@ impl Plane {
 
     async fn with(configure: impl FnOnce(&mut OrchestratorConfig)) -> Plane {
         let dir = tempfile::tempdir().expect("a scratch directory");
-        let store = Store::open(dir.path()).await.expect("opening the store");
+        let store = berth_store::testing::store(dir.path()).await;
         store.bootstrap("token hash", "password hash").await.expect("bootstrapping");
         let team_id = store.team_id("main").await.unwrap().expect("bootstrap creates team main");
         let runtime = MemoryRuntime::new();

@@ -74,119 +74,148 @@ pub struct AppEdge {
 impl Store {
     /// Adds `name` to the app. Fails with a unique violation when any app has it.
     pub async fn add_domain(&self, app_id: i64, name: &str) -> Result<()> {
-        sqlx::query("INSERT INTO domains (name, app_id, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(app_id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        write_tx!(self, |tx| {
+            sqlx::query("INSERT INTO domains (name, app_id, created_at) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(app_id)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Removes the app's `name`; false when it had no such domain.
     pub async fn remove_domain(&self, app_id: i64, name: &str) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let removed = sqlx::query("DELETE FROM domains WHERE app_id = ? AND name = ?")
-            .bind(app_id)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        sqlx::query("DELETE FROM acme_names WHERE name = ?").bind(name).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(removed)
+        write_tx!(self, |tx| {
+            let removed = sqlx::query("DELETE FROM domains WHERE app_id = $1 AND name = $2")
+                .bind(app_id)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            sqlx::query("DELETE FROM acme_names WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(removed)
+        })
     }
 
     pub async fn domains(&self, app_id: i64) -> Result<Vec<String>> {
-        sqlx::query_scalar("SELECT name FROM domains WHERE app_id = ? ORDER BY name")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await
+        with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT name FROM domains WHERE app_id = $1 ORDER BY name")
+                .bind(app_id)
+                .fetch_all(pool)
+                .await
+        })
     }
 
     /// Every custom domain with its app's id.
     pub async fn all_domains(&self) -> Result<Vec<(String, i64)>> {
-        sqlx::query_as("SELECT name, app_id FROM domains ORDER BY name").fetch_all(&self.pool).await
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT name, app_id FROM domains ORDER BY name").fetch_all(pool).await
+        })
     }
 
     pub async fn edge_settings(&self, app_id: i64) -> Result<EdgeSettings> {
-        let settings: Option<Json<EdgeSettings>> = sqlx::query_scalar("SELECT edge_settings FROM apps WHERE id = ?")
-            .bind(app_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(settings.map(|s| s.0).unwrap_or_default())
+        with_pool!(self, |pool| {
+            let settings: Option<Json<EdgeSettings>> =
+                sqlx::query_scalar("SELECT edge_settings FROM apps WHERE id = $1")
+                    .bind(app_id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(settings.map(|s| s.0).unwrap_or_default())
+        })
     }
 
     pub async fn set_edge_settings(&self, app_id: i64, settings: &EdgeSettings) -> Result<()> {
-        sqlx::query("UPDATE apps SET edge_settings = ? WHERE id = ?")
-            .bind(Json(settings))
-            .bind(app_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        write_tx!(self, |tx| {
+            sqlx::query("UPDATE apps SET edge_settings = $1 WHERE id = $2")
+                .bind(Json(settings))
+                .bind(app_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Per app: its domains, edge settings and the serving release's protocol.
     pub async fn app_edges(&self) -> Result<HashMap<i64, AppEdge>> {
-        let rows: Vec<(i64, Json<EdgeSettings>, Option<Json<AppSpec>>)> = sqlx::query_as(
-            "SELECT a.id, a.edge_settings, r.spec FROM apps a \
+        with_pool!(self, |pool| {
+            let rows: Vec<(i64, Json<EdgeSettings>, Option<Json<AppSpec>>)> = sqlx::query_as(
+                "SELECT a.id, a.edge_settings, r.spec FROM apps a \
              LEFT JOIN releases r ON r.app_id = a.id AND r.number = a.serving_release",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut edges: HashMap<i64, AppEdge> = rows
-            .into_iter()
-            .map(|(id, settings, spec)| {
-                let protocol = spec.map(|s| s.0.protocol).unwrap_or_default();
-                (id, AppEdge { domains: Vec::new(), settings: settings.0, protocol })
-            })
-            .collect();
-        for (name, app_id) in self.all_domains().await? {
-            if let Some(edge) = edges.get_mut(&app_id) {
-                edge.domains.push(name);
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut edges: HashMap<i64, AppEdge> = rows
+                .into_iter()
+                .map(|(id, settings, spec)| {
+                    let protocol = spec.map(|s| s.0.protocol).unwrap_or_default();
+                    (id, AppEdge { domains: Vec::new(), settings: settings.0, protocol })
+                })
+                .collect();
+            for (name, app_id) in self.all_domains().await? {
+                if let Some(edge) = edges.get_mut(&app_id) {
+                    edge.domains.push(name);
+                }
             }
-        }
-        Ok(edges)
+            Ok(edges)
+        })
     }
 
     pub async fn insert_certificate(&self, certificate: NewCertificate<'_>) -> Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO certificates (app_id, source, names, issuer, chain_pem, key_file, not_after, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(certificate.app_id)
-        .bind(<&str>::from(certificate.source))
-        .bind(Json(certificate.names))
-        .bind(certificate.issuer)
-        .bind(certificate.chain_pem)
-        .bind(certificate.key_file)
-        .bind(certificate.not_after)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await
+        write_tx!(self, |tx| {
+            let written = sqlx::query_scalar(
+                "INSERT INTO certificates (app_id, source, names, issuer, chain_pem, key_file, not_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .bind(certificate.app_id)
+            .bind(<&str>::from(certificate.source))
+            .bind(Json(certificate.names))
+            .bind(certificate.issuer)
+            .bind(certificate.chain_pem)
+            .bind(certificate.key_file)
+            .bind(certificate.not_after)
+            .bind(now_ms())
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(written)
+        })
     }
 
     pub async fn certificates(&self) -> Result<Vec<CertificateRow>> {
-        sqlx::query_as("SELECT * FROM certificates ORDER BY id").fetch_all(&self.pool).await
+        with_pool!(self, |pool| { sqlx::query_as("SELECT * FROM certificates ORDER BY id").fetch_all(pool).await })
     }
 
     pub async fn app_certificates(&self, app_id: i64) -> Result<Vec<CertificateRow>> {
-        sqlx::query_as("SELECT * FROM certificates WHERE app_id = ? ORDER BY id")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM certificates WHERE app_id = $1 ORDER BY id")
+                .bind(app_id)
+                .fetch_all(pool)
+                .await
+        })
     }
 
     /// Removes a certificate record and returns it (its key file is the caller's to delete).
     pub async fn remove_certificate(&self, id: i64) -> Result<Option<CertificateRow>> {
-        sqlx::query_as("DELETE FROM certificates WHERE id = ? RETURNING *").bind(id).fetch_optional(&self.pool).await
+        write_tx!(self, |tx| {
+            let written = sqlx::query_as("DELETE FROM certificates WHERE id = $1 RETURNING *")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(written)
+        })
     }
 
     pub async fn acme_names(&self) -> Result<Vec<AcmeNameRow>> {
-        sqlx::query_as("SELECT name, state, error, attempts, next_attempt_at FROM acme_names")
-            .fetch_all(&self.pool)
-            .await
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT name, state, error, attempts, next_attempt_at FROM acme_names").fetch_all(pool).await
+        })
     }
 
     /// Records where ACME stands for `name`.
@@ -198,8 +227,9 @@ impl Store {
         attempts: i64,
         next_attempt_at: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO acme_names (name, state, error, attempts, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+        write_tx!(self, |tx| {
+            sqlx::query(
+            "INSERT INTO acme_names (name, state, error, attempts, next_attempt_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, error = excluded.error, \
              attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
         )
@@ -209,14 +239,19 @@ impl Store {
         .bind(attempts)
         .bind(next_attempt_at)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Forgets ACME state for names no longer served.
     pub async fn remove_acme_name(&self, name: &str) -> Result<()> {
-        sqlx::query("DELETE FROM acme_names WHERE name = ?").bind(name).execute(&self.pool).await?;
-        Ok(())
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM acme_names WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 }

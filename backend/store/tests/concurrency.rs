@@ -1,45 +1,35 @@
-//! Writers on separate connections of the pool, as the server's tasks are.
+//! Writers on separate connections, as the server's tasks are, and on separate pools, as two
+//! servers sharing one database are: on SQLite and on PostgreSQL.
 
-use std::collections::BTreeMap;
+mod common;
 
 use berth_store::{BuildInsert, NewBuild, Store};
-use berth_wire::AppSpec;
-
-fn spec() -> AppSpec {
-    AppSpec {
-        image: "web:1".into(),
-        port: 8080,
-        replicas: 1,
-        env: BTreeMap::new(),
-        secrets: Default::default(),
-        health_path: None,
-        cpu_millis: None,
-        memory_mb: None,
-        constraints: BTreeMap::new(),
-        privileges: Default::default(),
-        protocol: Default::default(),
-    }
-}
+use common::spec;
 
 /// A transaction that reads before it writes must wait for another writer, never fail with
 /// "database is locked" (a deferred SQLite transaction cannot upgrade to a writer once another
-/// connection has committed since its read, and the busy timeout does not help it).
+/// connection has committed since its read, and the busy timeout does not help it), nor number
+/// a release or build as another did (two servers on one PostgreSQL database).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_read_then_write_transactions_wait_for_each_other_instead_of_failing() {
-    let dir = tempfile::tempdir().expect("a scratch directory");
-    let store = Store::open(dir.path()).await.expect("opening the store");
+    common::with_two_handles_on_each_engine(read_then_write_race).await;
+}
+
+async fn read_then_write_race((store, other): (Store, Store)) {
+    let engine = store.engine();
     store.bootstrap("token hash", "password hash").await.unwrap();
     let team = store.team_id("main").await.unwrap().expect("team main");
     let mut apps = Vec::new();
     for i in 0..4 {
-        apps.push(store.create_app(team, &format!("app{i}"), &spec()).await.unwrap());
+        apps.push(store.create_app(team, &format!("app{i}"), &spec("web:1")).await.unwrap());
     }
     let mut tasks = Vec::new();
     for round in 0..25 {
         for &app in &apps {
-            let store = store.clone();
+            // Every other writer goes through the second store.
+            let store = if (round + app) % 2 == 0 { store.clone() } else { other.clone() };
             tasks.push(tokio::spawn(async move {
-                store.create_release(app, &spec(), None).await.map_err(|e| format!("create_release: {e}"))?;
+                store.create_release(app, &spec("web:1"), None).await.map_err(|e| format!("create_release: {e}"))?;
                 let commit = format!("{round:040}");
                 let build = NewBuild {
                     app_id: app,
@@ -68,11 +58,16 @@ async fn concurrent_read_then_write_transactions_wait_for_each_other_instead_of_
             errors.push(error);
         }
     }
-    assert!(errors.is_empty(), "{} of 100 writers failed: {:?}", errors.len(), &errors[..errors.len().min(3)]);
+    assert!(
+        errors.is_empty(),
+        "{engine}: {} of 100 writers failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
     for &app in &apps {
         let numbers: Vec<i64> = store.releases(app).await.unwrap().iter().map(|r| r.number).collect();
         // Release 1 came with the app.
         let expected: Vec<i64> = (1..=26).rev().collect();
-        assert_eq!(numbers, expected, "release numbers are gap-free and unique");
+        assert_eq!(numbers, expected, "{engine}: release numbers are gap-free and unique");
     }
 }

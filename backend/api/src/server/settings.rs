@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use berth_ingress::{IngressConfig, IpNet};
+use berth_store::Database;
 
 use super::{AcmeSettings, ServerConfig};
 use crate::oidc::{AutoJoin, Provider, ProviderKind};
@@ -33,6 +34,9 @@ use crate::oidc::{AutoJoin, Provider, ProviderKind};
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub data_dir: Option<PathBuf>,
+    /// The store: `sqlite:PATH` or `postgres://...` (default: `berth.db` in the data directory).
+    #[serde(default, deserialize_with = "database")]
+    pub database: Option<Database>,
     pub listen: Option<SocketAddr>,
     pub ingress_listen: Option<SocketAddr>,
     pub base_domain: Option<String>,
@@ -166,6 +170,7 @@ impl ServerSettings {
         sign_in.extend(self.sign_in);
         ServerSettings {
             data_dir: self.data_dir.or(under.data_dir),
+            database: self.database.or(under.database),
             listen: self.listen.or(under.listen),
             ingress_listen: self.ingress_listen.or(under.ingress_listen),
             base_domain: self.base_domain.or(under.base_domain),
@@ -280,10 +285,12 @@ impl ServerSettings {
                 None => server_defaults.memory_mb,
             },
         };
+        let data_dir: PathBuf = self.data_dir.unwrap_or_else(|| "./berth-data".into());
         let config = ServerConfig {
             container_defaults,
             sign_in_ca_file: self.sign_in_ca_file,
-            data_dir: self.data_dir.unwrap_or_else(|| "./berth-data".into()),
+            database: self.database.unwrap_or_else(|| Database::in_data_dir(&data_dir)),
+            data_dir,
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7878))),
             ingress_listen: self.ingress_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             base_domain: self.base_domain.unwrap_or_else(|| "localhost".into()),
@@ -353,6 +360,12 @@ fn sign_in_tables<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
 fn cidrs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
     texts.iter().map(|t| berth_ingress::parse_cidr(t).map_err(serde::de::Error::custom)).collect()
+}
+
+/// A `database` URL, parsed as `--database` is.
+fn database<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Database>, D::Error> {
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    text.map(|text| text.parse().map_err(serde::de::Error::custom)).transpose()
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
@@ -484,6 +497,21 @@ mod tests {
         let half_a_second = ServerSettings { stop_grace: Some(Duration::from_millis(500)), ..Default::default() };
         let error = format!("{:#}", half_a_second.resolve().unwrap_err());
         assert!(error.contains("whole seconds"), "{error}");
+    }
+
+    #[test]
+    fn the_store_defaults_to_sqlite_in_the_data_dir_and_a_file_may_put_it_on_postgresql() {
+        let config = ServerSettings { data_dir: Some("/srv/berth".into()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(config.database, Database::Sqlite("/srv/berth/berth.db".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "database = \"postgres://berth:pw@db/berth\"\n").unwrap();
+        let config = ServerSettings::from_file(&file).unwrap().resolve().unwrap();
+        assert_eq!(config.database, Database::Postgres("postgres://berth:pw@db/berth".into()));
+        std::fs::write(&file, "database = \"mysql://root:hunter2@db/berth\"\n").unwrap();
+        let error = format!("{:#}", ServerSettings::from_file(&file).unwrap_err());
+        // (TOML's own report quotes the line of the file; Berth's words redact the password.)
+        assert!(error.contains("postgres://") && error.contains("root:***@db"), "{error}");
     }
 
     #[test]

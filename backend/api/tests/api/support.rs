@@ -35,9 +35,10 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Opens a store in `dir`.
+/// Opens a store in `dir` (SQLite), or with `BERTH_TEST_STORE=postgres` on a fresh PostgreSQL
+/// database.
 pub async fn store(dir: &ScratchDir) -> Store {
-    Store::open(dir.0.path()).await.expect("opening the store")
+    berth_store::testing::store(dir.0.path()).await
 }
 
 /// The router over `store`, with an orchestrator that has no hosts (nothing ever runs) and the
@@ -96,6 +97,8 @@ pub struct Instance {
     pub router: axum::Router,
     pub admin: String,
     pub dir: ScratchDir,
+    /// The store under the router (SQLite in `dir`, or PostgreSQL).
+    pub store: Store,
 }
 
 pub async fn instance(name: &str) -> Instance {
@@ -109,8 +112,8 @@ pub async fn instance_with(name: &str, defaults: ContainerDefaults) -> Instance 
     let admin = new_token();
     let password_hash = berth_api::auth::hash_password("admin password 1").await.unwrap();
     store.bootstrap(&hash_token(&admin), &password_hash).await.unwrap();
-    let router = router_with(&dir, store, None, defaults).await;
-    Instance { router, admin, dir }
+    let router = router_with(&dir, store.clone(), None, defaults).await;
+    Instance { router, admin, dir, store }
 }
 
 impl Instance {

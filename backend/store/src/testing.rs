@@ -1,0 +1,29 @@
+//! Test support (feature `testing`): the store the workspace's tests run on.
+//!
+//! SQLite in a scratch directory by default; with `BERTH_TEST_STORE=postgres`, a fresh database
+//! on a PostgreSQL cluster the tests start themselves (`berth-testdb`). That one switch runs the
+//! same suites on both engines.
+
+use std::path::Path;
+
+use crate::{Database, Store};
+
+/// The store a test runs on: see the module's doc. Panics when PostgreSQL was asked for and
+/// cannot be had: a run meant for PostgreSQL must not pass on SQLite unnoticed.
+pub async fn store(dir: &Path) -> Store {
+    if berth_testdb::postgres_requested() {
+        let url = berth_testdb::fresh_database()
+            .expect("starting the test PostgreSQL")
+            .expect("BERTH_TEST_STORE=postgres, but the PostgreSQL binaries are not installed");
+        Store::connect(&Database::Postgres(url)).await.expect("opening the PostgreSQL store")
+    } else {
+        Store::open(dir).await.expect("opening the SQLite store")
+    }
+}
+
+/// A store on a fresh PostgreSQL database, or `None` (with a line on stderr) when PostgreSQL is
+/// not installed: for tests that run on both engines in one go.
+pub async fn postgres_store() -> Option<Store> {
+    let url = berth_testdb::fresh_database().expect("starting the test PostgreSQL")?;
+    Some(Store::connect(&Database::Postgres(url)).await.expect("opening the PostgreSQL store"))
+}
