@@ -354,20 +354,21 @@ enum AdminCommand {
         #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
         data_dir: PathBuf,
         /// The server's store, when not the SQLite file in the data directory.
-        #[arg(long, env = "BERTH_DATABASE", value_parser = parse_database, hide_env_values = true)]
-        database: Option<server::Database>,
+        #[arg(long, env = "BERTH_DATABASE", hide_env_values = true)]
+        database: Option<String>,
     },
     /// Copy every row of one store into a new, empty one, e.g. from the embedded SQLite to
     /// PostgreSQL. Stop the server first; start it again with `--database` set to the target.
     /// The data directory (keys, certificates, repositories) stays where it is.
     #[command(name = "migrate-store")]
     MigrateStore {
-        /// The store to copy: `sqlite:/path/to/berth.db` or `postgres://...`.
-        #[arg(long, value_parser = parse_database)]
-        from: server::Database,
+        /// The store to copy: `sqlite:/path/to/berth.db` or `postgres://...` (prefer the
+        /// environment variable for a URL with a password: arguments show in `ps`).
+        #[arg(long, env = "BERTH_MIGRATE_FROM", hide_env_values = true)]
+        from: String,
         /// The new store (its database must exist and hold no Berth rows).
-        #[arg(long, value_parser = parse_database)]
-        to: server::Database,
+        #[arg(long, env = "BERTH_MIGRATE_TO", hide_env_values = true)]
+        to: String,
     },
 }
 
@@ -615,10 +616,10 @@ struct ServerArgs {
     /// [default: ./berth-data]
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The store: `postgres://USER:PASSWORD@HOST/DB` for PostgreSQL (several servers may share
-    /// it), or `sqlite:PATH`. [default: sqlite, berth.db in the data directory]
-    #[arg(long, env = "BERTH_DATABASE", value_parser = parse_database, hide_env_values = true)]
-    database: Option<server::Database>,
+    /// The store: `postgres://USER:PASSWORD@HOST/DB` for PostgreSQL (one server per database for
+    /// now), or `sqlite:PATH`. [default: sqlite, berth.db in the data directory]
+    #[arg(long, env = "BERTH_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Address of the API (and the dashboard). [default: 127.0.0.1:7878]
     #[arg(long, env = "BERTH_LISTEN")]
     listen: Option<SocketAddr>,
@@ -764,7 +765,7 @@ impl ServerArgs {
         };
         let flags = ServerSettings {
             data_dir: self.data_dir,
-            database: self.database,
+            database: self.database.map(|url| parse_database("--database", &url)).transpose()?,
             listen: self.listen,
             ingress_listen: self.ingress_listen,
             base_domain: self.base_domain,
@@ -811,8 +812,9 @@ impl ServerArgs {
     }
 }
 
-fn parse_database(text: &str) -> Result<server::Database, String> {
-    text.parse()
+/// A database URL, parsed after clap (whose own errors would repeat a password in the value).
+fn parse_database(flag: &str, text: &str) -> anyhow::Result<server::Database> {
+    text.parse().map_err(|error| anyhow::anyhow!("{flag}: {error}"))
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -885,13 +887,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     if let Command::Admin(AdminCommand::SetPassword { email, data_dir, database }) = &cli.command {
         let password = cli::read_password()?;
-        let database = database.clone().unwrap_or_else(|| server::Database::in_data_dir(data_dir));
+        let database = match database {
+            Some(url) => parse_database("--database", url)?,
+            None => server::Database::in_data_dir(data_dir),
+        };
         server::set_password(&database, email, &password).await?;
         println!("berth: the password of {email} is set; its sessions and sign-in tokens are revoked");
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Admin(AdminCommand::MigrateStore { from, to }) = &cli.command {
-        let report = server::migrate_store(from, to).await?;
+        let (from, to) = (parse_database("--from", from)?, parse_database("--to", to)?);
+        let report = server::migrate_store(&from, &to).await?;
         for (table, rows) in &report.tables {
             println!("{table:<22} {rows:>9} rows");
         }

@@ -101,11 +101,7 @@ impl Store {
         let kind_of = |table: &str, column: &str| {
             kinds.as_ref().and_then(|kinds| kinds.get(&(table.to_string(), column.to_string())).copied())
         };
-        let mut tables = Vec::new();
-        for &name in TABLES {
-            let table = self.read_table(name, &kind_of).await.with_context(|| format!("reading table {name}"))?;
-            tables.push((name, table));
-        }
+        let tables = self.read_tables(&kind_of).await?;
         target.write_tables(&tables, &kind_of).await?;
         Ok(CopyReport { tables: tables.iter().map(|(name, table)| (*name, table.rows.len() as u64)).collect() })
     }
@@ -146,43 +142,58 @@ impl Store {
         Ok(with_pool!(self, |pool| sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?))
     }
 
-    async fn read_table(&self, table: &str, kind_of: &impl Fn(&str, &str) -> Option<Kind>) -> anyhow::Result<Table> {
-        let sql = format!("SELECT * FROM {table}");
+    /// Every table of [`TABLES`], read in one transaction: a consistent snapshot even while a
+    /// server writes (a release and the app serving it, a row and its parent).
+    async fn read_tables(
+        &self,
+        kind_of: &impl Fn(&str, &str) -> Option<Kind>,
+    ) -> anyhow::Result<Vec<(&'static str, Table)>> {
+        let mut tables = Vec::new();
         match &self.pool {
             Pool::Sqlite(pool) => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
-                // SQLite's values carry their own type: integer or text. A PostgreSQL target's
-                // column types say which integers are flags and which texts JSON documents.
-                decode_rows(rows, |row, i, column, type_name| {
-                    Ok(match (type_name, kind_of(table, column)) {
-                        ("INTEGER", Some(Kind::Bool)) => Value::Bool(row.try_get::<i64, _>(i)? != 0),
-                        ("INTEGER", _) => Value::Int(row.try_get(i)?),
-                        ("TEXT", Some(Kind::Json)) => {
-                            let text: String = row.try_get(i)?;
-                            Value::Json(
-                                serde_json::from_str(&text).with_context(|| {
+                // A deferred transaction reads one snapshot of the write-ahead log throughout.
+                let mut tx = pool.begin().await?;
+                for &table in TABLES {
+                    let sql = format!("SELECT * FROM {table}");
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+                    // SQLite's values carry their own type: integer or text. A PostgreSQL
+                    // target's column types say which integers are flags and which texts JSON.
+                    let decoded = decode_rows(rows, |row, i, column, type_name| {
+                        Ok(match (type_name, kind_of(table, column)) {
+                            ("INTEGER", Some(Kind::Bool)) => Value::Bool(row.try_get::<i64, _>(i)? != 0),
+                            ("INTEGER", _) => Value::Int(row.try_get(i)?),
+                            ("TEXT", Some(Kind::Json)) => {
+                                let text: String = row.try_get(i)?;
+                                Value::Json(serde_json::from_str(&text).with_context(|| {
                                     format!("{table}.{column} holds text that is not JSON: {text:.80}")
-                                })?,
-                            )
-                        }
-                        ("TEXT", _) => Value::Text(row.try_get(i)?),
-                        (other, _) => bail!("{table}.{column} holds a value of type {other}"),
-                    })
-                })
+                                })?)
+                            }
+                            ("TEXT", _) => Value::Text(row.try_get(i)?),
+                            (other, _) => bail!("{table}.{column} holds a value of type {other}"),
+                        })
+                    });
+                    tables.push((table, decoded.with_context(|| format!("reading table {table}"))?));
+                }
             }
             Pool::Postgres(pool) => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?;
-                decode_rows(rows, |row, i, column, type_name| {
-                    Ok(match type_name {
-                        "INT8" => Value::Int(row.try_get(i)?),
-                        "BOOL" => Value::Bool(row.try_get(i)?),
-                        "TEXT" => Value::Text(row.try_get(i)?),
-                        "JSONB" => Value::Json(row.try_get::<sqlx::types::Json<_>, _>(i)?.0),
-                        other => bail!("{table}.{column} has type {other}"),
-                    })
-                })
+                let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                for &table in TABLES {
+                    let sql = format!("SELECT * FROM {table}");
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+                    let decoded = decode_rows(rows, |row, i, column, type_name| {
+                        Ok(match type_name {
+                            "INT8" => Value::Int(row.try_get(i)?),
+                            "BOOL" => Value::Bool(row.try_get(i)?),
+                            "TEXT" => Value::Text(row.try_get(i)?),
+                            "JSONB" => Value::Json(row.try_get::<sqlx::types::Json<_>, _>(i)?.0),
+                            other => bail!("{table}.{column} has type {other}"),
+                        })
+                    });
+                    tables.push((table, decoded.with_context(|| format!("reading table {table}"))?));
+                }
             }
         }
+        Ok(tables)
     }
 
     async fn write_tables(
@@ -191,6 +202,15 @@ impl Store {
         kind_of: &impl Fn(&str, &str) -> Option<Kind>,
     ) -> anyhow::Result<()> {
         write_tx!(self, |tx| {
+            // Checked again in the transaction that writes: nothing came in since the first look.
+            for name in TABLES {
+                let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {name}")))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if rows > 0 {
+                    bail!("the target already holds data (table {name} is not empty)");
+                }
+            }
             for (name, table) in tables {
                 if table.rows.is_empty() {
                     continue;

@@ -658,8 +658,12 @@ impl Store {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut, and
+/// without NUL (PostgreSQL's text takes none; a request may carry one).
 fn cap(mut text: String, max: usize) -> String {
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{FFFD}");
+    }
     if text.len() > max {
         let mut end = max - '…'.len_utf8();
         while !text.is_char_boundary(end) {
@@ -681,5 +685,6 @@ mod tests {
         let cut = cap("é".repeat(100), 11);
         assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
         assert_eq!(cap("x".repeat(2_000_000), 320).len(), 320);
+        assert_eq!(cap("a\0b".into(), 10), "a\u{FFFD}b");
     }
 }

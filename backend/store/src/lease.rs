@@ -55,13 +55,15 @@ fn now_sql(pool: &Pool) -> &'static str {
 
 impl Store {
     /// Takes the lease for `ttl` when it is free, expired, or `holder`'s already, and returns the
-    /// term then held; `None` while another instance holds it. Taking it from someone else
-    /// raises the term.
+    /// term then held; `None` while another instance holds it. Only extending one's own unexpired
+    /// lease keeps the term: taking an expired lease raises it even for the same holder (a name
+    /// may come back in a new process while the old one still lives), and holders should be
+    /// unique per process.
     pub async fn acquire_lease(&self, holder: &str, address: &str, ttl: Duration) -> Result<Option<i64>> {
         let now = now_sql(&self.pool);
         let sql = format!(
             "UPDATE leader_lease SET \
-             term = CASE WHEN holder = $1 THEN term ELSE term + 1 END, \
+             term = CASE WHEN holder = $1 AND expires_at >= {now} THEN term ELSE term + 1 END, \
              holder = $1, address = $2, expires_at = {now} + $3 \
              WHERE id = 1 AND (holder = $1 OR expires_at < {now}) RETURNING term"
         );

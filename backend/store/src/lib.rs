@@ -105,8 +105,8 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Where the store lives: `--database`'s URL, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the store lives: `--database`'s URL, parsed. Its `Debug` hides any password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// A SQLite file (created if missing).
     Sqlite(PathBuf),
@@ -127,6 +127,12 @@ impl Database {
             Database::Sqlite(path) => format!("sqlite:{}", path.display()),
             Database::Postgres(url) => redact_password(url),
         }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -153,18 +159,33 @@ impl FromStr for Database {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: the one after `user:`, up to the last `@` (so an
+/// unencoded `/` or `?` in it is covered too; an `@` in the query only hides more), and a
+/// `password=` query parameter.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+    let (credentials, after) = match rest.rfind('@') {
+        Some(at) => rest.split_at(at),
+        None => ("", rest),
+    };
+    let credentials = match credentials.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => credentials.to_string(),
+    };
+    let after = match after.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => after.to_string(),
+    };
+    format!("{scheme}://{credentials}{after}")
 }
 
 /// The two engines' pools.
@@ -253,7 +274,10 @@ pub(crate) async fn begin_write_sqlite(pool: &SqlitePool) -> Result<sqlx::Transa
 /// the database. A transaction that reads a number and writes the next (releases, builds) then
 /// cannot race another, and never fails on a serialization conflict. Reads do not take it.
 pub(crate) async fn begin_write_postgres(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await?;
+    // READ COMMITTED whatever the database's default: each statement after the lock then sees
+    // every transaction committed before it was granted (a snapshot taken before, as repeatable
+    // read takes it, would miss a takeover of the lease or the last release number).
+    let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
     Ok(tx)
 }
@@ -280,5 +304,15 @@ mod tests {
         assert!("sqlite:".parse::<Database>().is_err());
         let bad = "postgres://u:hunter2@db:notaport/x".parse::<Database>().unwrap_err();
         assert!(!bad.contains("hunter2"), "{bad}");
+        for url in [
+            "postgres://u:hun/ter2@db/berth",
+            "postgres://u:hunter?2@db/berth",
+            "postgres://u@db/berth?sslmode=require&password=hunter2",
+            "postgres://u:hunter2@db/berth?password=hunter2",
+        ] {
+            let redacted = Database::Postgres(url.into()).redacted();
+            assert!(!redacted.contains("hunter") && redacted.contains("db"), "{url} -> {redacted}");
+            assert!(!format!("{:?}", Database::Postgres(url.into())).contains("hunter"));
+        }
     }
 }

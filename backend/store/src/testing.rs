@@ -20,10 +20,3 @@ pub async fn store(dir: &Path) -> Store {
         Store::open(dir).await.expect("opening the SQLite store")
     }
 }
-
-/// A store on a fresh PostgreSQL database, or `None` (with a line on stderr) when PostgreSQL is
-/// not installed: for tests that run on both engines in one go.
-pub async fn postgres_store() -> Option<Store> {
-    let url = berth_testdb::fresh_database().expect("starting the test PostgreSQL")?;
-    Some(Store::connect(&Database::Postgres(url)).await.expect("opening the PostgreSQL store"))
-}

@@ -8,7 +8,8 @@ use std::time::Duration;
 use berth_store::{Store, is_fenced};
 use common::spec;
 
-const TTL: Duration = Duration::from_millis(400);
+// Long enough that a loaded machine does not lose a lease between two calls of the test.
+const TTL: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_writes_nothing_once_another_took_over() {
@@ -58,4 +59,12 @@ async fn paused_leader((a, b): (Store, Store)) {
     b.release_lease("b", term_b).await.unwrap();
     assert_eq!(a.acquire_lease("a", "http://a:7878", TTL).await.unwrap(), Some(3), "{engine}");
     assert!(is_fenced(&b.fenced("b", term_b).add_release_event(1, "note", "late b").await.unwrap_err()));
+
+    // Renewing one's own live lease keeps the term; taking it back once expired does not, even
+    // under the same name (another process may carry it): the old handle is fenced.
+    assert_eq!(a.acquire_lease("a", "http://a:7878", TTL).await.unwrap(), Some(3), "{engine}");
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert_eq!(a.acquire_lease("a", "http://a:7878", TTL).await.unwrap(), Some(4), "{engine}");
+    assert!(is_fenced(&a.fenced("a", 3).add_release_event(1, "note", "term 3").await.unwrap_err()), "{engine}");
+    a.fenced("a", 4).add_release_event(1, "note", "term 4").await.unwrap();
 }

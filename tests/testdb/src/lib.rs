@@ -174,8 +174,9 @@ fn boot(binaries: &Binaries, owner: Option<(Uid, Gid)>, dir: &Path) -> anyhow::R
             .args(["-c", "listen_addresses=127.0.0.1"])
             // Speed over durability: a test database dies with its test.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            // Each server under test opens a pool of up to ten connections, and tests run at once.
-            .args(["-c", "max_connections=200"])
+            // Each store under test opens a pool of up to 16 connections (a server, two), and tests run
+            // at once.
+            .args(["-c", "max_connections=400"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("duplicating the log file")?)
             .stderr(log_file);

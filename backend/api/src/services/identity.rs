@@ -298,7 +298,8 @@ impl Services {
     /// The backoff, argon2 and failure accounting of [`Services::check_password`], for an
     /// attempt already counted by [`Services::rate_limit`].
     async fn verify_account(&self, email: &str, password: &str, address: &str) -> Result<UserRow> {
-        if email.len() > 254 {
+        // No account has control characters in its email (and PostgreSQL's text takes no NUL).
+        if email.len() > 254 || email.chars().any(char::is_control) {
             return Err(generic_login_failure());
         }
         let now = now_ms();
