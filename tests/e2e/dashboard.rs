@@ -111,6 +111,7 @@ async fn admin_set_password_replaces_the_password_and_ends_sessions() -> anyhow:
         let mut child = std::process::Command::new(berth_tests::berth_binary()?)
             .args(["admin", "set-password", "admin@localhost", "--data-dir"])
             .arg(&server.data_dir)
+            .args(fixture.database.iter().flat_map(|url| ["--database", url.as_str()]))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
