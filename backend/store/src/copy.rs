@@ -89,11 +89,6 @@ impl Store {
                 bail!("BUG: the copy does not know the tables {unknown:?}: a migration added them, TABLES lacks them");
             }
         }
-        for table in TABLES {
-            if target.count(table).await? > 0 {
-                bail!("the target already holds data (table {table} is not empty): copy into a new, empty database");
-            }
-        }
         let kinds = match (&self.pool, &target.pool) {
             (_, Pool::Postgres(pool)) | (Pool::Postgres(pool), _) => Some(postgres_kinds(pool).await?),
             _ => None,
@@ -135,11 +130,6 @@ impl Store {
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?
         });
         Ok(version.unwrap_or(0))
-    }
-
-    async fn count(&self, table: &str) -> anyhow::Result<i64> {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        Ok(with_pool!(self, |pool| sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?))
     }
 
     /// Every table of [`TABLES`], read in one transaction: a consistent snapshot even while a
@@ -202,13 +192,13 @@ impl Store {
         kind_of: &impl Fn(&str, &str) -> Option<Kind>,
     ) -> anyhow::Result<()> {
         write_tx!(self, |tx| {
-            // Checked again in the transaction that writes: nothing came in since the first look.
+            // Checked in the transaction that writes, so nothing can come in between.
             for name in TABLES {
                 let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {name}")))
                     .fetch_one(&mut *tx)
                     .await?;
                 if rows > 0 {
-                    bail!("the target already holds data (table {name} is not empty)");
+                    bail!("the target already holds data (table {name} is not empty): copy into a new, empty database");
                 }
             }
             for (name, table) in tables {
