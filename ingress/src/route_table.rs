@@ -16,7 +16,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// What the control plane pushes: one host name and the endpoints that may serve it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RouteSpec {
     /// Host name as clients send it, without port (`web.localhost`).
     pub host: String,
@@ -32,7 +32,7 @@ impl RouteSpec {
 }
 
 /// How a host is served, beyond where.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RouteOptions {
     /// Plain HTTP requests are redirected to HTTPS (308), except ACME HTTP-01 challenges.
     pub https_redirect: bool,

@@ -9,14 +9,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use berth_agent::docker::DockerRuntime;
 use berth_agent::{AgentConfig, ContainerRuntime as _, EndpointMode};
-use berth_control::builds::{Builds, BuildsConfig};
-use berth_control::certs::{AcmeConfig, Certs, CertsConfig};
+use berth_control::builds::BuildsConfig;
+use berth_control::certs::{AcmeConfig, CertsConfig};
+use berth_control::cluster::{self, Cluster, ClusterConfig, DutiesConfig};
 use berth_control::images::LocalImageSource;
 use berth_control::repos::Repos;
 use berth_control::secrets::SecretKeys;
-use berth_control::{HostLink, HostLinks, Orchestrator, OrchestratorConfig};
+use berth_control::{HostLink, HostLinks, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
-use berth_store::Store;
+use berth_store::{InstanceInfo, Store};
 pub use berth_store::{CopyReport, Database};
 pub use berth_wire::ADMIN_TOKEN_FILE;
 
@@ -27,7 +28,7 @@ mod listen;
 mod settings;
 
 use crate::oidc::SignIn;
-use crate::services::Services;
+use crate::services::{Admission, Services};
 pub use berth_ingress::{IpNet, parse_cidr};
 pub use listen::{ApiLimits, serve, tls_acceptor};
 pub use settings::{ServerSettings, parse_bytes, parse_duration};
@@ -171,22 +172,23 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let https_port = ingress_config.https_port.filter(|_| https_listener.is_some());
     let ingress = Ingress::new(ingress_config);
-    let orchestrator = Orchestrator::start(
-        store.clone(),
-        ingress.clone(),
-        links,
-        OrchestratorConfig {
-            deploy_timeout: config.deploy_timeout,
-            drain_timeout: config.drain_timeout,
-            stop_grace_secs: config.stop_grace_secs,
-            heartbeat_timeout: config.heartbeat_timeout,
-            https_port,
-            secrets: SecretKeys::open(&config.data_dir)?,
-            ..OrchestratorConfig::new(config.base_domain.clone(), ingress_listener.local_addr()?.port())
-        },
-    )
-    .await?;
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let instance = InstanceInfo {
+        id: cluster::instance_id(&config.host_name),
+        host: config.host_name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        address: public_url.clone(),
+    };
+    let site = OrchestratorConfig {
+        deploy_timeout: config.deploy_timeout,
+        drain_timeout: config.drain_timeout,
+        stop_grace_secs: config.stop_grace_secs,
+        heartbeat_timeout: config.heartbeat_timeout,
+        https_port,
+        secrets: SecretKeys::open(&config.data_dir)?,
+        instance_id: instance.id.clone(),
+        ..OrchestratorConfig::new(config.base_domain.clone(), ingress_listener.local_addr()?.port())
+    };
     let hook_program = std::env::current_exe().context("locating the berth binary (git hooks run it)")?;
     let repos = Repos::open(&config.data_dir, &hook_program).await?;
     let builds_config = BuildsConfig {
@@ -194,7 +196,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         cache_max_bytes: config.build_cache_max,
         min_free_bytes: 2 << 30,
     };
-    let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await?;
     let certs_config = CertsConfig {
         tls_dir: config.data_dir.join("tls"),
         acme: config.acme.as_ref().map(|acme| AcmeConfig {
@@ -211,7 +212,23 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         operator: operator_certificate,
         check_every: Duration::from_secs(5),
     };
-    let certs = Certs::start(store.clone(), ingress.clone(), orchestrator.clone(), certs_config).await?;
+    let admission = Admission::default();
+    let duties = cluster::start_duties(DutiesConfig {
+        ingress: ingress.clone(),
+        links,
+        orchestrator: site.clone(),
+        repos,
+        builds: builds_config,
+        certs: certs_config,
+        release_gate: admission.release_gate(store.clone()),
+    });
+    let cluster = Cluster::start(store.clone(), ingress.clone(), ClusterConfig::new(instance, site), duties).await?;
+    match cluster.term() {
+        Some(term) => tracing::info!(term, "this instance leads the control plane"),
+        None => println!(
+            "berth server: another instance leads the control plane; this one serves the API and its ingress, and takes over if the leader goes"
+        ),
+    }
     let hook_socket = config.data_dir.join("run").join("hooks.sock");
     let hook_listener = crate::githook::bind(&hook_socket)?;
     let mut sign_in = SignIn::new(&public_url, config.sign_in.clone());
@@ -219,7 +236,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let pem = std::fs::read(path).with_context(|| format!("reading the sign-in CA {}", path.display()))?;
         sign_in = sign_in.with_ca(&pem).with_context(|| format!("in {}", path.display()))?;
     }
-    let services = Services::new(store, orchestrator, builds.clone(), certs.clone())
+    let services = Services::new(store, cluster.clone(), admission)
         .with_sign_in(sign_in)
         .with_public_url(&public_url)
         .with_hook_socket(hook_socket)
@@ -252,10 +269,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     {
         // Pushes hold their connection until their build ends: end the builds at once, or
         // the graceful shutdown would wait for them.
-        let (builds, stop) = (builds.clone(), stop.clone());
+        let (cluster, stop) = (cluster.clone(), stop.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
-            builds.cancel_all();
+            if let Some(duties) = cluster.leader() {
+                duties.builds.cancel_all();
+            }
             stop.cancel();
         });
     }
@@ -270,8 +289,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         task.await.context("the HTTPS API listener")?.context("serving the API over HTTPS")?;
     }
     stop_hooks.cancel();
-    builds.shutdown().await;
-    certs.shutdown().await;
+    cluster.shutdown().await;
     ingress_task.abort();
     if let Some(task) = https_task {
         task.abort();

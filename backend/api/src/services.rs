@@ -5,9 +5,7 @@
 //! One module per area: `apps`, `hosts`, `agents` (the agent protocol's operations), `identity`;
 //! `validate` holds the validators they share.
 
-use berth_control::Orchestrator;
-use berth_control::builds::Builds;
-use berth_control::certs::Certs;
+use berth_control::{Cluster, Duties};
 use berth_store::Store;
 
 mod agents;
@@ -66,6 +64,9 @@ pub enum ServiceError {
     /// A service Berth relies on (a sign-in provider) failed or could not be reached.
     #[error("{0}")]
     BadGateway(String),
+    /// The operation runs on the leader, and this instance does not lead.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -94,43 +95,51 @@ fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
     ServiceError::Validation { field: field.to_string(), message: message.into() }
 }
 
+/// The lock every release holds from its quota check until it is stored, so two requests cannot
+/// both fit in the room that holds one (builds' releases through [`Admission::release_gate`]).
+#[derive(Clone, Default)]
+pub struct Admission(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+impl Admission {
+    /// The quota check a build's release passes when it is stored, under this lock.
+    pub fn release_gate(&self, store: Store) -> std::sync::Arc<dyn berth_control::builds::ReleaseGate> {
+        std::sync::Arc::new(quotas::BuildReleaseGate { store, admission: self.0.clone() })
+    }
+}
+
 #[derive(Clone)]
 pub struct Services {
     store: Store,
-    orchestrator: Orchestrator,
+    /// This instance's place among the control-plane instances: the leader's duties when it
+    /// leads, the leader's publications when it does not.
+    cluster: Cluster,
     login_limiter: std::sync::Arc<identity::LoginLimiter>,
     sign_in: std::sync::Arc<crate::oidc::SignIn>,
-    builds: Builds,
-    certs: Certs,
     pushes: std::sync::Arc<builds::Pushes>,
     /// Where users reach the API (git remote URLs).
     public_url: String,
     /// Where Berth's pre-receive hook reaches the server.
     hook_socket: std::path::PathBuf,
     container_defaults: ContainerDefaults,
-    /// Held from a quota check until the release it admitted is stored, so two requests cannot
-    /// both fit in the room that holds one.
+    /// Held from a quota check until the release it admitted is stored.
     admission: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Services {
-    pub fn new(store: Store, orchestrator: Orchestrator, builds: Builds, certs: Certs) -> Services {
+    /// The services over `store`, reaching the control plane through `cluster`; `admission` is
+    /// the lock the leader's builds take too ([`Admission::release_gate`]).
+    pub fn new(store: Store, cluster: Cluster, admission: Admission) -> Services {
         let sign_in = crate::oidc::SignIn::new("http://localhost", Vec::new());
-        let admission = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-        let gate = quotas::BuildReleaseGate { store: store.clone(), admission: admission.clone() };
-        builds.set_release_gate(std::sync::Arc::new(gate));
         Services {
             store,
-            orchestrator,
+            cluster,
             login_limiter: Default::default(),
             sign_in: std::sync::Arc::new(sign_in),
-            builds,
-            certs,
             pushes: Default::default(),
             public_url: "http://localhost".into(),
             hook_socket: std::path::PathBuf::from("hooks.sock"),
             container_defaults: ContainerDefaults::default(),
-            admission,
+            admission: admission.0,
         }
     }
 
@@ -150,9 +159,37 @@ impl Services {
         &self.hook_socket
     }
 
-    /// A `git` command in an app's repository, as Berth runs git.
-    pub fn repos_git(&self, repo: &std::path::Path) -> tokio::process::Command {
-        self.builds.repos().git(repo)
+    /// A `git` command in an app's repository, as Berth runs git (on the leader, which holds
+    /// the builds).
+    pub async fn repos_git(&self, repo: &std::path::Path) -> Result<tokio::process::Command> {
+        Ok(self.duties().await?.builds.repos().git(repo))
+    }
+
+    /// The leader's duties (the orchestrator, builds, certificates) when this instance leads;
+    /// otherwise a 503 naming the instance that does.
+    async fn duties(&self) -> Result<Duties> {
+        if let Some(duties) = self.cluster.leader() {
+            return Ok(duties);
+        }
+        let lease = self.store.lease().await?;
+        let leader = match lease.address.as_str() {
+            "" => String::new(),
+            address => format!(" ({address})"),
+        };
+        Err(ServiceError::Unavailable(format!(
+            "this instance does not lead the control plane, and this operation runs on the leader{leader}: \
+             ask the leader, or again once this instance leads"
+        )))
+    }
+
+    /// The leader's builds (see [`Services::duties`]).
+    async fn builds(&self) -> Result<berth_control::builds::Builds> {
+        Ok(self.duties().await?.builds)
+    }
+
+    /// This instance's place among the control-plane instances.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// Where users reach the API, for the URLs the API shows (the git remote).

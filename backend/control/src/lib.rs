@@ -1,6 +1,7 @@
 //! Berth's control plane: joins desired state (the store) with observed state (the agents'
 //! reports) and acts on the difference.
 //!
+//! - `cluster`: leadership among instances sharing a database, and what followers do.
 //! - `orchestrator`: the release protocol, routes, desired containers per host, host checks.
 //! - `scheduler`: the pure placement function.
 //! - `links`: the control plane's end of every host agent, and the union of their reports.
@@ -15,6 +16,7 @@
 
 pub mod builds;
 pub mod certs;
+pub mod cluster;
 mod ignore;
 pub mod images;
 pub mod links;
@@ -25,6 +27,7 @@ pub mod repos;
 pub mod scheduler;
 pub mod secrets;
 
+pub use cluster::{Cluster, ClusterConfig, Duties};
 pub use links::{HostLink, HostLinks, ObservedUnion};
 pub use orchestrator::{Orchestrator, OrchestratorConfig};
 

@@ -253,6 +253,11 @@ impl HostLink {
     }
 
     /// False until the agent's first report to this control plane.
+    /// The server's own host, whose agent runs in process.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
     pub fn has_reported(&self) -> bool {
         self.reported.load(std::sync::atomic::Ordering::Relaxed)
     }

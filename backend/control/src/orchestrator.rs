@@ -49,6 +49,9 @@ pub struct OrchestratorConfig {
     /// The keys apps' secret variables are sealed with (`berth server`: the data directory's key
     /// file; `new`: a fresh key in memory).
     pub secrets: crate::secrets::SecretKeys,
+    /// This instance's id among those sharing the database (its own ingress is not waited for
+    /// through the store: the orchestrator drains it directly).
+    pub instance_id: String,
 }
 
 impl OrchestratorConfig {
@@ -65,6 +68,7 @@ impl OrchestratorConfig {
             host_check_every: Duration::from_millis(200),
             https_port: None,
             secrets: crate::secrets::SecretKeys::ephemeral(),
+            instance_id: String::new(),
         }
     }
 }
@@ -91,10 +95,34 @@ struct Inner {
     /// Woken when a publication of routes failed, so it is tried again without waiting for a
     /// report that changes what routes.
     routes_failed: tokio::sync::Notify,
+    /// The version of the route table last published for every instance (0: none yet).
+    routes_version: std::sync::atomic::AtomicI64,
+    /// The agents' reports as the previous leader last published them: until a host's agent
+    /// reports to this orchestrator (or the start-up grace ends), its replicas are routed from
+    /// these, so a change of leader does not empty the route table while agents reconnect.
+    inherited: Mutex<ObservedUnion>,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,
     /// Every task the orchestrator runs, so `shutdown` can wait for them to be gone.
     tasks: TaskTracker,
+}
+
+/// The app's own name under the site's base domain (`web.localhost`).
+pub(crate) fn app_host(site: &OrchestratorConfig, app: &str) -> String {
+    format!("{app}.{}", site.base_domain)
+}
+
+/// Where users reach the app: HTTPS when `ingress` has a certificate for its name.
+pub(crate) fn app_url(site: &OrchestratorConfig, ingress: &Ingress, app: &str) -> String {
+    let host = app_host(site, app);
+    match (site.https_port, site.ingress_port) {
+        (Some(port), _) if ingress.certificate_for(&host).is_some() => match port {
+            443 => format!("https://{host}"),
+            port => format!("https://{host}:{port}"),
+        },
+        (_, 80) => format!("http://{host}"),
+        (_, port) => format!("http://{host}:{port}"),
+    }
 }
 
 /// After a control-plane start, an agent not heard from yet gets this long on top of the
@@ -122,6 +150,8 @@ impl Orchestrator {
                 routes_lock: tokio::sync::Mutex::new(Vec::new()),
                 route_computations: Default::default(),
                 routes_failed: tokio::sync::Notify::new(),
+                routes_version: Default::default(),
+                inherited: Mutex::new(ObservedUnion::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -130,9 +160,11 @@ impl Orchestrator {
         for host in orchestrator.inner.store.hosts().await? {
             orchestrator.inner.links.link(&host.name);
         }
+        orchestrator.inherit_reports().await.context("reading the reports the previous leader published")?;
         orchestrator.publish_desired().await.context("publishing desired containers")?;
         orchestrator.publish_routes().await.context("publishing routes")?;
         orchestrator.spawn(orchestrator.clone().follow_reports());
+        orchestrator.spawn(orchestrator.clone().publish_reports());
         orchestrator.spawn(orchestrator.clone().watch_heartbeats());
         // Replicas a previous run was retiring (moved off a host) finish their drain and stop.
         let retiring: Vec<String> =
@@ -173,16 +205,7 @@ impl Orchestrator {
     }
 
     pub fn app_url(&self, app: &str) -> String {
-        let config = &self.inner.config;
-        let host = self.app_host(app);
-        match (config.https_port, config.ingress_port) {
-            (Some(port), _) if self.inner.ingress.certificate_for(&host).is_some() => match port {
-                443 => format!("https://{host}"),
-                port => format!("https://{host}:{port}"),
-            },
-            (_, 80) => format!("http://{host}"),
-            (_, port) => format!("http://{host}:{port}"),
-        }
+        app_url(&self.inner.config, &self.inner.ingress, app)
     }
 
     /// The last `seconds` of an app's traffic through the ingress (empty when it is not routed).
@@ -202,7 +225,7 @@ impl Orchestrator {
 
     /// The app's own name under the base domain.
     pub fn app_host(&self, app: &str) -> String {
-        format!("{app}.{}", self.inner.config.base_domain)
+        app_host(&self.inner.config, app)
     }
 
     /// The latest report of every replica the agents know.

@@ -35,9 +35,11 @@ pub(crate) const TABLES: &[&str] = &[
     "external_identities",
 ];
 
-/// Tables the copy leaves alone: the leadership lease belongs to the instances of one database
-/// (a new database's migrations create its row).
-pub(crate) const NOT_COPIED: &[&str] = &["leader_lease"];
+/// Tables the copy leaves alone: the leadership lease, the instances' reports, the work asked of
+/// the leader and its publications belong to the instances running on one database (a new
+/// database's migrations create the lease's row; its leader publishes afresh, and its first
+/// orchestration does every app's work).
+pub(crate) const NOT_COPIED: &[&str] = &["leader_lease", "instances", "pending_work", "published"];
 
 /// Rows copied per table, in copy order.
 #[derive(Debug, Default)]

@@ -46,7 +46,7 @@ pub fn is_fenced(error: &sqlx::Error) -> bool {
 }
 
 /// Now, in milliseconds since the Unix epoch, on the database's clock.
-fn now_sql(pool: &Pool) -> &'static str {
+pub(crate) fn now_sql(pool: &Pool) -> &'static str {
     match pool {
         Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
         Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
@@ -131,7 +131,7 @@ impl Store {
         Store { pool: self.pool.clone(), fence: Some(Arc::new(Fence { holder: holder.to_string(), term })) }
     }
 
-    fn unfenced(&self) -> Store {
+    pub(crate) fn unfenced(&self) -> Store {
         Store { pool: self.pool.clone(), fence: None }
     }
 }

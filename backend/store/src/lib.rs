@@ -72,6 +72,7 @@ macro_rules! check_fence {
 
 mod apps;
 mod builds;
+mod cluster;
 mod copy;
 mod edge;
 mod hosts;
@@ -82,6 +83,7 @@ mod replicas;
 pub mod testing;
 
 pub use apps::{AppRow, ReleaseRow};
+pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem};
 pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
 pub use copy::CopyReport;
 pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};

@@ -44,7 +44,7 @@ pub(super) async fn build_context(
     State(s): State<AppState>,
     Path(transfer): Path<String>,
 ) -> ApiResult<Response> {
-    let context = s.services.build_context(&host, &transfer)?;
+    let context = s.services.build_context(&host, &transfer).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], context).into_response())
 }
 

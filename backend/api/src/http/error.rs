@@ -29,6 +29,7 @@ impl ApiError {
             ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ServiceError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None),
             ServiceError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None),
+            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader", None),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

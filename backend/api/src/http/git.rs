@@ -73,6 +73,7 @@ fn git_error(error: ServiceError) -> Response {
         ServiceError::Validation { message, .. } => (StatusCode::BAD_REQUEST, message.clone()),
         ServiceError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
         ServiceError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m.clone()),
+        ServiceError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
         ServiceError::Internal(e) => {
             tracing::error!(error = format!("{e:#}"), "git request failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
@@ -155,7 +156,10 @@ async fn info_refs(
         Err(response) => return response,
     };
     let protocol = git_protocol(&headers);
-    let mut command = state.services.repos_git(&access.repo);
+    let mut command = match state.services.repos_git(&access.repo).await {
+        Ok(command) => command,
+        Err(error) => return git_error(error),
+    };
     command.args([service.command(), "--stateless-rpc", "--advertise-refs", "."]);
     if let Some(protocol) = &protocol {
         command.env("GIT_PROTOCOL", protocol);
@@ -229,7 +233,10 @@ async fn rpc(
                 .into_response();
         }
     };
-    let mut command = state.services.repos_git(&access.repo);
+    let mut command = match state.services.repos_git(&access.repo).await {
+        Ok(command) => command,
+        Err(error) => return git_error(error),
+    };
     command.args([service.command(), "--stateless-rpc", "."]);
     if let Some(protocol) = git_protocol(&headers) {
         command.env("GIT_PROTOCOL", protocol);

@@ -29,20 +29,24 @@ impl Services {
         let address = row.address.parse::<IpAddr>().map_err(|_| {
             ServiceError::Internal(anyhow::anyhow!("host {host} has no valid address ({:?})", row.address))
         })?;
-        let link = self.orchestrator.host_connected(host).await?;
-        Ok(AgentSession { link, services: self.clone(), address, capacity: HostCapacity::default(), warned: false })
+        let duties = self.duties().await?;
+        let link = duties.orchestrator.host_connected(host).await?;
+        let links = duties.orchestrator.links().clone();
+        Ok(AgentSession { link, links, services: self.clone(), address, capacity: HostCapacity::default(), warned: false })
     }
 
     /// An image `host` lacks and cannot pull, from another host.
     pub async fn image_for_host(&self, host: &str, image: &str) -> Result<ByteStream> {
-        berth_control::images::fetch(self.orchestrator.links(), host, image)
+        berth_control::images::fetch(self.duties().await?.orchestrator.links(), host, image)
             .await
             .map_err(|e| ServiceError::NotFound(format!("{e:#}")))
     }
 
     /// The build context the control plane offered `host` for `transfer` (once).
-    pub fn build_context(&self, host: &str, transfer: &str) -> Result<bytes::Bytes> {
-        self.orchestrator
+    pub async fn build_context(&self, host: &str, transfer: &str) -> Result<bytes::Bytes> {
+        self.duties()
+            .await?
+            .orchestrator
             .links()
             .relay()
             .take_offer(transfer, host)
@@ -52,7 +56,8 @@ impl Services {
     /// `host`'s upload into a transfer the control plane opened and asked it to answer; returns
     /// once it was read.
     pub async fn agent_upload(&self, host: &str, transfer: &str, stream: ByteStream) -> Result<()> {
-        let relay = self.orchestrator.links().relay();
+        let duties = self.duties().await?;
+        let relay = duties.orchestrator.links().relay();
         relay.deliver(transfer, host, stream).await.map_err(|e| ServiceError::NotFound(format!("{e:#}")))
     }
 }
@@ -61,6 +66,8 @@ impl Services {
 /// `http::agents`): what to send down, when to hang up, and where the agent's messages go.
 pub struct AgentSession {
     link: Arc<HostLink>,
+    /// The leader's links, when the session began (a change of leader ends the session).
+    links: berth_control::HostLinks,
     services: Services,
     /// The host's registered address: the only one its endpoints may be on.
     address: IpAddr,
@@ -120,7 +127,7 @@ impl AgentSession {
                 }
             }
             AgentMessage::Unavailable { transfer } => {
-                self.services.orchestrator.links().relay().unavailable(&transfer, &self.link.name)
+                self.links.relay().unavailable(&transfer, &self.link.name)
             }
         }
         Ok(())

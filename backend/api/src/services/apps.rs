@@ -53,7 +53,7 @@ impl Services {
             None => None,
         };
         let shown = serving.as_ref().or(latest.as_ref()).map(ReleaseRow::spec);
-        let observed = self.orchestrator.observed();
+        let observed = self.cluster.observed();
         let replicas_ready = self
             .store
             .replicas_of_app(app.id)
@@ -65,7 +65,7 @@ impl Services {
         Ok(AppSummary {
             team: app.team.clone(),
             name: app.name.clone(),
-            url: self.orchestrator.app_url(&app.name),
+            url: self.cluster.app_url(&app.name),
             serving_release: app.serving_release.map(|n| n as u32),
             replicas_desired: shown.as_ref().map_or(0, |s| s.replicas),
             replicas_ready,
@@ -81,7 +81,7 @@ impl Services {
         for release in self.store.releases(app.id).await? {
             releases.push(self.release_info(principal, team, &release).await?);
         }
-        let observed = self.orchestrator.observed();
+        let observed = self.cluster.observed();
         let replicas = self
             .store
             .replicas_of_app(app.id)
@@ -148,7 +148,7 @@ impl Services {
             return Err(invalid("secrets", format!("{name} is given both as a plain and as a secret variable")));
         }
         // Held until the spec is stored: a key rotation never misses a value sealed meanwhile.
-        let _sealing = self.orchestrator.secrets().hold().await;
+        let _sealing = self.cluster.secrets().hold().await;
         let _admission = self.admission.lock().await;
         let secrets = self.seal_secrets(team, &input.name, input.secrets);
         let spec = AppSpec {
@@ -184,10 +184,10 @@ impl Services {
         let release = if built_from_git {
             0
         } else {
-            self.orchestrator.enqueue(app_id);
+            self.cluster.enqueue(app_id).await?;
             1
         };
-        Ok(ReleaseAccepted { app: input.name.clone(), release, url: self.orchestrator.app_url(&input.name) })
+        Ok(ReleaseAccepted { app: input.name.clone(), release, url: self.cluster.app_url(&input.name) })
     }
 
     /// A new release from the latest one with `change` applied.
@@ -203,7 +203,7 @@ impl Services {
         if let Some(key) = change.secrets.keys().find(|key| change.env.contains_key(*key)) {
             return Err(invalid("secrets", format!("{key} is given both as a plain and as a secret variable")));
         }
-        let _sealing = self.orchestrator.secrets().hold().await;
+        let _sealing = self.cluster.secrets().hold().await;
         let _admission = self.admission.lock().await;
         // The latest release's spec, or the initial one of an app built from git that has none.
         let latest = self.store.latest_release(app.id).await?.map(|r| r.spec());
@@ -286,7 +286,7 @@ impl Services {
         to: Option<u32>,
     ) -> Result<ReleaseAccepted> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
-        let _sealing = self.orchestrator.secrets().hold().await;
+        let _sealing = self.cluster.secrets().hold().await;
         let _admission = self.admission.lock().await;
         let releases = self.store.releases(app.id).await?;
         let target = match to {
@@ -319,7 +319,7 @@ impl Services {
 
     /// Seals each value for its variable of `team`'s app `app`.
     fn seal_secrets(&self, team: &str, app: &str, plain: BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let keys = self.orchestrator.secrets();
+        let keys = self.cluster.secrets();
         let scope = SecretScope { team, app };
         plain.into_iter().map(|(name, value)| (name.clone(), keys.seal(scope, &name, &value))).collect()
     }
@@ -327,7 +327,7 @@ impl Services {
     /// Reseals every app's secrets with a new key and retires the old ones (instance admins).
     async fn rotate_secret_key_inner(&self, principal: &Principal) -> Result<SecretKeyRotated> {
         principal.require_instance_admin()?;
-        let rotation = self.orchestrator.secrets().rotate(&self.store).await.map_err(ServiceError::Internal)?;
+        let rotation = self.cluster.secrets().rotate(&self.store).await.map_err(ServiceError::Internal)?;
         Ok(SecretKeyRotated {
             key_id: rotation.key_id,
             resealed: rotation.resealed as u64,
@@ -345,24 +345,25 @@ impl Services {
 
     async fn new_release(&self, app: &AppRow, spec: &AppSpec, rollback_of: Option<i64>) -> Result<ReleaseAccepted> {
         let number = self.store.create_release(app.id, spec, rollback_of).await?;
-        self.orchestrator.enqueue(app.id);
-        Ok(ReleaseAccepted { app: app.name.clone(), release: number as u32, url: self.orchestrator.app_url(&app.name) })
+        self.cluster.enqueue(app.id).await?;
+        Ok(ReleaseAccepted { app: app.name.clone(), release: number as u32, url: self.cluster.app_url(&app.name) })
     }
 
     /// Deletes the app; returns once its routes, containers and records are gone.
     async fn delete_app_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<()> {
         let app = self.find_app(principal, team, name, Action::DeleteApps).await?;
+        let duties = self.duties().await?;
         // No build may release into an app being deleted.
-        self.builds.cancel(app.id, None, "the app is being deleted").await;
-        self.orchestrator.delete(app.id).await?;
-        self.builds.forget_app(&app).await;
+        duties.builds.cancel(app.id, None, "the app is being deleted").await;
+        duties.orchestrator.delete(app.id).await?;
+        duties.builds.forget_app(&app).await;
         Ok(())
     }
 
     /// The app's traffic over the last minute and its containers' current CPU and memory.
     pub async fn app_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<AppMetrics> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        let observed = self.orchestrator.observed();
+        let observed = self.cluster.observed();
         let mut metrics = AppMetrics { at: now_ms(), ..AppMetrics::default() };
         for replica in self.store.replicas_of_app(app.id).await? {
             if let Some(usage) = observed.get(&replica.id).and_then(|o| o.usage) {
@@ -372,7 +373,7 @@ impl Services {
             }
         }
         metrics.traffic = self
-            .orchestrator
+            .cluster
             .traffic(&app.name, 60)
             .into_iter()
             .map(|second| TrafficPoint {
@@ -396,11 +397,12 @@ impl Services {
         follow: bool,
     ) -> Result<BoxStream<'static, LogLine>> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        let observed = self.orchestrator.observed();
+        let observed = self.cluster.observed();
+        let duties = self.duties().await?;
         let mut streams = Vec::new();
         for replica in self.store.replicas_of_app(app.id).await? {
             let Some(container_id) = observed.get(&replica.id).and_then(|o| o.container_id.clone()) else { continue };
-            let links = self.orchestrator.links();
+            let links = duties.orchestrator.links();
             let Some(lines) =
                 berth_control::logs::of_container(links, &replica.host, &container_id, tail, follow).await
             else {

@@ -209,7 +209,7 @@ impl Services {
         }
         let app = found?;
         let settings = self.store.build_settings(app.id).await?;
-        let repo = self.builds.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
+        let repo = self.builds().await?.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
         Ok(GitAccess { principal, app, repo })
     }
 
@@ -251,13 +251,14 @@ impl Services {
             let out = out.clone();
             async move { out.send(HookFrame::Line { text }).await.is_ok() }
         };
-        let repo = self.builds.repos().path(&app.team, &app.name);
+        // The leader's builds, for the whole push (a change of leader meanwhile ends the build).
+        let builds = self.builds().await.map_err(|e| e.to_string())?;
+        let repo = builds.repos().path(&app.team, &app.name);
         let objects = ObjectDirs {
             object_directory: request.object_directory.clone(),
             alternate_object_directories: request.alternate_object_directories.clone(),
         };
-        let context = self
-            .builds
+        let context = builds
             .repos()
             .archive(&repo, &update.new, &settings.context_dir, &settings.dockerfile, &objects)
             .await
@@ -273,7 +274,7 @@ impl Services {
             no_cache: options.no_cache,
             replace: options.replace,
         };
-        let started = self.builds.start_build(order).await;
+        let started = builds.start_build(order).await;
         let result: Result<()> = match &started {
             Ok(_) => Ok(()),
             Err(StartError::Busy(_)) => Err(ServiceError::Conflict("a build is running".into())),
@@ -312,7 +313,7 @@ impl Services {
                 line = lines.next() => match line {
                     Some(line) => {
                         if !say(line.line).await {
-                            self.builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
+                            builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
                             return Ok(1);
                         }
                     }
@@ -322,11 +323,11 @@ impl Services {
                     say(format!("build {number}: still working ({} s)", began.elapsed().as_secs())).await;
                 }
                 () = push.gone.cancelled() => {
-                    self.builds.cancel(app.id, Some(number), "the push was interrupted").await;
+                    builds.cancel(app.id, Some(number), "the push was interrupted").await;
                     return Ok(1);
                 }
                 () = out.closed() => {
-                    self.builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
+                    builds.cancel(app.id, Some(number), "the pusher's hook went away").await;
                     return Ok(1);
                 }
             }
@@ -341,8 +342,8 @@ impl Services {
     pub async fn git_info(&self, principal: &Principal, team: &str, name: &str) -> Result<GitInfo> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         let mut settings = self.store.build_settings(app.id).await?;
-        let repo = self.builds.repos().path(&app.team, &app.name);
-        let deployed_commit = self.builds.repos().branch_commit(&repo, &settings.deploy_branch).await;
+        let repo = self.builds().await?.repos().path(&app.team, &app.name);
+        let deployed_commit = self.builds().await?.repos().branch_commit(&repo, &settings.deploy_branch).await;
         // Viewers read this: a user name or password in the URL is never shown.
         settings.git_url = settings.git_url.map(|url| berth_control::repos::redact_url(&url));
         Ok(GitInfo {
@@ -381,8 +382,8 @@ impl Services {
         }
         validate_settings(&settings)?;
         self.store.set_build_settings(app.id, &settings).await?;
-        let repo = self.builds.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
-        self.builds.repos().configure(&repo, &settings.deploy_branch).await?;
+        let repo = self.builds().await?.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
+        self.builds().await?.repos().configure(&repo, &settings.deploy_branch).await?;
         self.git_info(principal, team, name).await
     }
 
@@ -440,11 +441,11 @@ impl Services {
     ) -> Result<(BuildInfo, BoxStream<'static, BuildLogLine>)> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         let build = self.find_build(&app, number).await?;
-        if let Some(live) = self.builds.live_log(app.id, build.number) {
+        if let Some(live) = self.builds().await?.live_log(app.id, build.number) {
             let lines = if follow { live.follow(from) } else { futures::stream::iter(live.lines_from(from)).boxed() };
             return Ok((build.info(), lines));
         }
-        let lines = match stored_lines(&self.builds.log_path(app.id, build.number), from).await {
+        let lines = match stored_lines(&self.builds().await?.log_path(app.id, build.number), from).await {
             Ok(lines) => lines,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(error) => return Err(ServiceError::Internal(anyhow::Error::new(error).context("reading a build log"))),
@@ -455,7 +456,7 @@ impl Services {
     async fn cancel_build_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<BuildInfo> {
         let app = self.find_app(principal, team, name, Action::DeployApps).await?;
         let why = format!("canceled by {}", principal.email);
-        let Some(number) = self.builds.cancel(app.id, None, &why).await else {
+        let Some(number) = self.builds().await?.cancel(app.id, None, &why).await else {
             return Err(ServiceError::Conflict(format!("{name} has no running build")));
         };
         Ok(self.find_build(&app, Some(number as u32)).await?.info())

@@ -54,7 +54,7 @@ impl Services {
     pub async fn list_domains(&self, principal: &Principal, team: &str, app: &str) -> Result<Vec<DomainInfo>> {
         let row = self.find_app(principal, team, app, Action::ViewApps).await?;
         let domains = self.store.domains(row.id).await?;
-        Ok(self.certs.status(row.id, &self.orchestrator.app_host(&row.name), &domains).await?)
+        Ok(self.duties().await?.certs.status(row.id, &self.cluster.app_host(&row.name), &domains).await?)
     }
 
     pub async fn add_domain(
@@ -77,7 +77,7 @@ impl Services {
         input: &AddDomain,
     ) -> Result<DomainInfo> {
         let row = self.find_app(principal, team, app, Action::DeployApps).await?;
-        let name = validate_domain(&input.name, self.orchestrator.base_domain())?;
+        let name = validate_domain(&input.name, self.cluster.base_domain())?;
         match self.store.add_domain(row.id, &name).await {
             Ok(()) => {}
             // Whose it is stays unsaid: it may be another team's.
@@ -86,10 +86,10 @@ impl Services {
             }
             Err(error) => return Err(error.into()),
         }
-        self.orchestrator.publish_routes().await?;
-        self.certs.wake();
+        self.cluster.publish_routes().await?;
+        self.cluster.wake_certs().await?;
         let domains = self.store.domains(row.id).await?;
-        let states = self.certs.status(row.id, &self.orchestrator.app_host(&row.name), &domains).await?;
+        let states = self.duties().await?.certs.status(row.id, &self.cluster.app_host(&row.name), &domains).await?;
         states.into_iter().find(|d| d.name == name).ok_or_else(|| ServiceError::NotFound(name))
     }
 
@@ -100,8 +100,8 @@ impl Services {
             if !self.store.remove_domain(row.id, &name).await? {
                 return Err(ServiceError::NotFound(format!("{app} has no domain {name}")));
             }
-            self.orchestrator.publish_routes().await?;
-            self.certs.wake();
+            self.cluster.publish_routes().await?;
+            self.cluster.wake_certs().await?;
             Ok(())
         }
         .await;
@@ -116,7 +116,7 @@ impl Services {
         app: &str,
     ) -> Result<Vec<CertificateInfo>> {
         let row = self.find_app(principal, team, app, Action::ViewApps).await?;
-        Ok(self.certs.list(row.id).await?)
+        Ok(self.duties().await?.certs.list(row.id).await?)
     }
 
     /// Stores the app's own certificate; every name in it must be one of the app's.
@@ -130,8 +130,8 @@ impl Services {
         let result = async {
             let row = self.find_app(principal, team, app, Action::DeployApps).await?;
             let mut names = self.store.domains(row.id).await?;
-            names.push(self.orchestrator.app_host(&row.name));
-            Ok(self.certs.upload(row.id, &names, &input.chain_pem, &input.key_pem).await?)
+            names.push(self.cluster.app_host(&row.name));
+            Ok(self.duties().await?.certs.upload(row.id, &names, &input.chain_pem, &input.key_pem).await?)
         }
         .await;
         self.audit(Some(principal), "certificate_upload", Some(team), Some(app), None, &result).await?;
@@ -141,7 +141,7 @@ impl Services {
     pub async fn remove_certificate(&self, principal: &Principal, team: &str, app: &str, id: i64) -> Result<()> {
         let result = async {
             let row = self.find_app(principal, team, app, Action::DeployApps).await?;
-            Ok(self.certs.remove(row.id, id).await?)
+            Ok(self.duties().await?.certs.remove(row.id, id).await?)
         }
         .await;
         self.audit(Some(principal), "certificate_remove", Some(team), Some(app), Some(&id.to_string()), &result)
@@ -175,7 +175,7 @@ impl Services {
                 settings.hsts_max_age = (age > 0).then_some(age);
             }
             self.store.set_edge_settings(row.id, &settings).await?;
-            self.orchestrator.publish_routes().await?;
+            self.cluster.publish_routes().await?;
             Ok(settings)
         }
         .await;
@@ -186,12 +186,12 @@ impl Services {
     /// The ingress's figures in the Prometheus text format (instance admins: they name every app).
     pub fn metrics(&self, principal: &Principal) -> Result<String> {
         principal.require_instance_admin()?;
-        let mut text = self.orchestrator.ingress().prometheus();
+        let mut text = self.cluster.ingress().prometheus();
         text.push_str(&format!(
             "# HELP berth_route_tables_computed_total Route tables the control plane computed (on releases, host changes, readiness changes).\n\
              # TYPE berth_route_tables_computed_total counter\n\
              berth_route_tables_computed_total {}\n",
-            self.orchestrator.route_computations()
+            self.cluster.leader().map_or(0, |duties| duties.orchestrator.route_computations())
         ));
         Ok(text)
     }

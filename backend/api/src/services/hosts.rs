@@ -70,7 +70,8 @@ impl Services {
 
     pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
         principal.require_instance_admin()?;
-        let observed = self.orchestrator.observed();
+        let observed = self.cluster.observed();
+        let leader = self.cluster.leader();
         let placements = self.store.placements().await?;
         let replicas = self.store.all_replicas().await?;
         let apps: std::collections::HashMap<i64, AppRow> =
@@ -86,8 +87,12 @@ impl Services {
                     cpu_millis: mine.clone().map(|p| p.cpu_millis).sum(),
                     memory_mb: mine.map(|p| p.memory_mb).sum(),
                 };
-                let last_seen =
-                    self.orchestrator.links().get(&h.name).map(|l| now_ms() - l.silent_for().as_millis() as i64);
+                let last_seen = match &leader {
+                    Some(duties) => {
+                        duties.orchestrator.links().get(&h.name).map(|l| now_ms() - l.silent_for().as_millis() as i64)
+                    }
+                    None => h.last_seen,
+                };
                 HostInfo {
                     state: h.state(),
                     labels: h.labels(),
@@ -135,7 +140,8 @@ impl Services {
                 "{name} is the only host; there is nowhere to move its replicas"
             )));
         }
-        self.orchestrator.drain_host(name).await.map_err(|e| ServiceError::Conflict(format!("{e:#}")))?;
+        let duties = self.duties().await?;
+        duties.orchestrator.drain_host(name).await.map_err(|e| ServiceError::Conflict(format!("{e:#}")))?;
         self.show_host(principal, name).await
     }
 
@@ -145,12 +151,13 @@ impl Services {
         if host.local {
             return Err(ServiceError::Conflict(format!("{name} is the server's own host and cannot be removed")));
         }
+        let duties = self.duties().await?;
         // A host that still runs replicas is drained first, so removing it costs no request.
         if host.state != berth_wire::api::HostState::Down && !host.replicas.is_empty() {
-            self.orchestrator.drain_host(name).await.map_err(|e| ServiceError::Conflict(format!("{e:#}")))?;
+            duties.orchestrator.drain_host(name).await.map_err(|e| ServiceError::Conflict(format!("{e:#}")))?;
         }
         self.store.remove_host(name).await?;
-        self.orchestrator.forget_host(name);
+        duties.orchestrator.forget_host(name);
         Ok(())
     }
 }

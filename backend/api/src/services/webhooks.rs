@@ -275,7 +275,7 @@ impl Services {
             no_cache: false,
             replace: false,
         };
-        match self.builds.start_build(order).await {
+        match self.builds().await?.start_build(order).await {
             Ok(started) => Ok(WebhookAnswer::Accepted(WebhookAccepted { build: started.row.number as u32, commit })),
             Err(StartError::Busy(running)) => Err(ServiceError::Conflict(format!(
                 "build {} of {} is running; the provider may redeliver later",

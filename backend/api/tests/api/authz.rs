@@ -42,7 +42,7 @@ enum Expect {
 struct World {
     router: axum::Router,
     /// Shut down after its one request: hundreds of worlds' background loops would pile up.
-    orchestrator: berth_control::Orchestrator,
+    orchestrator: berth_control::Cluster,
     token: Option<String>,
     /// The caller's own token id (for revoking one's own token).
     token_id: i64,

@@ -9,14 +9,15 @@ use axum::http::{Method, Request};
 use berth_api::auth::{hash_token, new_token};
 use berth_api::http::{self, AppState};
 use berth_api::oidc::SignIn;
-use berth_api::services::{ContainerDefaults, Services};
-use berth_control::builds::{Builds, BuildsConfig};
-use berth_control::certs::{Certs, CertsConfig};
+use berth_api::services::{Admission, ContainerDefaults, Services};
+use berth_control::builds::BuildsConfig;
+use berth_control::certs::CertsConfig;
+use berth_control::cluster::{self, Cluster, ClusterConfig, DutiesConfig};
 use berth_control::repos::Repos;
 use berth_control::secrets::SecretKeys;
-use berth_control::{HostLinks, Orchestrator, OrchestratorConfig};
+use berth_control::{HostLinks, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
-use berth_store::Store;
+use berth_store::{InstanceInfo, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -64,7 +65,7 @@ pub async fn router_parts(
     store: Store,
     sign_in: Option<SignIn>,
     defaults: ContainerDefaults,
-) -> (Router, Orchestrator) {
+) -> (Router, Cluster) {
     let config = OrchestratorConfig {
         deploy_timeout: Duration::from_secs(600),
         drain_timeout: Duration::from_secs(1),
@@ -74,22 +75,34 @@ pub async fn router_parts(
         ..OrchestratorConfig::new("localhost", 8080)
     };
     let ingress = Ingress::new(IngressConfig::default());
-    let orchestrator = Orchestrator::start(store.clone(), ingress.clone(), HostLinks::default(), config)
-        .await
-        .expect("starting the orchestrator");
     let data = dir.0.path();
     let program = std::env::current_exe().expect("the test binary's path");
     let repos = Repos::open(data, &program).await.expect("git is installed");
-    let builds_config = BuildsConfig { logs_dir: data.join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 0 };
-    let builds = Builds::start(store.clone(), orchestrator.clone(), repos, builds_config).await.expect("builds");
-    let certs_config =
-        CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) };
-    let certs = Certs::start(store.clone(), ingress, orchestrator.clone(), certs_config).await.expect("certificates");
-    let mut services = Services::new(store, orchestrator.clone(), builds, certs).with_container_defaults(defaults);
+    let admission = Admission::default();
+    let duties = cluster::start_duties(DutiesConfig {
+        ingress: ingress.clone(),
+        links: HostLinks::default(),
+        orchestrator: config.clone(),
+        repos,
+        builds: BuildsConfig { logs_dir: data.join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 0 },
+        certs: CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) },
+        release_gate: admission.release_gate(store.clone()),
+    });
+    let instance = InstanceInfo {
+        id: cluster::instance_id("test"),
+        host: "test".into(),
+        version: "test".into(),
+        address: "http://localhost".into(),
+    };
+    let cluster = Cluster::start(store.clone(), ingress, ClusterConfig::new(instance, config), duties)
+        .await
+        .expect("starting the control plane");
+    assert!(cluster.leader().is_some(), "the only instance leads");
+    let mut services = Services::new(store, cluster.clone(), admission).with_container_defaults(defaults);
     if let Some(sign_in) = sign_in {
         services = services.with_sign_in(sign_in);
     }
-    (http::router(AppState { services }), orchestrator)
+    (http::router(AppState { services }), cluster)
 }
 
 /// A bootstrapped instance: the router and the admin's token.

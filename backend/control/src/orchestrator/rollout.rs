@@ -204,12 +204,25 @@ impl Orchestrator {
         if let Some(release) = release {
             self.event(release, "draining", &format!("draining {} old replica(s)", replicas.len())).await?;
         }
-        let report = self.inner.ingress.drain(&endpoints, self.inner.config.drain_timeout).await;
+        let (report, lagging) =
+            tokio::join!(self.inner.ingress.drain(&endpoints, self.inner.config.drain_timeout), self.wait_for_ingresses());
         if let Some(release) = release
             && !report.still_in_flight.is_empty()
         {
             let left: usize = report.still_in_flight.iter().map(|(_, n)| n).sum();
             self.event(release, "draining", &format!("drain timeout: {left} request(s) still in flight")).await?;
+        }
+        let lagging = lagging?;
+        if !lagging.is_empty() {
+            let version = self.routes_version();
+            let message = format!(
+                "the ingress of {} did not confirm route table {version} within the drain timeout: skipped",
+                lagging.join(", ")
+            );
+            tracing::warn!("{message}");
+            if let Some(release) = release {
+                self.event(release, "draining", &message).await?;
+            }
         }
         if let Some(release) = release {
             let grace = self.inner.config.stop_grace_secs;
@@ -223,6 +236,31 @@ impl Orchestrator {
         self.inner.store.delete_replicas(replicas).await?;
         self.publish_desired().await?;
         self.wait_gone(replicas).await
+    }
+
+    /// Waits until every other live instance's ingress has applied the route table last
+    /// published, and drained the endpoints it removed, for the drain timeout at most; returns
+    /// the instances that had not by then.
+    async fn wait_for_ingresses(&self) -> anyhow::Result<Vec<String>> {
+        let version = self.routes_version();
+        let deadline = std::time::Instant::now() + self.inner.config.drain_timeout;
+        // Instances report every second: one silent longer than this is not serving.
+        let alive = self.inner.config.heartbeat_timeout.max(Duration::from_secs(3)).as_millis() as i64;
+        loop {
+            let lagging: Vec<String> = self
+                .inner
+                .store
+                .instances()
+                .await?
+                .into_iter()
+                .filter(|i| i.id != self.inner.config.instance_id && i.silent_ms < alive && i.routes_applied < version)
+                .map(|i| i.id)
+                .collect();
+            if lagging.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(lagging);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the agents report `replicas` gone, so a finished operation leaves nothing

@@ -1,10 +1,16 @@
 //! The route table: every app's names (its host under the base domain and its custom domains)
 //! → the ready endpoints of its serving release, with how each name is served.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use berth_ingress::{RouteOptions, RouteSpec};
 use berth_wire::edge::AppProtocol;
 
-use super::Orchestrator;
+use super::{Orchestrator, STARTUP_GRACE};
+use crate::cluster::{OBSERVED, ROUTES};
+use crate::links::ObservedUnion;
 
 impl Orchestrator {
     /// Recomputes the route table: every app's names → ready replicas of its serving release.
@@ -25,13 +31,22 @@ impl Orchestrator {
         let replicas = store.all_replicas().await?;
         let edges = store.app_edges().await?;
         let observed = self.observed();
+        let inherited = self.inner.inherited.lock().expect("BUG: inherited reports poisoned").clone();
+        // A replica's report: its agent's, or, while its agent has not reported to this
+        // orchestrator yet, the one the previous leader published.
+        let report = |replica: &berth_store::ReplicaRow| {
+            observed.get(&replica.id).or_else(|| {
+                let link = self.inner.links.get(&replica.host);
+                if link.is_some_and(|link| link.has_reported()) { None } else { inherited.get(&replica.id) }
+            })
+        };
         let https = self.inner.config.https_port.is_some();
         let mut routes = Vec::new();
         for app in apps.iter().filter(|a| !a.deleting) {
             let endpoints: Vec<_> = replicas
                 .iter()
                 .filter(|r| r.app_id == app.id && Some(r.release_number) == app.serving_release && !r.retiring)
-                .filter_map(|r| observed.get(&r.id).filter(|o| o.ready()))
+                .filter_map(|r| report(r).filter(|o| o.ready()))
                 .filter_map(|o| o.endpoint.as_deref()?.parse().ok())
                 .collect();
             let edge = edges.get(&app.id).cloned().unwrap_or_default();
@@ -46,10 +61,67 @@ impl Orchestrator {
             }
         }
         if *last != routes {
+            // Published first: a leader that lost the lease is refused here and routes nothing.
+            let body = serde_json::to_string(&routes).context("encoding the route table")?;
+            let version = store.publish(ROUTES, &body).await.context("publishing the route table")?;
+            self.inner.routes_version.store(version, Ordering::Relaxed);
             self.inner.ingress.apply(routes.clone()).await;
             *last = routes;
         }
         Ok(())
+    }
+
+    /// The version of the route table this orchestrator last published (0: none yet).
+    pub fn routes_version(&self) -> i64 {
+        self.inner.routes_version.load(Ordering::Relaxed)
+    }
+
+    /// Takes the reports the previous leader published, to route replicas whose agents have not
+    /// reported to this orchestrator yet; they are dropped once every agent had the start-up
+    /// grace to reconnect (a host silent longer is declared down anyway).
+    pub(super) async fn inherit_reports(&self) -> anyhow::Result<()> {
+        let Some(publication) = self.inner.store.published(OBSERVED).await? else { return Ok(()) };
+        let reports: ObservedUnion = match serde_json::from_str(&publication.body) {
+            Ok(reports) => reports,
+            Err(error) => {
+                tracing::warn!(error = %error, "the previous leader's published reports do not parse; ignored");
+                return Ok(());
+            }
+        };
+        *self.inner.inherited.lock().expect("BUG: inherited reports poisoned") = reports;
+        let this = self.clone();
+        self.spawn(async move {
+            tokio::time::sleep(this.inner.config.heartbeat_timeout + STARTUP_GRACE).await;
+            this.inner.inherited.lock().expect("BUG: inherited reports poisoned").clear();
+            if let Err(error) = this.publish_routes().await {
+                tracing::error!(error = format!("{error:#}"), "publishing routes without the inherited reports failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Publishes the agents' reports for the other instances (their API's reads), at most once
+    /// a second, whenever they change.
+    pub(super) async fn publish_reports(self) {
+        let mut reports = self.inner.links.observed();
+        loop {
+            if reports.changed().await.is_err() {
+                return;
+            }
+            let mut union = reports.borrow_and_update().clone();
+            for (id, report) in self.inner.inherited.lock().expect("BUG: inherited reports poisoned").iter() {
+                union.entry(id.clone()).or_insert_with(|| report.clone());
+            }
+            match serde_json::to_string(&union) {
+                Ok(body) => {
+                    if let Err(error) = self.inner.store.publish(OBSERVED, &body).await {
+                        tracing::warn!(error = %error, "publishing the agents' reports failed");
+                    }
+                }
+                Err(error) => tracing::error!(error = %error, "encoding the agents' reports failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// How many times the route table was computed since start (a figure for `/metrics`, and

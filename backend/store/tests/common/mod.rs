@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use berth_wire::AppSpec;
 
 /// A plain spec of `image`: one replica, no limits.
+#[allow(dead_code, reason = "not every suite deploys")]
 pub fn spec(image: &str) -> AppSpec {
     AppSpec {
         image: image.into(),

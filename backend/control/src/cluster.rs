@@ -1,0 +1,495 @@
+//! Leadership among the control-plane instances that share one database, and what each instance
+//! does whether it leads or not.
+//!
+//! Every instance runs a [`Cluster`]: it reports itself (`instances`), tries to take the
+//! leadership lease, and while it holds it runs the leader's [`Duties`] (the orchestrator, the
+//! builds, the certificates) on a store handle fenced by its term, so that once it loses the lease
+//! none of their writes lands. It renews the lease a few times per lease period and steps down (the
+//! duties stopped, as a process stop would) as soon as a renewal says the lease is lost, or when
+//! it could not renew before the lease ran out. An instance that does not lead follows the
+//! leader's publications: its ingress applies the route table the leader published (and tells
+//! which version it applied and drained, which the release protocol waits for), and the agents'
+//! reports answer its API's reads. Work asked of the leader from any instance goes through the
+//! database (`pending_work`, taken by the leader within a poll period), never in process.
+//!
+//! On SQLite (one process per database file) the one instance takes the lease at start and keeps
+//! it: the same code, with nobody to hand over to.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use berth_ingress::{Ingress, RouteSpec};
+use berth_store::{InstanceInfo, Store};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::builds::{Builds, BuildsConfig, ReleaseGate};
+use crate::certs::{Certs, CertsConfig};
+use crate::links::{HostLinks, ObservedUnion};
+use crate::repos::Repos;
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+
+/// The publication holding the route table (a JSON list of [`RouteSpec`]).
+pub const ROUTES: &str = "routes";
+/// The publication holding the agents' latest reports (a JSON [`ObservedUnion`]).
+pub const OBSERVED: &str = "observed";
+
+/// What only the leader runs, started when it takes the lease and stopped when it loses it.
+#[derive(Clone)]
+pub struct Duties {
+    pub orchestrator: Orchestrator,
+    pub builds: Builds,
+    pub certs: Certs,
+}
+
+impl Duties {
+    /// Stops every task of the duties, as if the process stopped: what they interrupted, the
+    /// next leader resumes.
+    pub async fn shutdown(&self) {
+        self.builds.shutdown().await;
+        self.certs.shutdown().await;
+        self.orchestrator.shutdown().await;
+    }
+}
+
+/// This instance's leadership: its term, the store handle fenced by it, the duties.
+#[derive(Clone)]
+struct Leading {
+    term: i64,
+    store: Store,
+    duties: Duties,
+}
+
+/// Starts the leader's duties on the store handle fenced by the term just taken.
+pub type StartDuties = Arc<dyn Fn(Store) -> BoxFuture<'static, anyhow::Result<Duties>> + Send + Sync>;
+
+/// What the leader's duties are started with, at every term.
+pub struct DutiesConfig {
+    pub ingress: Arc<Ingress>,
+    /// The process's host links (its own agent's, and remote agents' while it leads).
+    pub links: HostLinks,
+    pub orchestrator: OrchestratorConfig,
+    pub repos: Repos,
+    pub builds: BuildsConfig,
+    pub certs: CertsConfig,
+    /// The quota check builds' releases pass.
+    pub release_gate: Arc<dyn ReleaseGate>,
+}
+
+/// Starts the orchestrator, then the builds, then the certificates, on the fenced store each
+/// term hands over; what started is stopped again when a later part fails.
+pub fn start_duties(config: DutiesConfig) -> StartDuties {
+    let config = Arc::new(config);
+    Arc::new(move |store: Store| {
+        let config = config.clone();
+        Box::pin(async move {
+            let orchestrator =
+                Orchestrator::start(store.clone(), config.ingress.clone(), config.links.clone(), config.orchestrator.clone())
+                    .await?;
+            let builds =
+                match Builds::start(store.clone(), orchestrator.clone(), config.repos.clone(), config.builds.clone()).await {
+                    Ok(builds) => builds,
+                    Err(error) => {
+                        orchestrator.shutdown().await;
+                        return Err(error);
+                    }
+                };
+            builds.set_release_gate(config.release_gate.clone());
+            match Certs::start(store, config.ingress.clone(), orchestrator.clone(), config.certs.clone()).await {
+                Ok(certs) => Ok(Duties { orchestrator, builds, certs }),
+                Err(error) => {
+                    builds.shutdown().await;
+                    orchestrator.shutdown().await;
+                    Err(error)
+                }
+            }
+        })
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This instance as the others see it (its id must be unique per process).
+    pub instance: InstanceInfo,
+    /// How long a lease lasts unrenewed: a dead leader is replaced this long after its last
+    /// renewal at most (plus one `poll`).
+    pub lease_ttl: Duration,
+    /// How often followers look for a free lease and new publications, and the leader for work.
+    pub poll: Duration,
+    /// The site's names and ports, for the URLs shown to users on every instance.
+    pub site: OrchestratorConfig,
+}
+
+impl ClusterConfig {
+    pub fn new(instance: InstanceInfo, site: OrchestratorConfig) -> ClusterConfig {
+        ClusterConfig { instance, lease_ttl: Duration::from_secs(3), poll: Duration::from_millis(250), site }
+    }
+}
+
+/// A new id for this process: `host/pid/random`, never reused by a later process.
+pub fn instance_id(host: &str) -> String {
+    use rand::Rng as _;
+    format!("{host}/{}/{:08x}", std::process::id(), rand::rng().random::<u32>())
+}
+
+/// Cheap to clone; all clones are the same instance's view.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    ingress: Arc<Ingress>,
+    config: ClusterConfig,
+    start_duties: StartDuties,
+    /// The duties while this instance leads.
+    leading: watch::Sender<Option<Leading>>,
+    /// The agents' reports as the leader last published them (read while following).
+    observed: watch::Sender<ObservedUnion>,
+    /// Route-table versions applied whose removed endpoints are still draining.
+    draining: Mutex<BTreeSet<i64>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Cluster {
+    /// Reports this instance, makes a first attempt at the lease (so a lone instance leads
+    /// before it serves anything) and keeps trying, renewing and following in the background.
+    pub async fn start(
+        store: Store,
+        ingress: Arc<Ingress>,
+        config: ClusterConfig,
+        start_duties: StartDuties,
+    ) -> anyhow::Result<Cluster> {
+        store.instance_alive(&config.instance).await.context("reporting this instance")?;
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                store,
+                ingress,
+                config,
+                start_duties,
+                leading: watch::channel(None).0,
+                observed: watch::channel(ObservedUnion::new()).0,
+                draining: Mutex::new(BTreeSet::new()),
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        let term = cluster.try_to_lead().await?;
+        let stop = cluster.inner.stop.clone();
+        cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().elect(term)));
+        cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().report()));
+        cluster.inner.tasks.spawn(stop.run_until_cancelled_owned(cluster.clone().follow()));
+        Ok(cluster)
+    }
+
+    /// Stops leading (the duties stopped, the lease given up so another instance takes over
+    /// at once) and following, and removes this instance's row.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        if let Some(term) = self.step_down("this instance is stopping").await {
+            let _ = self.inner.store.release_lease(&self.inner.config.instance.id, term).await;
+        }
+        let _ = self.inner.store.forget_instance(&self.inner.config.instance.id).await;
+    }
+
+    /// The leader's duties, while this instance leads.
+    pub fn leader(&self) -> Option<Duties> {
+        self.inner.leading.borrow().as_ref().map(|leading| leading.duties.clone())
+    }
+
+    /// This instance's term while it leads.
+    pub fn term(&self) -> Option<i64> {
+        self.inner.leading.borrow().as_ref().map(|leading| leading.term)
+    }
+
+    pub fn instance(&self) -> &InstanceInfo {
+        &self.inner.config.instance
+    }
+
+    /// The store, unfenced (what any instance may write: desired state asked for by users).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// This instance's ingress.
+    pub fn ingress(&self) -> &Arc<Ingress> {
+        &self.inner.ingress
+    }
+
+    /// The site's settings: base domain, ports, the keys secrets are sealed with.
+    pub fn site(&self) -> &OrchestratorConfig {
+        &self.inner.config.site
+    }
+
+    /// The keys apps' secret variables are sealed with.
+    pub fn secrets(&self) -> &crate::secrets::SecretKeys {
+        &self.inner.config.site.secrets
+    }
+
+    pub fn base_domain(&self) -> &str {
+        &self.inner.config.site.base_domain
+    }
+
+    /// The app's own name under the base domain.
+    pub fn app_host(&self, app: &str) -> String {
+        crate::orchestrator::app_host(&self.inner.config.site, app)
+    }
+
+    /// Where users reach the app.
+    pub fn app_url(&self, app: &str) -> String {
+        crate::orchestrator::app_url(&self.inner.config.site, &self.inner.ingress, app)
+    }
+
+    /// The last `seconds` of an app's traffic through this instance's ingress.
+    pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
+        self.inner.ingress.traffic(&self.app_host(app), seconds).unwrap_or_default()
+    }
+
+    /// The agents' latest reports: the leader's own, or as it last published them.
+    pub fn observed(&self) -> ObservedUnion {
+        match self.leader() {
+            Some(duties) => duties.orchestrator.observed(),
+            None => self.inner.observed.borrow().clone(),
+        }
+    }
+
+    /// Has the app's unfinished releases run by the leader, whichever instance it is.
+    pub async fn enqueue(&self, app_id: i64) -> anyhow::Result<()> {
+        match self.leader() {
+            Some(duties) => duties.orchestrator.enqueue(app_id),
+            None => self.inner.store.request_work("app", &app_id.to_string()).await?,
+        }
+        Ok(())
+    }
+
+    /// Has the route table recomputed by the leader (a domain or an edge setting changed), and,
+    /// when this instance leads, waits until it is applied here.
+    pub async fn publish_routes(&self) -> anyhow::Result<()> {
+        match self.leader() {
+            Some(duties) => duties.orchestrator.publish_routes().await,
+            None => Ok(self.inner.store.request_work("routes", "").await?),
+        }
+    }
+
+    /// Has the leader look for certificates to obtain now (a domain was added).
+    pub async fn wake_certs(&self) -> anyhow::Result<()> {
+        match self.leader() {
+            Some(duties) => duties.certs.wake(),
+            None => self.inner.store.request_work("certs", "").await?,
+        }
+        Ok(())
+    }
+
+    /// The first attempt at the lease, and each later one: the term taken, with the duties
+    /// started; `None` while another instance holds it.
+    async fn try_to_lead(&self) -> anyhow::Result<Option<i64>> {
+        let config = &self.inner.config;
+        let id = &config.instance.id;
+        let Some(term) = self.inner.store.acquire_lease(id, &config.instance.address, config.lease_ttl).await? else {
+            return Ok(None);
+        };
+        tracing::info!(instance = %id, term, "this instance leads: starting the orchestrator");
+        let store = self.inner.store.fenced(id, term);
+        match (self.inner.start_duties)(store.clone()).await {
+            Ok(duties) => {
+                self.inner.leading.send_replace(Some(Leading { term, store, duties }));
+                Ok(Some(term))
+            }
+            Err(error) => {
+                // Give the lease up, so another instance (or a later attempt) tries.
+                let _ = self.inner.store.release_lease(id, term).await;
+                Err(error.context("starting the leader's duties"))
+            }
+        }
+    }
+
+    /// Stops the duties (if leading) and returns the term they held.
+    async fn step_down(&self, why: &str) -> Option<i64> {
+        let leading = self.inner.leading.send_replace(None)?;
+        tracing::warn!(instance = %self.inner.config.instance.id, why, "this instance no longer leads: stopping the orchestrator");
+        leading.duties.shutdown().await;
+        // Remote agents reconnect, and find the new leader.
+        let links = leading.duties.orchestrator.links();
+        for link in links.all().into_iter().filter(|link| !link.is_local()) {
+            links.forget(&link.name);
+        }
+        Some(leading.term)
+    }
+
+    /// Takes the lease when it is free, renews it while held, steps down when it is lost.
+    async fn elect(self, mut term: Option<i64>) {
+        let config = self.inner.config.clone();
+        let id = &config.instance.id;
+        let renew_every = config.lease_ttl / 3;
+        // Until when the lease is ours for sure: its TTL from the start of the last renewal.
+        let mut held_until = Instant::now() + config.lease_ttl;
+        loop {
+            match term {
+                None => {
+                    tokio::time::sleep(config.poll).await;
+                    match self.try_to_lead().await {
+                        Ok(Some(taken)) => {
+                            term = Some(taken);
+                            held_until = Instant::now() + config.lease_ttl;
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::error!(error = format!("{error:#}"), "taking the lease failed");
+                            tokio::time::sleep(config.lease_ttl).await;
+                        }
+                    }
+                }
+                Some(held) => {
+                    tokio::time::sleep(renew_every).await;
+                    let started = Instant::now();
+                    let renewal = tokio::time::timeout(renew_every, self.inner.store.renew_lease(id, held, config.lease_ttl));
+                    match renewal.await {
+                        Ok(Ok(true)) => held_until = started + config.lease_ttl,
+                        Ok(Ok(false)) => {
+                            self.step_down("another instance took the lease").await;
+                            term = None;
+                        }
+                        Ok(Err(error)) if Instant::now() + renew_every >= held_until => {
+                            tracing::error!(error = format!("{error:#}"), "renewing the lease failed");
+                            self.step_down("the lease could not be renewed in time").await;
+                            term = None;
+                        }
+                        Err(_) if Instant::now() + renew_every >= held_until => {
+                            self.step_down("the lease could not be renewed in time").await;
+                            term = None;
+                        }
+                        Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "renewing the lease failed; retrying"),
+                        Err(_) => tracing::warn!("renewing the lease timed out; retrying"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports this instance every second, forgets instances silent for a minute, and, while
+    /// leading, does the work other instances asked for.
+    async fn report(self) {
+        let config = &self.inner.config;
+        let mut last_report = Instant::now();
+        loop {
+            tokio::time::sleep(config.poll).await;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                if let Err(error) = self.inner.store.instance_alive(&config.instance).await {
+                    tracing::warn!(error = %error, "reporting this instance failed");
+                }
+                let _ = self.inner.store.forget_silent_instances(Duration::from_secs(60)).await;
+            }
+            let Some(Leading { store, duties, .. }) = self.inner.leading.borrow().clone() else { continue };
+            let work = match store.take_work().await {
+                Ok(work) => work,
+                Err(error) => {
+                    tracing::warn!(error = %error, "taking the work other instances asked for failed");
+                    continue;
+                }
+            };
+            let (mut routes, mut certs) = (false, false);
+            for item in work {
+                match (item.kind.as_str(), item.target.parse::<i64>()) {
+                    ("app", Ok(app_id)) => duties.orchestrator.enqueue(app_id),
+                    ("routes", _) => routes = true,
+                    ("certs", _) => certs = true,
+                    (kind, _) => tracing::warn!(kind, target = %item.target, "unknown work asked of the leader; ignored"),
+                }
+            }
+            if certs {
+                duties.certs.wake();
+            }
+            if routes && let Err(error) = duties.orchestrator.publish_routes().await {
+                tracing::error!(error = format!("{error:#}"), "publishing routes asked for by another instance failed");
+            }
+        }
+    }
+
+    /// While not leading: applies the leader's route table to this instance's ingress (draining
+    /// the endpoints it removes, then saying which version it applied) and keeps its reports.
+    async fn follow(self) {
+        let store = &self.inner.store;
+        let (mut routes_seen, mut observed_seen) = (0, 0);
+        let mut applied: Vec<RouteSpec> = Vec::new();
+        loop {
+            tokio::time::sleep(self.inner.config.poll).await;
+            if self.leader().is_some() {
+                // The orchestrator routes this ingress; when leadership ends, start over.
+                (routes_seen, observed_seen) = (0, 0);
+                applied.clear();
+                continue;
+            }
+            match store.published_version(ROUTES).await {
+                Ok(version) if version != routes_seen => match self.apply_published_routes(&mut applied).await {
+                    Ok(Some(version)) => routes_seen = version,
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(error = format!("{error:#}"), "applying the leader's routes failed"),
+                },
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %error, "reading the leader's route version failed"),
+            }
+            match store.published_version(OBSERVED).await {
+                Ok(version) if version != observed_seen => match store.published(OBSERVED).await {
+                    Ok(Some(publication)) => match serde_json::from_str::<ObservedUnion>(&publication.body) {
+                        Ok(observed) => {
+                            self.inner.observed.send_replace(observed);
+                            observed_seen = publication.version;
+                        }
+                        Err(error) => tracing::warn!(error = %error, "the leader's published reports do not parse"),
+                    },
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(error = %error, "reading the leader's reports failed"),
+                },
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %error, "reading the leader's report version failed"),
+            }
+        }
+    }
+
+    /// Applies the published route table and starts draining what it removed; returns its
+    /// version.
+    async fn apply_published_routes(&self, applied: &mut Vec<RouteSpec>) -> anyhow::Result<Option<i64>> {
+        let Some(publication) = self.inner.store.published(ROUTES).await? else { return Ok(None) };
+        let routes: Vec<RouteSpec> = serde_json::from_str(&publication.body).context("the published route table")?;
+        let kept: HashSet<SocketAddr> = routes.iter().flat_map(|r| r.endpoints.iter().copied()).collect();
+        let removed: Vec<SocketAddr> = applied
+            .iter()
+            .flat_map(|r| r.endpoints.iter().copied())
+            .filter(|e| !kept.contains(e))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.inner.ingress.apply(routes.clone()).await;
+        *applied = routes;
+        let version = publication.version;
+        self.inner.draining.lock().expect("BUG: drain set poisoned").insert(version);
+        let this = self.clone();
+        let drain_timeout = self.inner.config.site.drain_timeout;
+        let stop = self.inner.stop.clone();
+        self.inner.tasks.spawn(async move {
+            if stop.run_until_cancelled(this.inner.ingress.drain(&removed, drain_timeout)).await.is_none() {
+                return;
+            }
+            let done = {
+                let mut draining = this.inner.draining.lock().expect("BUG: drain set poisoned");
+                draining.remove(&version);
+                // Every version below the oldest still draining is done.
+                draining.first().map_or(version, |oldest| oldest - 1)
+            };
+            if let Err(error) = this.inner.store.set_routes_applied(&this.inner.config.instance.id, done).await {
+                tracing::warn!(error = %error, "reporting the applied route table failed");
+            }
+        });
+        Ok(Some(version))
+    }
+}
