@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod control_plane;
 mod dashboard;
 mod failures;
 mod git_push;

@@ -307,6 +307,42 @@ impl HostState {
     }
 }
 
+/// The control plane's instances (`GET /api/v1/status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ControlPlaneStatus {
+    /// The store's engine: `sqlite` or `postgres`.
+    pub engine: String,
+    /// The id of the instance that answered.
+    pub answered_by: String,
+    /// The instance holding the leadership lease (none while it is free or expired).
+    pub leader: Option<String>,
+    /// The lease's term: it rises at every change of leader.
+    pub term: i64,
+    /// The version of the route table the leader published last.
+    pub routes_version: i64,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One running `berth server` instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct InstanceStatus {
+    pub id: String,
+    /// The machine it runs on.
+    pub host: String,
+    pub version: String,
+    /// Where its API is reached.
+    pub address: String,
+    pub leader: bool,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Milliseconds since it last reported (it reports every second).
+    pub silent_ms: i64,
+    /// The route table version its ingress applied and drained.
+    pub routes_applied: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostInfo {

@@ -16,6 +16,22 @@ use tokio_util::sync::CancellationToken;
 use crate::services::Services;
 
 /// Listens on `path` (replacing a stale socket), owner-only.
+/// Removes the hook sockets (`hooks-PID.sock`) of processes that no longer run (killed before
+/// they could remove their own).
+pub fn remove_stale_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hooks-")?.strip_suffix(".sock")?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

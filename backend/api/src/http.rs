@@ -171,6 +171,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .answers::<we::EdgeSettings>(200),
         endpoint(Method::GET, "/metrics", InstanceAdmin, edge::metrics).answers_bytes(200, "text/plain"),
         endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts).answers_events(),
+        endpoint(Method::GET, "/api/v1/status", InstanceAdmin, control_plane_status).answers::<api::ControlPlaneStatus>(200),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts).answers::<Vec<api::HostInfo>>(200),
         endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host).answers::<api::HostInfo>(200),
         endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host).answers_empty(204),
@@ -515,6 +516,10 @@ async fn logs(
         Ok::<_, std::convert::Infallible>(json)
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response())
+}
+
+async fn control_plane_status(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.services.control_plane_status(&p).await?))
 }
 
 async fn list_hosts(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {

@@ -172,7 +172,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let https_port = ingress_config.https_port.filter(|_| https_listener.is_some());
     let ingress = Ingress::new(ingress_config);
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    // Where the API is reached: as configured, or the address it listens on (its port chosen).
+    let public_url = config.public_url.clone().unwrap_or_else(|| match api_listener.local_addr() {
+        Ok(address) => format!("http://{address}"),
+        Err(_) => format!("http://{}", config.listen),
+    });
     let instance = InstanceInfo {
         id: cluster::instance_id(&config.host_name),
         host: config.host_name.clone(),
@@ -229,7 +233,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             "berth server: another instance leads the control plane; this one serves the API and its ingress, and takes over if the leader goes"
         ),
     }
-    let hook_socket = config.data_dir.join("run").join("hooks.sock");
+    // One socket per process: instances may share the data directory.
+    let hook_socket = config.data_dir.join("run").join(format!("hooks-{}.sock", std::process::id()));
+    crate::githook::remove_stale_sockets(&config.data_dir.join("run"));
     let hook_listener = crate::githook::bind(&hook_socket)?;
     let mut sign_in = SignIn::new(&public_url, config.sign_in.clone());
     if let Some(path) = &config.sign_in_ca_file {
@@ -239,7 +245,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let services = Services::new(store, cluster.clone(), admission)
         .with_sign_in(sign_in)
         .with_public_url(&public_url)
-        .with_hook_socket(hook_socket)
+        .with_hook_socket(hook_socket.clone())
         .with_container_defaults(config.container_defaults);
     let stop_hooks = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::githook::serve(hook_listener, services.clone(), stop_hooks.clone()));
@@ -289,6 +295,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         task.await.context("the HTTPS API listener")?.context("serving the API over HTTPS")?;
     }
     stop_hooks.cancel();
+    let _ = std::fs::remove_file(&hook_socket);
     cluster.shutdown().await;
     ingress_task.abort();
     if let Some(task) = https_task {

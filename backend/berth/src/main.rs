@@ -83,6 +83,12 @@ enum Command {
     /// Maintenance on this machine's data directory, without the API (`berth admin set-password`).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The control plane's instances: which leads, their versions, how far their ingress follows
+    /// (instance admins).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List, inspect, drain and remove hosts (instance admins).
     #[command(subcommand)]
     Hosts(HostsCommand),
@@ -955,6 +961,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             client.reset_password(&email, cli::read_password()?).await
         }
         Command::Audit { all, limit, json } => client.audit(all, limit, json).await,
+        Command::Status { json } => client.status(json).await,
         Command::Hosts(HostsCommand::List { json }) => client.list_hosts(json).await,
         Command::Hosts(HostsCommand::Show { name, json }) => client.show_host(&name, json).await,
         Command::Hosts(HostsCommand::Drain { name }) => client.drain_host(&name).await,

@@ -132,6 +132,8 @@ pub enum Resource<'a> {
     App(&'a str),
     /// One release of an app of the team, with its progress events (`ReleaseInfo`).
     Release { app: &'a str, number: u32 },
+    /// The control plane's instances (`ControlPlaneStatus`; instance admins).
+    Status,
     /// Every host (`Vec<HostInfo>`; instance admins).
     Hosts,
     /// One host (`HostInfo`; instance admins).
@@ -465,6 +467,11 @@ impl ApiClient {
     // Hosts (instance admins).
 
     /// `GET /api/v1/hosts`.
+    /// `GET /api/v1/status`.
+    pub async fn status(&self) -> anyhow::Result<berth_wire::api::ControlPlaneStatus> {
+        self.read(Resource::Status).await
+    }
+
     pub async fn list_hosts(&self) -> anyhow::Result<Vec<HostInfo>> {
         self.read(Resource::Hosts).await
     }
@@ -610,6 +617,7 @@ impl ApiClient {
             Resource::Apps => (self.team_url(&["apps"]), None),
             Resource::App(name) => (self.team_url(&["apps", name]), None),
             Resource::Release { app, number } => (self.team_url(&["apps", app, "releases", &number.to_string()]), None),
+            Resource::Status => (self.url(&["status"]), None),
             Resource::Hosts => (self.url(&["hosts"]), None),
             Resource::Host(name) => (self.url(&["hosts", name]), None),
             Resource::Me => (self.url(&["me"]), None),

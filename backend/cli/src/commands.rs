@@ -515,6 +515,14 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
+    pub async fn status(&self, json: bool) -> anyhow::Result<ExitCode> {
+        if json {
+            return self.print_json(Resource::Status).await;
+        }
+        println!("{}", output::status(&self.api.status().await?));
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub async fn list_hosts(&self, json: bool) -> anyhow::Result<ExitCode> {
         if json {
             return self.print_json(Resource::Hosts).await;

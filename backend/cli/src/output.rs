@@ -166,6 +166,35 @@ pub(crate) fn app_detail(app: &AppDetail) -> String {
 }
 
 /// `berth hosts list`.
+/// `berth status`: the store, the leader, then every instance.
+pub(crate) fn status(status: &berth_wire::api::ControlPlaneStatus) -> String {
+    let rows = status.instances.iter().map(|instance| {
+        let routes = match status.routes_version - instance.routes_applied {
+            _ if instance.leader => format!("{} (publishes)", status.routes_version),
+            0 => format!("{}", instance.routes_applied),
+            behind => format!("{} ({behind} behind)", instance.routes_applied),
+        };
+        vec![
+            instance.id.clone(),
+            if instance.leader { "leader" } else { "follower" }.into(),
+            instance.version.clone(),
+            instance.address.clone(),
+            format!("{:.1}s ago", instance.silent_ms as f64 / 1000.0),
+            routes,
+        ]
+    });
+    let leader = match &status.leader {
+        Some(leader) => format!("leader {leader} (term {})", status.term),
+        None => format!("no leader right now (term {}): one takes over within seconds", status.term),
+    };
+    format!(
+        "store: {}; {leader}; answered by {}\n\n{}",
+        status.engine,
+        status.answered_by,
+        table(&["INSTANCE", "ROLE", "VERSION", "API", "LAST SEEN", "ROUTE TABLE"], &[], rows)
+    )
+}
+
 pub(crate) fn hosts_table(hosts: &[HostInfo]) -> String {
     let rows = hosts.iter().map(|host| {
         let labels: Vec<String> = host.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();

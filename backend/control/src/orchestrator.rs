@@ -97,9 +97,10 @@ struct Inner {
     routes_failed: tokio::sync::Notify,
     /// The version of the route table last published for every instance (0: none yet).
     routes_version: std::sync::atomic::AtomicI64,
-    /// The agents' reports as the previous leader last published them: until a host's agent
-    /// reports to this orchestrator (or the start-up grace ends), its replicas are routed from
-    /// these, so a change of leader does not empty the route table while agents reconnect.
+    /// The agents' reports as the previous leader last published them: until the start-up grace
+    /// ends, a replica its agent has not reported yet, or is still probing after adopting it, is
+    /// routed as these say, so a change of leader does not empty the route table while agents
+    /// reconnect and adopt.
     inherited: Mutex<ObservedUnion>,
     /// Ends every task the orchestrator runs (`shutdown`).
     stop: CancellationToken,

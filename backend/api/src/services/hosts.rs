@@ -68,6 +68,37 @@ impl Services {
         Ok(JoinResponse { host: request.name, credential })
     }
 
+    /// The control plane's instances, which leads, and how far each ingress follows.
+    pub async fn control_plane_status(&self, principal: &Principal) -> Result<berth_wire::api::ControlPlaneStatus> {
+        principal.require_instance_admin()?;
+        let lease = self.store.lease().await?;
+        let leader = (lease.expires_in_ms > 0 && !lease.holder.is_empty()).then_some(lease.holder);
+        let instances = self
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|i| berth_wire::api::InstanceStatus {
+                leader: leader.as_deref() == Some(i.id.as_str()),
+                id: i.id,
+                host: i.host,
+                version: i.version,
+                address: i.address,
+                started_at: i.started_at,
+                silent_ms: i.silent_ms.max(0),
+                routes_applied: i.routes_applied,
+            })
+            .collect();
+        Ok(berth_wire::api::ControlPlaneStatus {
+            engine: self.store.engine().to_string(),
+            answered_by: self.cluster.instance().id.clone(),
+            leader,
+            term: lease.term,
+            routes_version: self.store.published_version(berth_control::cluster::ROUTES).await?,
+            instances,
+        })
+    }
+
     pub async fn list_hosts(&self, principal: &Principal) -> Result<Vec<HostInfo>> {
         principal.require_instance_admin()?;
         let observed = self.cluster.observed();

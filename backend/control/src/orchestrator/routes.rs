@@ -32,13 +32,16 @@ impl Orchestrator {
         let edges = store.app_edges().await?;
         let observed = self.observed();
         let inherited = self.inner.inherited.lock().expect("BUG: inherited reports poisoned").clone();
-        // A replica's report: its agent's, or, while its agent has not reported to this
-        // orchestrator yet, the one the previous leader published.
+        // A replica's report: its agent's; or, while this orchestrator is new and its agent has
+        // not reported it or is still probing it after adopting it, the one the previous
+        // leader published. A replica its agent reports crashed, failed or stopping is not.
         let report = |replica: &berth_store::ReplicaRow| {
-            observed.get(&replica.id).or_else(|| {
-                let link = self.inner.links.get(&replica.host);
-                if link.is_some_and(|link| link.has_reported()) { None } else { inherited.get(&replica.id) }
-            })
+            use berth_wire::agent::ContainerPhase::{Pending, Running, Starting};
+            let live = observed.get(&replica.id);
+            match live {
+                Some(live) if !matches!(live.phase, Pending | Starting | Running) => Some(live),
+                _ => inherited.get(&replica.id).filter(|o| o.ready()).or(live),
+            }
         };
         let https = self.inner.config.https_port.is_some();
         let mut routes = Vec::new();

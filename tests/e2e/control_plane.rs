@@ -1,0 +1,120 @@
+//! Several control-plane instances on one PostgreSQL database: one leads, the others serve the API
+//! and their ingress from what the leader publishes, and take over when it dies.
+
+use std::time::{Duration, Instant};
+
+use berth_tests::{Fixture, Load, eventually, get};
+use serde_json::{Value, json};
+
+use crate::host;
+
+/// `--database` for a second instance: the fixture's PostgreSQL database when the suite runs on
+/// PostgreSQL (the fixture passes it already), a fresh one otherwise; `None` when PostgreSQL is
+/// not installed.
+fn database_args(fixture: &Fixture) -> anyhow::Result<Option<Vec<String>>> {
+    if fixture.database.is_some() {
+        return Ok(Some(Vec::new()));
+    }
+    Ok(berth_testdb::fresh_database()?.map(|url| vec!["--database".to_string(), url]))
+}
+
+/// The status as instance `api` answers it.
+async fn status(api: &berth_tests::Api) -> anyhow::Result<Value> {
+    let (code, body) = api.call(reqwest::Method::GET, "/api/v1/status", None).await?;
+    anyhow::ensure!(code == 200, "GET /api/v1/status answered {code}: {body}");
+    Ok(body)
+}
+
+/// The id of the instance whose API is at `address`, as `status` lists it.
+fn instance_at(status: &Value, address: std::net::SocketAddr) -> Option<String> {
+    let url = format!("http://{address}");
+    status["instances"].as_array()?.iter().find(|i| i["address"] == url.as_str())?["id"].as_str().map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() -> anyhow::Result<()> {
+    let fixture = Fixture::new()?;
+    let Some(database) = database_args(&fixture)? else {
+        eprintln!("SKIPPING the control-plane failover test: PostgreSQL is not installed (apt-get install postgresql)");
+        return Ok(());
+    };
+    let args: Vec<&str> = database.iter().map(String::as_str).collect();
+    // Two instances on one database and one data directory (its secret key shared), both on this
+    // machine's Docker engine as the same host: only the leader's agent acts on it.
+    let mut leader = fixture.start_server_with(&args).await?;
+    let follower = fixture.start_server_with(&args).await?;
+    let (leader_api, api) = (leader.api(), follower.api());
+
+    let seen = status(&api).await?;
+    let leader_id = instance_at(&seen, leader.api).expect("the leader is listed");
+    let follower_id = instance_at(&seen, follower.api).expect("the follower is listed");
+    assert_eq!(seen["engine"], "postgres");
+    assert_eq!(seen["leader"], leader_id.as_str(), "the first instance leads: {seen}");
+    assert_eq!(seen["answered_by"], follower_id.as_str());
+
+    // Asked of the follower, done by the leader.
+    let release = api
+        .create_app(json!({ "name": "ha", "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }))
+        .await?;
+    api.wait_serving("ha", release).await?;
+    // Both ingresses route the app: the follower's from the table the leader published, and it
+    // says which version it applied.
+    for ingress in [leader.ingress, follower.ingress] {
+        eventually("both ingresses to serve the app", Duration::from_secs(10), || async {
+            let (code, body) = get(ingress, &host("ha"), "/").await.ok()?;
+            (code == 200 && body.starts_with("hello from v1 ")).then_some(())
+        })
+        .await?;
+    }
+    eventually("the follower to confirm the route table", Duration::from_secs(10), || async {
+        let seen = status(&leader_api).await.ok()?;
+        let follower = seen["instances"].as_array()?.iter().find(|i| i["id"] == follower_id.as_str())?.clone();
+        (follower["routes_applied"] == seen["routes_version"]).then_some(())
+    })
+    .await?;
+    // Reads on the follower see the agents' reports the leader publishes (once a second at most).
+    eventually("the follower to show the replicas ready", Duration::from_secs(5), || async {
+        let detail = api.show("ha").await.ok()?;
+        (detail.replicas.len() == 2 && detail.replicas.iter().all(|r| r.ready)).then_some(())
+    })
+    .await?;
+
+    // A release asked of the follower; the leader is killed while it runs, under load through
+    // the follower's ingress.
+    let load = Load::start(follower.ingress, &host("ha"), "/", 4, false);
+    let release = api.deploy("ha", json!({ "image": fixture.image_v2 })).await?;
+    eventually("the new replicas to be placed", Duration::from_secs(10), || async {
+        let info = api.release("ha", release).await.ok()?;
+        info.events.iter().any(|e| e.phase == "starting").then_some(())
+    })
+    .await?;
+    leader.crash().await?;
+    let killed = Instant::now();
+    let seen = eventually("the follower to take over", Duration::from_secs(15), || async {
+        let seen = status(&api).await.ok()?;
+        (seen["leader"] == follower_id.as_str()).then_some(seen)
+    })
+    .await?;
+    let takeover = killed.elapsed();
+    eprintln!("failover: the follower leads {takeover:?} after the leader was killed (term {})", seen["term"]);
+    assert!(seen["term"].as_i64() >= Some(2), "a new term: {seen}");
+    api.wait_serving("ha", release).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.stop().await;
+
+    assert!(report.requests > 50, "{} requests", report.requests);
+    assert!(
+        report.failures.is_empty(),
+        "{} failed of {}: {:?}\n{}",
+        report.failures.len(),
+        report.requests,
+        &report.failures[..report.failures.len().min(5)],
+        follower.log()
+    );
+    assert_eq!(fixture.containers("ha")?.len(), 2, "two replicas of the new release, none orphaned or doubled");
+    let (code, body) = get(follower.ingress, &host("ha"), "/").await?;
+    assert!(code == 200 && body.starts_with("hello from v2 "), "{code} {body}");
+    let detail = api.show("ha").await?;
+    assert!(detail.replicas.iter().all(|r| r.release == release && r.ready), "{detail:?}");
+    Ok(())
+}
