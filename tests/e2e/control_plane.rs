@@ -54,7 +54,9 @@ async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() 
 
     // Asked of the follower, done by the leader.
     let release = api
-        .create_app(json!({ "name": "ha", "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }))
+        .create_app(
+            json!({ "name": "ha", "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
+        )
         .await?;
     api.wait_serving("ha", release).await?;
     // Both ingresses route the app: the follower's from the table the leader published, and it
@@ -116,5 +118,89 @@ async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() 
     assert!(code == 200 && body.starts_with("hello from v2 "), "{code} {body}");
     let detail = api.show("ha").await?;
     assert!(detail.replicas.iter().all(|r| r.release == release && r.ready), "{detail:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyhow::Result<()> {
+    let fixture = Fixture::new()?;
+    let Some(database) = database_args(&fixture)? else {
+        eprintln!("SKIPPING the paused-leader test: PostgreSQL is not installed (apt-get install postgresql)");
+        return Ok(());
+    };
+    let args: Vec<&str> = database.iter().map(String::as_str).collect();
+    let mut leader = fixture.start_server_with(&args).await?;
+    let follower = fixture.start_server_with(&args).await?;
+    let api = follower.api();
+    let follower_id = instance_at(&status(&api).await?, follower.api).expect("the follower is listed");
+    let release = api
+        .create_app(
+            json!({ "name": "pause", "image": fixture.image_v1, "port": 8080, "replicas": 2, "health_path": "/up" }),
+        )
+        .await?;
+    api.wait_serving("pause", release).await?;
+
+    // The leader is paused in the middle of a release, for longer than its lease.
+    let release = api.deploy("pause", json!({ "image": fixture.image_v2 })).await?;
+    eventually("the new replicas to be placed", Duration::from_secs(10), || async {
+        let info = api.release("pause", release).await.ok()?;
+        info.events.iter().any(|e| e.phase == "starting").then_some(())
+    })
+    .await?;
+    let pid = leader.pid().expect("the leader runs");
+    signal(pid, "STOP")?;
+    let resumed = async {
+        eventually("the follower to take over", Duration::from_secs(15), || async {
+            (status(&api).await.ok()?["leader"] == follower_id.as_str()).then_some(())
+        })
+        .await?;
+        api.wait_serving("pause", release).await?;
+        eventually("the new leader's ingress to serve v2", Duration::from_secs(10), || async {
+            let (code, body) = get(follower.ingress, &host("pause"), "/").await.ok()?;
+            (code == 200 && body.starts_with("hello from v2 ")).then_some(())
+        })
+        .await?;
+        let before = api.show("pause").await?;
+        let events_before = api.release("pause", release).await?.events.len();
+
+        // Resumed: its orchestrator carries on from where it was paused, and every write it tries
+        // is refused; it steps down.
+        signal(pid, "CONT")?;
+        eventually("the old leader to step down", Duration::from_secs(10), || async {
+            leader.log().contains("this instance no longer leads").then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let seen = status(&api).await?;
+        assert_eq!(seen["leader"], follower_id.as_str(), "{seen}");
+        let after = api.show("pause").await?;
+        assert_eq!(after.releases.len(), before.releases.len(), "no release written by the old leader");
+        assert_eq!(api.release("pause", release).await?.events.len(), events_before, "no event written by it");
+        assert_eq!(after.summary.serving_release, Some(release));
+        eventually("two replicas of v2 and no other container", Duration::from_secs(20), || async {
+            let containers = fixture.containers("pause").ok()?;
+            let detail = api.show("pause").await.ok()?;
+            (containers.len() == 2 && detail.replicas.iter().all(|r| r.release == release && r.ready)).then_some(())
+        })
+        .await?;
+        for ingress in [follower.ingress, leader.ingress] {
+            eventually("both ingresses to serve v2", Duration::from_secs(10), || async {
+                let (code, body) = get(ingress, &host("pause"), "/").await.ok()?;
+                (code == 200 && body.starts_with("hello from v2 ")).then_some(())
+            })
+            .await?;
+        }
+        anyhow::Ok(())
+    };
+    let outcome = resumed.await;
+    // Never leave a stopped process behind, whatever failed.
+    let _ = signal(pid, "CONT");
+    leader.stop().await?;
+    outcome
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())
 }

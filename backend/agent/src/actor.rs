@@ -249,13 +249,30 @@ struct Actor {
 }
 
 impl Actor {
+    /// Waits for a desired list, makes the runtime run it, and follows its changes. When the list
+    /// is withdrawn (`None`: the control plane that fed it stopped leading), the agent stands down:
+    /// it forgets its containers without touching them, and waits for the next list, which it
+    /// adopts as after a restart.
     async fn run(mut self, mut desired_rx: DesiredReceiver, mut msgs: mpsc::UnboundedReceiver<Msg>) {
-        if desired_rx.wait_for(Option::is_some).await.is_err() {
-            return;
+        loop {
+            if desired_rx.wait_for(Option::is_some).await.is_err() {
+                return;
+            }
+            let first = desired_rx.borrow_and_update().clone().expect("BUG: waited for Some");
+            self.apply_desired(first);
+            self.resync().await;
+            self.publish();
+            self.follow(&mut desired_rx, &mut msgs).await;
+            for slot in self.slots.values_mut() {
+                slot.stop_probe();
+            }
+            self.slots.clear();
+            self.publish();
         }
-        let first = desired_rx.borrow_and_update().clone().expect("BUG: waited for Some");
-        self.apply_desired(first);
-        self.resync().await;
+    }
+
+    /// Runs the desired list as it changes; returns when it is withdrawn.
+    async fn follow(&mut self, desired_rx: &mut DesiredReceiver, msgs: &mut mpsc::UnboundedReceiver<Msg>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_resync = Instant::now();
         loop {
@@ -265,7 +282,7 @@ impl Actor {
                         // The control plane is gone: keep what runs running, as when it is unreachable.
                         std::future::pending::<()>().await;
                     }
-                    let desired = desired_rx.borrow_and_update().clone().unwrap_or_default();
+                    let Some(desired) = desired_rx.borrow_and_update().clone() else { return };
                     self.apply_desired(desired);
                 }
                 Some(msg) = msgs.recv() => {

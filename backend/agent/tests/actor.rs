@@ -204,6 +204,37 @@ async fn containers_from_before_an_agent_restart_are_adopted_untouched() {
 }
 
 #[tokio::test]
+async fn a_withdrawn_list_stands_the_agent_down_until_the_next_one_which_it_adopts() {
+    let runtime = MemoryRuntime::new();
+    runtime.add_image("web:1");
+    let agent = Agent::spawn(&runtime, config());
+    agent.want(vec![desired("r1", "web:1")]);
+    let before = agent.until("ready", |o| all_ready(o, &["r1"])).await;
+    // The control plane that fed it stops leading: nothing is stopped, even a crash is left alone.
+    agent.desired.send_replace(None);
+    agent.until("no replica reported", |o| o.is_empty()).await;
+    let container = before["r1"].container_id.clone().expect("a ready replica has a container");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runtime.running().len(), 1, "standing down stops nothing");
+    runtime.crash(&container, 137);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runtime.containers()[0].starts, 1, "a stood-down agent restarts nothing");
+    // The next leader's list: the container is adopted (and restarted, having crashed meanwhile),
+    // and what the list no longer names is removed.
+    agent.want(vec![desired("r1", "web:1")]);
+    let after = agent.until("adopted and ready", |o| all_ready(o, &["r1"])).await;
+    assert_eq!(after["r1"].container_id, before["r1"].container_id, "the same container");
+    assert_eq!(runtime.creates(), 1);
+    agent.desired.send_replace(None);
+    agent.want(Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !runtime.containers().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the undesired container was never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_create_conflict_with_its_own_container_takes_that_container_up() {
     let runtime = MemoryRuntime::new();
     runtime.add_image("web:1");

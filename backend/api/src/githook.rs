@@ -22,7 +22,8 @@ pub fn remove_stale_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hooks-")?.strip_suffix(".sock")?.parse::<u32>().ok())
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix("hooks-")?.strip_suffix(".sock")?.parse::<u32>().ok())
         else {
             continue;
         };

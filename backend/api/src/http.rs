@@ -171,7 +171,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             .answers::<we::EdgeSettings>(200),
         endpoint(Method::GET, "/metrics", InstanceAdmin, edge::metrics).answers_bytes(200, "text/plain"),
         endpoint(Method::GET, "/api/v1/watch/hosts", InstanceAdmin, watch::hosts).answers_events(),
-        endpoint(Method::GET, "/api/v1/status", InstanceAdmin, control_plane_status).answers::<api::ControlPlaneStatus>(200),
+        endpoint(Method::GET, "/api/v1/status", InstanceAdmin, control_plane_status)
+            .answers::<api::ControlPlaneStatus>(200),
         endpoint(Method::GET, "/api/v1/hosts", InstanceAdmin, list_hosts).answers::<Vec<api::HostInfo>>(200),
         endpoint(Method::GET, "/api/v1/hosts/{host}", InstanceAdmin, show_host).answers::<api::HostInfo>(200),
         endpoint(Method::DELETE, "/api/v1/hosts/{host}", InstanceAdmin, remove_host).answers_empty(204),

@@ -17,8 +17,8 @@ use berth_control::repos::Repos;
 use berth_control::secrets::SecretKeys;
 use berth_control::{HostLink, HostLinks, OrchestratorConfig};
 use berth_ingress::{Ingress, IngressConfig};
-use berth_store::{InstanceInfo, Store};
 pub use berth_store::{CopyReport, Database};
+use berth_store::{InstanceInfo, Store};
 pub use berth_wire::ADMIN_TOKEN_FILE;
 
 use crate::auth;

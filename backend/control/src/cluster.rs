@@ -31,8 +31,8 @@ use tokio_util::task::TaskTracker;
 use crate::builds::{Builds, BuildsConfig, ReleaseGate};
 use crate::certs::{Certs, CertsConfig};
 use crate::links::{HostLinks, ObservedUnion};
-use crate::repos::Repos;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+use crate::repos::Repos;
 
 /// The publication holding the route table (a JSON list of [`RouteSpec`]).
 pub const ROUTES: &str = "routes";
@@ -88,11 +88,17 @@ pub fn start_duties(config: DutiesConfig) -> StartDuties {
     Arc::new(move |store: Store| {
         let config = config.clone();
         Box::pin(async move {
-            let orchestrator =
-                Orchestrator::start(store.clone(), config.ingress.clone(), config.links.clone(), config.orchestrator.clone())
-                    .await?;
+            let orchestrator = Orchestrator::start(
+                store.clone(),
+                config.ingress.clone(),
+                config.links.clone(),
+                config.orchestrator.clone(),
+            )
+            .await?;
             let builds =
-                match Builds::start(store.clone(), orchestrator.clone(), config.repos.clone(), config.builds.clone()).await {
+                match Builds::start(store.clone(), orchestrator.clone(), config.repos.clone(), config.builds.clone())
+                    .await
+                {
                     Ok(builds) => builds,
                     Err(error) => {
                         orchestrator.shutdown().await;
@@ -317,10 +323,14 @@ impl Cluster {
         let leading = self.inner.leading.send_replace(None)?;
         tracing::warn!(instance = %self.inner.config.instance.id, why, "this instance no longer leads: stopping the orchestrator");
         leading.duties.shutdown().await;
-        // Remote agents reconnect, and find the new leader.
+        // The in-process agent stops acting on stale lists; remote agents are disconnected, to
+        // reconnect and find the new leader.
         let links = leading.duties.orchestrator.links();
-        for link in links.all().into_iter().filter(|link| !link.is_local()) {
-            links.forget(&link.name);
+        for link in links.all() {
+            match link.is_local() {
+                true => link.stand_down(),
+                false => links.forget(&link.name),
+            }
         }
         Some(leading.term)
     }
@@ -351,7 +361,8 @@ impl Cluster {
                 Some(held) => {
                     tokio::time::sleep(renew_every).await;
                     let started = Instant::now();
-                    let renewal = tokio::time::timeout(renew_every, self.inner.store.renew_lease(id, held, config.lease_ttl));
+                    let renewal =
+                        tokio::time::timeout(renew_every, self.inner.store.renew_lease(id, held, config.lease_ttl));
                     match renewal.await {
                         Ok(Ok(true)) => held_until = started + config.lease_ttl,
                         Ok(Ok(false)) => {
@@ -367,7 +378,9 @@ impl Cluster {
                             self.step_down("the lease could not be renewed in time").await;
                             term = None;
                         }
-                        Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "renewing the lease failed; retrying"),
+                        Ok(Err(error)) => {
+                            tracing::warn!(error = format!("{error:#}"), "renewing the lease failed; retrying")
+                        }
                         Err(_) => tracing::warn!("renewing the lease timed out; retrying"),
                     }
                 }
@@ -403,7 +416,9 @@ impl Cluster {
                     ("app", Ok(app_id)) => duties.orchestrator.enqueue(app_id),
                     ("routes", _) => routes = true,
                     ("certs", _) => certs = true,
-                    (kind, _) => tracing::warn!(kind, target = %item.target, "unknown work asked of the leader; ignored"),
+                    (kind, _) => {
+                        tracing::warn!(kind, target = %item.target, "unknown work asked of the leader; ignored")
+                    }
                 }
             }
             if certs {

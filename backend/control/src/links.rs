@@ -253,6 +253,12 @@ impl HostLink {
     }
 
     /// False until the agent's first report to this control plane.
+    /// Withdraws the desired list: the in-process agent stops acting on its containers (they keep
+    /// running) until a control plane sends it a list again, which it adopts.
+    pub fn stand_down(&self) {
+        self.desired.send_replace(None);
+    }
+
     /// The server's own host, whose agent runs in process.
     pub fn is_local(&self) -> bool {
         self.local.is_some()

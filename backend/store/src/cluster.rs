@@ -102,8 +102,7 @@ impl Store {
         let sql = format!("DELETE FROM instances WHERE seen_at < {now} - $1");
         let this = self.unfenced();
         write_tx!(this, |tx| {
-            let done =
-                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(silence.as_millis() as i64).execute(&mut *tx).await?;
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(silence.as_millis() as i64).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(done.rows_affected())
         })
@@ -151,9 +150,8 @@ impl Store {
             return Ok(Vec::new());
         }
         write_tx!(self, |tx| {
-            let items: Vec<WorkItem> = sqlx::query_as("DELETE FROM pending_work RETURNING kind, target")
-                .fetch_all(&mut *tx)
-                .await?;
+            let items: Vec<WorkItem> =
+                sqlx::query_as("DELETE FROM pending_work RETURNING kind, target").fetch_all(&mut *tx).await?;
             tx.commit().await?;
             Ok(items)
         })

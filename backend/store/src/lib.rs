@@ -83,8 +83,8 @@ mod replicas;
 pub mod testing;
 
 pub use apps::{AppRow, ReleaseRow};
-pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem};
 pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
+pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem};
 pub use copy::CopyReport;
 pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};
 pub use hosts::{HostRow, JoinError};

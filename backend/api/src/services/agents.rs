@@ -32,7 +32,14 @@ impl Services {
         let duties = self.duties().await?;
         let link = duties.orchestrator.host_connected(host).await?;
         let links = duties.orchestrator.links().clone();
-        Ok(AgentSession { link, links, services: self.clone(), address, capacity: HostCapacity::default(), warned: false })
+        Ok(AgentSession {
+            link,
+            links,
+            services: self.clone(),
+            address,
+            capacity: HostCapacity::default(),
+            warned: false,
+        })
     }
 
     /// An image `host` lacks and cannot pull, from another host.
@@ -126,9 +133,7 @@ impl AgentSession {
                     tracing::warn!(host = self.link.name, address = %self.address, ?refused, "ignoring what the host claims beyond itself");
                 }
             }
-            AgentMessage::Unavailable { transfer } => {
-                self.links.relay().unavailable(&transfer, &self.link.name)
-            }
+            AgentMessage::Unavailable { transfer } => self.links.relay().unavailable(&transfer, &self.link.name),
         }
         Ok(())
     }

@@ -171,9 +171,12 @@ impl Services {
                 ("denied", Some(m.clone()))
             }
             Err(ServiceError::TooManyRequests(m)) => ("denied", Some(m.clone())),
-            Err(e @ (ServiceError::Validation { .. } | ServiceError::Conflict(_) | ServiceError::BadGateway(_) | ServiceError::Unavailable(_))) => {
-                ("failed", Some(e.to_string()))
-            }
+            Err(
+                e @ (ServiceError::Validation { .. }
+                | ServiceError::Conflict(_)
+                | ServiceError::BadGateway(_)
+                | ServiceError::Unavailable(_)),
+            ) => ("failed", Some(e.to_string())),
             Err(ServiceError::Internal(_)) => ("failed", Some("internal error".to_string())),
         };
         let team_id = match team {

@@ -85,7 +85,12 @@ pub async fn router_parts(
         orchestrator: config.clone(),
         repos,
         builds: BuildsConfig { logs_dir: data.join("builds"), cache_max_bytes: 1 << 30, min_free_bytes: 0 },
-        certs: CertsConfig { tls_dir: data.join("tls"), acme: None, operator: None, check_every: Duration::from_secs(5) },
+        certs: CertsConfig {
+            tls_dir: data.join("tls"),
+            acme: None,
+            operator: None,
+            check_every: Duration::from_secs(5),
+        },
         release_gate: admission.release_gate(store.clone()),
     });
     let instance = InstanceInfo {

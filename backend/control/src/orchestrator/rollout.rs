@@ -204,8 +204,10 @@ impl Orchestrator {
         if let Some(release) = release {
             self.event(release, "draining", &format!("draining {} old replica(s)", replicas.len())).await?;
         }
-        let (report, lagging) =
-            tokio::join!(self.inner.ingress.drain(&endpoints, self.inner.config.drain_timeout), self.wait_for_ingresses());
+        let (report, lagging) = tokio::join!(
+            self.inner.ingress.drain(&endpoints, self.inner.config.drain_timeout),
+            self.wait_for_ingresses()
+        );
         if let Some(release) = release
             && !report.still_in_flight.is_empty()
         {
