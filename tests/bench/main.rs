@@ -2,8 +2,9 @@
 //! the dashboard first and passes the binary in `BERTH_BIN`): measures releases under load,
 //! healing, and the ingress against nginx proxying to the same upstream in the same run; with
 //! `dashboard`, the dashboard's sizes and timings; with `ingress`, the ingress against nginx and
-//! HAProxy over HTTP/1.1, HTTPS, new handshakes and h2 (`ingress.rs`). Prints figures; asserts
-//! nothing.
+//! HAProxy over HTTP/1.1, HTTPS, new handshakes and h2 (`ingress.rs`); with `failover`, two
+//! instances on PostgreSQL and the leader killed ten times (`failover.rs`). Prints figures;
+//! asserts nothing.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,7 @@ const HOST: &str = "bench.localhost";
 const RELEASES: usize = 20;
 const CLIENTS: usize = 8;
 
+mod failover;
 mod ingress;
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     match mode.as_deref() {
         Some("dashboard") => runtime.block_on(dashboard()),
         Some("ingress") => runtime.block_on(ingress::run()),
+        Some("failover") => runtime.block_on(failover::run()),
         _ => runtime.block_on(run()),
     }
 }

@@ -34,10 +34,7 @@ use crate::links::{HostLinks, ObservedUnion};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::repos::Repos;
 
-/// The publication holding the route table (a JSON list of [`RouteSpec`]).
-pub const ROUTES: &str = "routes";
-/// The publication holding the agents' latest reports (a JSON [`ObservedUnion`]).
-pub const OBSERVED: &str = "observed";
+pub use crate::orchestrator::{OBSERVED, ROUTES};
 
 /// What only the leader runs, started when it takes the lease and stopped when it loses it.
 #[derive(Clone)]

@@ -108,6 +108,11 @@ struct Inner {
     tasks: TaskTracker,
 }
 
+/// The publication holding the route table (a JSON list of `RouteSpec`).
+pub const ROUTES: &str = "routes";
+/// The publication holding the agents' latest reports (a JSON `ObservedUnion`).
+pub const OBSERVED: &str = "observed";
+
 /// The app's own name under the site's base domain (`web.localhost`).
 pub(crate) fn app_host(site: &OrchestratorConfig, app: &str) -> String {
     format!("{app}.{}", site.base_domain)

@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use berth_ingress::{RouteOptions, RouteSpec};
 use berth_wire::edge::AppProtocol;
 
-use super::{Orchestrator, STARTUP_GRACE};
-use crate::cluster::{OBSERVED, ROUTES};
+use super::{OBSERVED, Orchestrator, ROUTES, STARTUP_GRACE};
 use crate::links::ObservedUnion;
 
 impl Orchestrator {
