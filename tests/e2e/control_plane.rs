@@ -190,6 +190,11 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyh
             })
             .await?;
         }
+        // Now a follower itself, the old leader's API deletes the app through the new leader.
+        leader.api().delete("pause").await?;
+        let (code, _) = api.call(reqwest::Method::GET, "/pause", None).await?;
+        assert_eq!(code, 404, "the app is gone once the delete returns");
+        assert!(fixture.containers("pause")?.is_empty(), "its containers are gone too");
         anyhow::Ok(())
     };
     let outcome = resumed.await;

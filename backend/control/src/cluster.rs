@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_ingress::{Ingress, RouteSpec};
-use berth_store::{InstanceInfo, Store};
+use berth_store::{AppRow, InstanceInfo, Store};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,15 @@ pub struct Duties {
 }
 
 impl Duties {
+    /// Deletes the app: no build may release into it any more; then its routes, containers and
+    /// records go, then its repository, build logs and images.
+    pub async fn delete_app(&self, app: &AppRow) -> anyhow::Result<()> {
+        self.builds.cancel(app.id, None, "the app is being deleted").await;
+        self.orchestrator.delete(app.id).await?;
+        self.builds.forget_app(app).await;
+        Ok(())
+    }
+
     /// Stops every task of the duties, as if the process stopped: what they interrupted, the
     /// next leader resumes.
     pub async fn shutdown(&self) {
@@ -133,6 +142,9 @@ impl ClusterConfig {
         ClusterConfig { instance, lease_ttl: Duration::from_secs(3), poll: Duration::from_millis(250), site }
     }
 }
+
+/// How long a follower asked to delete an app waits for the leader to have done it.
+const DELETE_WAIT: Duration = Duration::from_secs(300);
 
 /// A new id for this process: `host/pid/random`, never reused by a later process.
 pub fn instance_id(host: &str) -> String {
@@ -274,6 +286,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Deletes the app (see [`Duties::delete_app`]), through the leader whichever instance it
+    /// is; returns once it is gone.
+    pub async fn delete_app(&self, app: &AppRow) -> anyhow::Result<()> {
+        if let Some(duties) = self.leader() {
+            return duties.delete_app(app).await;
+        }
+        let store = &self.inner.store;
+        store.mark_deleting(app.id).await?;
+        store.request_work("delete", &app.id.to_string()).await?;
+        let deadline = Instant::now() + DELETE_WAIT;
+        while store.app_by_id(app.id).await?.is_some() {
+            if Instant::now() > deadline {
+                anyhow::bail!("the leader has not finished deleting {} yet; it carries on", app.name);
+            }
+            tokio::time::sleep(self.inner.config.poll).await;
+        }
+        Ok(())
+    }
+
     /// Has the route table recomputed by the leader (a domain or an edge setting changed), and,
     /// when this instance leads, waits until it is applied here.
     pub async fn publish_routes(&self) -> anyhow::Result<()> {
@@ -411,6 +442,7 @@ impl Cluster {
             for item in work {
                 match (item.kind.as_str(), item.target.parse::<i64>()) {
                     ("app", Ok(app_id)) => duties.orchestrator.enqueue(app_id),
+                    ("delete", Ok(app_id)) => self.delete_in_background(&store, duties.clone(), app_id).await,
                     ("routes", _) => routes = true,
                     ("certs", _) => certs = true,
                     (kind, _) => {
@@ -425,6 +457,31 @@ impl Cluster {
                 tracing::error!(error = format!("{error:#}"), "publishing routes asked for by another instance failed");
             }
         }
+    }
+
+    /// The leader's side of a deletion another instance was asked for; it ends with the
+    /// leadership (what is left, the next leader's orchestrator finishes: the app stays marked).
+    async fn delete_in_background(&self, store: &Store, duties: Duties, app_id: i64) {
+        let app = match store.app_by_id(app_id).await {
+            Ok(Some(app)) => app,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(app_id, error = %error, "reading an app to delete failed");
+                return;
+            }
+        };
+        let stop = self.inner.stop.clone();
+        let mut leadership = self.inner.leading.subscribe();
+        self.inner.tasks.spawn(async move {
+            let lost = leadership.wait_for(Option::is_none);
+            tokio::select! {
+                deleted = duties.delete_app(&app) => if let Err(error) = deleted {
+                    tracing::error!(app = app.name, error = format!("{error:#}"), "deleting an app failed");
+                },
+                _ = lost => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
 
     /// While not leading: applies the leader's route table to this instance's ingress (draining

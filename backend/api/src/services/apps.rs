@@ -352,11 +352,7 @@ impl Services {
     /// Deletes the app; returns once its routes, containers and records are gone.
     async fn delete_app_inner(&self, principal: &Principal, team: &str, name: &str) -> Result<()> {
         let app = self.find_app(principal, team, name, Action::DeleteApps).await?;
-        let duties = self.duties().await?;
-        // No build may release into an app being deleted.
-        duties.builds.cancel(app.id, None, "the app is being deleted").await;
-        duties.orchestrator.delete(app.id).await?;
-        duties.builds.forget_app(&app).await;
+        self.cluster.delete_app(&app).await?;
         Ok(())
     }
 
