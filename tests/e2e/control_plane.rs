@@ -81,6 +81,18 @@ async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() 
     })
     .await?;
 
+    // What needs the leader's own state answers 503 on the follower, naming the leader.
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/teams/main/apps/ha/domains", follower.api))
+        .bearer_auth(&follower.token)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 503);
+    let named = refused.headers().get(berth_wire::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+    assert_eq!(named, Some(format!("http://{}", leader.api)));
+    let body: Value = refused.json().await?;
+    assert_eq!(body["code"], "not_leader", "{body}");
+
     // A release asked of the follower; the leader is killed while it runs, under load through
     // the follower's ingress.
     let load = Load::start(follower.ingress, &host("ha"), "/", 4, false);

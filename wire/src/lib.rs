@@ -13,6 +13,10 @@ pub mod builds;
 pub mod edge;
 pub mod identity;
 
+/// The response header a control-plane instance that does not lead names the leader's API in
+/// (on a 503 `not_leader`), so agents connect there instead.
+pub const LEADER_HEADER: &str = "berth-leader";
+
 /// The admin API token's file in the server's data directory, where the CLI also looks for it.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 

@@ -70,14 +70,16 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
         Some(membership) => membership,
         None => join(&config, &base, &capacity).await?,
     };
-    let plane = ControlPlane::new(&base, membership.ca_pem.as_deref(), membership.system_roots)?;
+    let primary = ControlPlane::new(&base, membership.ca_pem.as_deref(), membership.system_roots)?;
     println!("berth agent: host {} ({}) connected to {base}", membership.host, membership.advertise_addr);
+    // The instance the agent talks to: the one it joined, or the leader another instance named.
+    let current = Arc::new(std::sync::RwLock::new(primary.clone()));
 
     let (desired_tx, desired_rx) = watch::channel(None);
     let mut agent_config =
         AgentConfig::new(membership.host.clone(), EndpointMode::Published(membership.advertise_addr));
     agent_config.image_source =
-        Some(Arc::new(HttpImageSource { plane: plane.clone(), credential: membership.credential.clone() }));
+        Some(Arc::new(HttpImageSource { plane: current.clone(), credential: membership.credential.clone() }));
     let handle = actor::spawn(runtime, agent_config, desired_rx);
     // Capped low: a control plane that comes back should hear from every agent within its
     // start-up grace (and a dropped connection must not outlast the heartbeat timeout). backon's
@@ -94,6 +96,7 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
     let mut backoff = reconnect_backoff();
     loop {
         let started = std::time::Instant::now();
+        let plane = current.read().expect("BUG: control plane lock poisoned").clone();
         let outcome = session(&plane, &membership, &desired_tx, &handle, &capacity).await;
         // A session that held for a while was a healthy one: the next failure starts afresh.
         if started.elapsed() > Duration::from_secs(10) {
@@ -108,12 +111,46 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
                     membership_path(&config.data_dir).display()
                 );
             }
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "connection to the control plane failed; retrying")
-            }
+            Err(error) => match leader_named(&error).filter(|leader| *leader != plane.base) {
+                Some(leader) => {
+                    let to_leader = crate::tls::check_cleartext(&leader, config.insecure)
+                        .and_then(|()| ControlPlane::new(&leader, membership.ca_pem.as_deref(), membership.system_roots));
+                    match to_leader {
+                        Ok(leader) => {
+                            tracing::info!(instance = plane.base, leader = leader.base, "that instance does not lead; connecting to the leader");
+                            *current.write().expect("BUG: control plane lock poisoned") = leader;
+                        }
+                        Err(error) => tracing::warn!(
+                            leader,
+                            error = format!("{error:#}"),
+                            "the control plane names a leader this agent cannot trust; retrying where it joined"
+                        ),
+                    }
+                }
+                None => {
+                    tracing::warn!(error = format!("{error:#}"), "connection to the control plane failed; retrying");
+                    // A leader it was sent to may be gone: start again where it joined, which
+                    // leads now or names the instance that does.
+                    if plane.base != primary.base {
+                        *current.write().expect("BUG: control plane lock poisoned") = primary.clone();
+                    }
+                }
+            },
         }
         tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
     }
+}
+
+/// The leader an instance that does not lead named, answering the connection with 503.
+fn leader_named(error: &anyhow::Error) -> Option<String> {
+    use tokio_tungstenite::tungstenite::Error;
+    error.chain().find_map(|cause| match cause.downcast_ref::<Error>() {
+        Some(Error::Http(response)) if response.status() == 503 => {
+            let leader = response.headers().get(berth_wire::LEADER_HEADER)?.to_str().ok()?;
+            Some(leader.trim_end_matches('/').to_string())
+        }
+        _ => None,
+    })
 }
 
 /// True when the control plane answered the connection with 401.
@@ -396,6 +433,32 @@ async fn upload(plane: &ControlPlane, credential: &str, transfer: &str, body: re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_instance_that_does_not_lead_names_the_leader_in_its_refusal() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 503 Service Unavailable\r\nberth-leader: https://cp-2:7878/\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 500 Internal Server Error\r\nberth-leader: https://cp-2:7878\r\ncontent-length: 0\r\n\r\n",
+            ] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let mut named = Vec::new();
+        for _ in 0..3 {
+            let refused = tokio_tungstenite::connect_async(format!("ws://{address}/api/v1/agents/connect")).await;
+            let error = anyhow::Error::from(refused.expect_err("refused")).context("connecting");
+            named.push(leader_named(&error));
+        }
+        assert_eq!(named, [Some("https://cp-2:7878".to_string()), None, None]);
+    }
 
     #[tokio::test]
     async fn the_address_toward_the_control_plane_is_found_with_or_without_a_port() {

@@ -15,16 +15,17 @@ pub trait ImageSource: Send + Sync {
 
 /// A remote agent's source: `GET /api/v1/agents/images` on the control plane.
 pub struct HttpImageSource {
-    pub plane: crate::tls::ControlPlane,
+    /// The control plane the agent is connected to (it changes when the leader does).
+    pub plane: std::sync::Arc<std::sync::RwLock<crate::tls::ControlPlane>>,
     pub credential: String,
 }
 
 impl ImageSource for HttpImageSource {
     fn fetch(&self, image: &str) -> BoxFuture<'static, anyhow::Result<ByteStream>> {
-        let request = self
-            .plane
+        let plane = self.plane.read().expect("BUG: control plane lock poisoned").clone();
+        let request = plane
             .http
-            .get(format!("{}/api/v1/agents/images", self.plane.base))
+            .get(format!("{}/api/v1/agents/images", plane.base))
             .query(&[("image", image)])
             .bearer_auth(&self.credential);
         async move {

@@ -64,9 +64,13 @@ pub enum ServiceError {
     /// A service Berth relies on (a sign-in provider) failed or could not be reached.
     #[error("{0}")]
     BadGateway(String),
-    /// The operation runs on the leader, and this instance does not lead.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The operation runs on the leader, and this instance does not lead; `leader` is where the
+    /// leader's API is, when an instance holds the lease.
+    #[error(
+        "this instance does not lead the control plane, and this operation runs on the leader{}: ask the leader, or again once this instance leads",
+        .leader.as_ref().map(|address| format!(" ({address})")).unwrap_or_default()
+    )]
+    NotLeader { leader: Option<String> },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -172,14 +176,8 @@ impl Services {
             return Ok(duties);
         }
         let lease = self.store.lease().await?;
-        let leader = match lease.address.as_str() {
-            "" => String::new(),
-            address => format!(" ({address})"),
-        };
-        Err(ServiceError::Unavailable(format!(
-            "this instance does not lead the control plane, and this operation runs on the leader{leader}: \
-             ask the leader, or again once this instance leads"
-        )))
+        let leader = (lease.expires_in_ms > 0 && !lease.address.is_empty()).then_some(lease.address);
+        Err(ServiceError::NotLeader { leader })
     }
 
     /// The leader's builds (see [`Services::duties`]).

@@ -29,7 +29,7 @@ impl ApiError {
             ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ServiceError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None),
             ServiceError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", None),
-            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader", None),
+            ServiceError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader", None),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -60,6 +60,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(self.body())).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        // Where the leader is, for clients that follow it (agents).
+        if let ServiceError::NotLeader { leader: Some(leader) } = &self.0
+            && let Ok(value) = header::HeaderValue::from_str(leader)
+        {
+            response.headers_mut().insert(berth_wire::LEADER_HEADER, value);
         }
         response
     }

@@ -73,7 +73,7 @@ fn git_error(error: ServiceError) -> Response {
         ServiceError::Validation { message, .. } => (StatusCode::BAD_REQUEST, message.clone()),
         ServiceError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
         ServiceError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m.clone()),
-        ServiceError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
+        ServiceError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
         ServiceError::Internal(e) => {
             tracing::error!(error = format!("{e:#}"), "git request failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())

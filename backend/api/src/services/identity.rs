@@ -175,7 +175,7 @@ impl Services {
                 e @ (ServiceError::Validation { .. }
                 | ServiceError::Conflict(_)
                 | ServiceError::BadGateway(_)
-                | ServiceError::Unavailable(_)),
+                | ServiceError::NotLeader { .. }),
             ) => ("failed", Some(e.to_string())),
             Err(ServiceError::Internal(_)) => ("failed", Some("internal error".to_string())),
         };
