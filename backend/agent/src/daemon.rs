@@ -113,11 +113,16 @@ pub async fn run(config: AgentDaemonConfig) -> anyhow::Result<()> {
             }
             Err(error) => match leader_named(&error).filter(|leader| *leader != plane.base) {
                 Some(leader) => {
-                    let to_leader = crate::tls::check_cleartext(&leader, config.insecure)
-                        .and_then(|()| ControlPlane::new(&leader, membership.ca_pem.as_deref(), membership.system_roots));
+                    let to_leader = crate::tls::check_cleartext(&leader, config.insecure).and_then(|()| {
+                        ControlPlane::new(&leader, membership.ca_pem.as_deref(), membership.system_roots)
+                    });
                     match to_leader {
                         Ok(leader) => {
-                            tracing::info!(instance = plane.base, leader = leader.base, "that instance does not lead; connecting to the leader");
+                            tracing::info!(
+                                instance = plane.base,
+                                leader = leader.base,
+                                "that instance does not lead; connecting to the leader"
+                            );
                             *current.write().expect("BUG: control plane lock poisoned") = leader;
                         }
                         Err(error) => tracing::warn!(

@@ -167,8 +167,15 @@ struct Inner {
     leading: watch::Sender<Option<Leading>>,
     /// The agents' reports as the leader last published them (read while following).
     observed: watch::Sender<ObservedUnion>,
-    /// Route-table versions applied whose removed endpoints are still draining.
-    draining: Mutex<BTreeSet<i64>>,
+    /// Route-table versions applied whose removed endpoints are still draining, and the highest
+    /// applied.
+    draining: Mutex<(BTreeSet<i64>, i64)>,
+    /// Held while the follower loop applies a table, and while this instance starts leading: the
+    /// two never interleave, so an older published table cannot overwrite the new orchestrator's.
+    routing: tokio::sync::Mutex<()>,
+    /// The table this ingress routed when this instance stepped down, which the follower loop
+    /// drains from when it applies the next.
+    handed_over: Mutex<Option<Vec<RouteSpec>>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -191,7 +198,9 @@ impl Cluster {
                 start_duties,
                 leading: watch::channel(None).0,
                 observed: watch::channel(ObservedUnion::new()).0,
-                draining: Mutex::new(BTreeSet::new()),
+                draining: Mutex::new((BTreeSet::new(), 0)),
+                routing: tokio::sync::Mutex::new(()),
+                handed_over: Mutex::new(None),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -325,18 +334,22 @@ impl Cluster {
 
     /// The first attempt at the lease, and each later one: the term taken, with the duties
     /// started; `None` while another instance holds it.
-    async fn try_to_lead(&self) -> anyhow::Result<Option<i64>> {
+    /// Returns the term and when the lease was asked for (it lasts its TTL from then at most).
+    async fn try_to_lead(&self) -> anyhow::Result<Option<(i64, Instant)>> {
         let config = &self.inner.config;
         let id = &config.instance.id;
+        let asked = Instant::now();
         let Some(term) = self.inner.store.acquire_lease(id, &config.instance.address, config.lease_ttl).await? else {
             return Ok(None);
         };
         tracing::info!(instance = %id, term, "this instance leads: starting the orchestrator");
         let store = self.inner.store.fenced(id, term);
+        // The follower loop applies no published table from now on: the orchestrator routes.
+        let _routing = self.inner.routing.lock().await;
         match (self.inner.start_duties)(store.clone()).await {
             Ok(duties) => {
                 self.inner.leading.send_replace(Some(Leading { term, store, duties }));
-                Ok(Some(term))
+                Ok(Some((term, asked)))
             }
             Err(error) => {
                 // Give the lease up, so another instance (or a later attempt) tries.
@@ -346,38 +359,51 @@ impl Cluster {
         }
     }
 
-    /// Stops the duties (if leading) and returns the term they held.
+    /// Stops the duties (if leading) and returns the term they held. Agents are let go first:
+    /// the in-process one stops acting on lists the deposed orchestrator gave it, remote ones are
+    /// disconnected (to reconnect and find the new leader); again once the orchestrator stopped,
+    /// in case it published a list meanwhile.
     async fn step_down(&self, why: &str) -> Option<i64> {
         let leading = self.inner.leading.send_replace(None)?;
         tracing::warn!(instance = %self.inner.config.instance.id, why, "this instance no longer leads: stopping the orchestrator");
-        leading.duties.shutdown().await;
-        // The in-process agent stops acting on stale lists; remote agents are disconnected, to
-        // reconnect and find the new leader.
-        let links = leading.duties.orchestrator.links();
-        for link in links.all() {
-            match link.is_local() {
-                true => link.stand_down(),
-                false => links.forget(&link.name),
+        let let_agents_go = || {
+            let links = leading.duties.orchestrator.links();
+            for link in links.all() {
+                match link.is_local() {
+                    true => link.stand_down(),
+                    false => links.forget(&link.name),
+                }
             }
-        }
+        };
+        let_agents_go();
+        // What this ingress routes now: the follower loop drains from it on the next table.
+        let routed = leading.duties.orchestrator.applied_routes().await;
+        *self.inner.handed_over.lock().expect("BUG: hand-over poisoned") = Some(routed);
+        leading.duties.shutdown().await;
+        let_agents_go();
         Some(leading.term)
     }
 
     /// Takes the lease when it is free, renews it while held, steps down when it is lost.
-    async fn elect(self, mut term: Option<i64>) {
+    /// `first` is the first attempt's outcome: the term and when the lease was asked for.
+    async fn elect(self, first: Option<(i64, Instant)>) {
         let config = self.inner.config.clone();
         let id = &config.instance.id;
         let renew_every = config.lease_ttl / 3;
-        // Until when the lease is ours for sure: its TTL from the start of the last renewal.
-        let mut held_until = Instant::now() + config.lease_ttl;
+        // Stand down this long before the lease could have run out, unrenewed.
+        let margin = renew_every / 2;
+        let mut term = first.map(|(term, _)| term);
+        // Until when the lease is ours for sure: its TTL from when the last successful renewal
+        // (or the acquisition) was asked for.
+        let mut held_until = first.map_or_else(Instant::now, |(_, asked)| asked + config.lease_ttl);
+        let mut renewed = true;
         loop {
             match term {
                 None => {
                     tokio::time::sleep(config.poll).await;
                     match self.try_to_lead().await {
-                        Ok(Some(taken)) => {
-                            term = Some(taken);
-                            held_until = Instant::now() + config.lease_ttl;
+                        Ok(Some((taken, asked))) => {
+                            (term, held_until, renewed) = (Some(taken), asked + config.lease_ttl, true);
                         }
                         Ok(None) => {}
                         Err(error) => {
@@ -387,29 +413,31 @@ impl Cluster {
                     }
                 }
                 Some(held) => {
-                    tokio::time::sleep(renew_every).await;
+                    // After a failed attempt, try again soon.
+                    tokio::time::sleep(if renewed { renew_every } else { config.poll }).await;
                     let started = Instant::now();
-                    let renewal =
-                        tokio::time::timeout(renew_every, self.inner.store.renew_lease(id, held, config.lease_ttl));
-                    match renewal.await {
-                        Ok(Ok(true)) => held_until = started + config.lease_ttl,
+                    let left = held_until.saturating_duration_since(started).saturating_sub(margin);
+                    if left.is_zero() {
+                        self.step_down("the lease could not be renewed in time").await;
+                        term = None;
+                        continue;
+                    }
+                    // Never waits past the point where it must stand down.
+                    let renewal = self.inner.store.renew_lease(id, held, config.lease_ttl);
+                    match tokio::time::timeout(left.min(renew_every), renewal).await {
+                        Ok(Ok(true)) => (held_until, renewed) = (started + config.lease_ttl, true),
                         Ok(Ok(false)) => {
                             self.step_down("another instance took the lease").await;
                             term = None;
                         }
-                        Ok(Err(error)) if Instant::now() + renew_every >= held_until => {
-                            tracing::error!(error = format!("{error:#}"), "renewing the lease failed");
-                            self.step_down("the lease could not be renewed in time").await;
-                            term = None;
-                        }
-                        Err(_) if Instant::now() + renew_every >= held_until => {
-                            self.step_down("the lease could not be renewed in time").await;
-                            term = None;
-                        }
                         Ok(Err(error)) => {
-                            tracing::warn!(error = format!("{error:#}"), "renewing the lease failed; retrying")
+                            tracing::warn!(error = format!("{error:#}"), "renewing the lease failed; retrying");
+                            renewed = false;
                         }
-                        Err(_) => tracing::warn!("renewing the lease timed out; retrying"),
+                        Err(_) => {
+                            tracing::warn!("renewing the lease timed out; retrying");
+                            renewed = false;
+                        }
                     }
                 }
             }
@@ -492,11 +520,14 @@ impl Cluster {
         let mut applied: Vec<RouteSpec> = Vec::new();
         loop {
             tokio::time::sleep(self.inner.config.poll).await;
+            let routing = self.inner.routing.lock().await;
             if self.leader().is_some() {
                 // The orchestrator routes this ingress; when leadership ends, start over.
                 (routes_seen, observed_seen) = (0, 0);
-                applied.clear();
                 continue;
+            }
+            if let Some(routed) = self.inner.handed_over.lock().expect("BUG: hand-over poisoned").take() {
+                (routes_seen, applied) = (0, routed);
             }
             match store.published_version(ROUTES).await {
                 Ok(version) if version != routes_seen => match self.apply_published_routes(&mut applied).await {
@@ -507,6 +538,7 @@ impl Cluster {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(error = %error, "reading the leader's route version failed"),
             }
+            drop(routing);
             match store.published_version(OBSERVED).await {
                 Ok(version) if version != observed_seen => match store.published(OBSERVED).await {
                     Ok(Some(publication)) => match serde_json::from_str::<ObservedUnion>(&publication.body) {
@@ -541,7 +573,11 @@ impl Cluster {
         self.inner.ingress.apply(routes.clone()).await;
         *applied = routes;
         let version = publication.version;
-        self.inner.draining.lock().expect("BUG: drain set poisoned").insert(version);
+        {
+            let mut draining = self.inner.draining.lock().expect("BUG: drain set poisoned");
+            draining.0.insert(version);
+            draining.1 = draining.1.max(version);
+        }
         let this = self.clone();
         let drain_timeout = self.inner.config.site.drain_timeout;
         let stop = self.inner.stop.clone();
@@ -551,9 +587,10 @@ impl Cluster {
             }
             let done = {
                 let mut draining = this.inner.draining.lock().expect("BUG: drain set poisoned");
-                draining.remove(&version);
-                // Every version below the oldest still draining is done.
-                draining.first().map_or(version, |oldest| oldest - 1)
+                draining.0.remove(&version);
+                // Every version applied below the oldest still draining is done.
+                let highest = draining.1;
+                draining.0.first().map_or(highest, |oldest| (oldest - 1).min(highest))
             };
             if let Err(error) = this.inner.store.set_routes_applied(&this.inner.config.instance.id, done).await {
                 tracing::warn!(error = %error, "reporting the applied route table failed");

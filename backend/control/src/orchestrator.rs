@@ -162,6 +162,16 @@ impl Orchestrator {
                 tasks: TaskTracker::new(),
             }),
         };
+        if let Err(error) = orchestrator.begin().await {
+            // Nothing it started may outlive it (a leader retries in the same process).
+            orchestrator.shutdown().await;
+            return Err(error);
+        }
+        Ok(orchestrator)
+    }
+
+    async fn begin(&self) -> anyhow::Result<()> {
+        let orchestrator = self;
         // Remote hosts get a link (and a full heartbeat period of grace) from now on.
         for host in orchestrator.inner.store.hosts().await? {
             orchestrator.inner.links.link(&host.name);
@@ -179,7 +189,7 @@ impl Orchestrator {
         for app in orchestrator.inner.store.all_apps().await? {
             orchestrator.enqueue(app.id);
         }
-        Ok(orchestrator)
+        Ok(())
     }
 
     /// Stops every background task of this orchestrator at its next await, as if the process

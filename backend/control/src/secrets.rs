@@ -89,6 +89,9 @@ struct Inner {
     /// Held shared from sealing a value until its spec is stored, exclusively by `rotate`: no
     /// value sealed with a key being retired can be stored after the rotation's reseal.
     writers: Arc<tokio::sync::RwLock<()>>,
+    /// The key file as last read or written (modification time, length): when it changes,
+    /// another instance sharing the data directory rotated, and the keys are read again.
+    file: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl std::fmt::Debug for SecretKeys {
@@ -136,18 +139,52 @@ impl SecretKeys {
     }
 
     fn from_keys(path: Option<PathBuf>, keys: Vec<Key>) -> SecretKeys {
+        let file = path.as_deref().and_then(file_version);
         SecretKeys {
             inner: Arc::new(Inner {
                 path,
                 keys: RwLock::new(keys),
                 retired: RwLock::new(Vec::new()),
                 writers: Arc::new(tokio::sync::RwLock::new(())),
+                file: std::sync::Mutex::new(file),
             }),
         }
     }
 
     fn keys(&self) -> std::sync::RwLockReadGuard<'_, Vec<Key>> {
+        self.refresh();
         self.inner.keys.read().expect("BUG: secret keys poisoned")
+    }
+
+    /// Reads the key file again when it changed since this process last read or wrote it (an
+    /// instance sharing the data directory rotated): its new key seals from then on, and the keys
+    /// it dropped still open what was sealed with them, as after a rotation of this process's own.
+    fn refresh(&self) {
+        let Some(path) = &self.inner.path else { return };
+        let mut seen = self.inner.file.lock().expect("BUG: key file state poisoned");
+        let now = file_version(path);
+        if now.is_none() || *seen == now {
+            return;
+        }
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => return tracing::warn!(%error, path = %path.display(), "re-reading the secret keys failed"),
+        };
+        match parse(&text) {
+            Ok(keys) if !keys.is_empty() => {
+                let mut current = self.inner.keys.write().expect("BUG: secret keys poisoned");
+                let (_, dropped): (Vec<Key>, Vec<Key>) =
+                    std::mem::take(&mut *current).into_iter().partition(|k| keys.iter().any(|n| n.id == k.id));
+                self.inner.retired.write().expect("BUG: secret keys poisoned").extend(dropped);
+                *current = keys;
+                *seen = now;
+                tracing::info!(path = %path.display(), "the secret keys changed on disk; using them");
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "the secret key file holds no key; keeping the keys in memory")
+            }
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "re-reading the secret keys failed"),
+        }
     }
 
     /// The id of the key new values are sealed with.
@@ -259,7 +296,11 @@ impl SecretKeys {
 
     fn persist(&self, keys: &[Key]) -> anyhow::Result<()> {
         match &self.inner.path {
-            Some(path) => write_file(path, keys),
+            Some(path) => {
+                write_file(path, keys)?;
+                *self.inner.file.lock().expect("BUG: key file state poisoned") = file_version(path);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -329,6 +370,12 @@ fn check_private(_: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes the key file whole: a private temporary file, synced, renamed over the old one.
+/// What tells a changed key file: its modification time and length.
+fn file_version(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let metadata = fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
 fn write_file(path: &Path, keys: &[Key]) -> anyhow::Result<()> {
     let mut text = String::from("# Berth's secret keys: the last one seals new values. Keep this file private.\n");
     for key in keys {
@@ -383,5 +430,22 @@ mod tests {
         fs::write(&path, "k1 not-base64\n").unwrap();
         let error = format!("{:#}", SecretKeys::open(dir.path()).unwrap_err());
         assert!(error.contains("line 1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_instance_sharing_the_data_directory_takes_up_another_ones_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = berth_store::Store::open(dir.path()).await.unwrap();
+        let (a, b) = (SecretKeys::open(dir.path()).unwrap(), SecretKeys::open(dir.path()).unwrap());
+        let before = b.seal(WEB, "TOKEN", "old");
+        let rotation = a.rotate(&store).await.unwrap();
+        assert_eq!((rotation.key_id.as_str(), rotation.retired.as_slice()), ("k2", ["k1".to_string()].as_slice()));
+        // b seals with the new key, opens what a seals, and still opens what it sealed before.
+        let after = b.seal(WEB, "TOKEN", "new");
+        assert_eq!(key_of(&after), Some("k2"));
+        assert_eq!(a.open_value(WEB, "TOKEN", &after).unwrap(), "new");
+        assert_eq!(b.open_value(WEB, "TOKEN", &a.seal(WEB, "TOKEN", "from a")).unwrap(), "from a");
+        assert_eq!(b.open_value(WEB, "TOKEN", &before).unwrap(), "old");
+        assert_eq!(b.current_key_id(), "k2");
     }
 }

@@ -48,8 +48,8 @@ pub fn is_fenced(error: &sqlx::Error) -> bool {
 /// Now, in milliseconds since the Unix epoch, on the database's clock.
 pub(crate) fn now_sql(pool: &Pool) -> &'static str {
     match pool {
-        Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-        Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Pool::Sqlite(_) => sqlite_now!(),
+        Pool::Postgres(_) => postgres_now!(),
     }
 }
 

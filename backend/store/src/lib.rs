@@ -21,6 +21,21 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+/// Now, in milliseconds since the Unix epoch, on the database's clock: SQLite's SQL for it.
+macro_rules! sqlite_now {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+}
+
+/// PostgreSQL's SQL for now in milliseconds (`clock_timestamp`: the time of the statement, not of
+/// the transaction's start).
+macro_rules! postgres_now {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+    };
+}
+
 /// Runs `$body` with `$pool` bound to the store's pool, expanded once per engine.
 macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
@@ -41,13 +56,13 @@ macro_rules! write_tx {
             $crate::Pool::Sqlite(pool) => {
                 #[allow(unused_mut)]
                 let mut $tx = $crate::begin_write_sqlite(pool).await?;
-                check_fence!($store, $tx);
+                check_fence!($store, $tx, sqlite_now!());
                 $body
             }
             $crate::Pool::Postgres(pool) => {
                 #[allow(unused_mut)]
                 let mut $tx = $crate::begin_write_postgres(pool).await?;
-                check_fence!($store, $tx);
+                check_fence!($store, $tx, postgres_now!());
                 $body
             }
         }
@@ -55,14 +70,13 @@ macro_rules! write_tx {
 }
 
 /// On a fenced store, returns [`lease::Fenced`] from the enclosing function unless the fence's
-/// term still holds the lease (read inside `$tx`, under the write lock).
+/// term still holds the lease, unexpired (read inside `$tx`, under the write lock; `$now` is the
+/// engine's SQL for now in milliseconds, the database's clock).
 macro_rules! check_fence {
-    ($store:expr, $tx:ident) => {
+    ($store:expr, $tx:ident, $now:expr) => {
         if let Some(fence) = &$store.fence {
-            let held: Option<i64> = sqlx::query_scalar("SELECT term FROM leader_lease WHERE id = 1 AND holder = $1")
-                .bind(&fence.holder)
-                .fetch_optional(&mut *$tx)
-                .await?;
+            let sql = concat!("SELECT term FROM leader_lease WHERE id = 1 AND holder = $1 AND expires_at >= ", $now);
+            let held: Option<i64> = sqlx::query_scalar(sql).bind(&fence.holder).fetch_optional(&mut *$tx).await?;
             if held != Some(fence.term) {
                 return Err(sqlx::Error::Configuration(Box::new($crate::lease::Fenced { term: fence.term })).into());
             }

@@ -36,6 +36,9 @@ async fn paused_leader((a, b): (Store, Store)) {
 
     // a stops renewing (paused); once the lease expires, b takes it in a new term.
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    // Expired, even before anyone took it over, the lease fences a's writes.
+    let refused = leader_a.add_release_event(1, "note", "written by a after its lease ran out").await.unwrap_err();
+    assert!(is_fenced(&refused), "{engine}: {refused}");
     let term_b = b.acquire_lease("b", "http://b:7878", TTL).await.unwrap().expect("an expired lease is taken");
     assert_eq!(term_b, 2, "{engine}");
 

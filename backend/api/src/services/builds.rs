@@ -381,9 +381,11 @@ impl Services {
             settings.git_url = (!url.trim().is_empty()).then(|| url.trim().to_string());
         }
         validate_settings(&settings)?;
+        // The repository is the leader's to configure: on a follower, refuse before writing.
+        let builds = self.builds().await?;
         self.store.set_build_settings(app.id, &settings).await?;
-        let repo = self.builds().await?.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
-        self.builds().await?.repos().configure(&repo, &settings.deploy_branch).await?;
+        let repo = builds.repos().ensure(&app.team, &app.name, &settings.deploy_branch).await?;
+        builds.repos().configure(&repo, &settings.deploy_branch).await?;
         self.git_info(principal, team, name).await
     }
 

@@ -78,6 +78,8 @@ impl Services {
     ) -> Result<DomainInfo> {
         let row = self.find_app(principal, team, app, Action::DeployApps).await?;
         let name = validate_domain(&input.name, self.cluster.base_domain())?;
+        // Its certificate's state comes from the leader: on a follower, refuse before writing.
+        let duties = self.duties().await?;
         match self.store.add_domain(row.id, &name).await {
             Ok(()) => {}
             // Whose it is stays unsaid: it may be another team's.
@@ -89,7 +91,7 @@ impl Services {
         self.cluster.publish_routes().await?;
         self.cluster.wake_certs().await?;
         let domains = self.store.domains(row.id).await?;
-        let states = self.duties().await?.certs.status(row.id, &self.cluster.app_host(&row.name), &domains).await?;
+        let states = duties.certs.status(row.id, &self.cluster.app_host(&row.name), &domains).await?;
         states.into_iter().find(|d| d.name == name).ok_or_else(|| ServiceError::NotFound(name))
     }
 

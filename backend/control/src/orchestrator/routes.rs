@@ -31,15 +31,24 @@ impl Orchestrator {
         let edges = store.app_edges().await?;
         let observed = self.observed();
         let inherited = self.inner.inherited.lock().expect("BUG: inherited reports poisoned").clone();
-        // A replica's report: its agent's; or, while this orchestrator is new and its agent has
-        // not reported it or is still probing it after adopting it, the one the previous
-        // leader published. A replica its agent reports crashed, failed or stopping is not.
+        // A replica's report: its agent's; or, while this orchestrator is new, the one the
+        // previous leader published, when it said ready and the agent has not reported the
+        // replica yet, or reports the very same container at the same endpoint, running, not
+        // restarted since, and still being probed after its adoption.
         let report = |replica: &berth_store::ReplicaRow| {
-            use berth_wire::agent::ContainerPhase::{Pending, Running, Starting};
             let live = observed.get(&replica.id);
-            match live {
-                Some(live) if !matches!(live.phase, Pending | Starting | Running) => Some(live),
-                _ => inherited.get(&replica.id).filter(|o| o.ready()).or(live),
+            let earlier = inherited.get(&replica.id).filter(|o| o.ready());
+            match (live, earlier) {
+                (None, earlier) => earlier,
+                (Some(live), Some(earlier))
+                    if live.phase == berth_wire::agent::ContainerPhase::Running
+                        && live.container_id == earlier.container_id
+                        && live.endpoint == earlier.endpoint
+                        && live.restarts <= earlier.restarts =>
+                {
+                    Some(earlier)
+                }
+                (Some(live), _) => Some(live),
             }
         };
         let https = self.inner.config.https_port.is_some();
@@ -71,6 +80,11 @@ impl Orchestrator {
             *last = routes;
         }
         Ok(())
+    }
+
+    /// The table this orchestrator last applied to the ingress.
+    pub async fn applied_routes(&self) -> Vec<RouteSpec> {
+        self.inner.routes_lock.lock().await.clone()
     }
 
     /// The version of the route table this orchestrator last published (0: none yet).
@@ -110,10 +124,7 @@ impl Orchestrator {
             if reports.changed().await.is_err() {
                 return;
             }
-            let mut union = reports.borrow_and_update().clone();
-            for (id, report) in self.inner.inherited.lock().expect("BUG: inherited reports poisoned").iter() {
-                union.entry(id.clone()).or_insert_with(|| report.clone());
-            }
+            let union = reports.borrow_and_update().clone();
             match serde_json::to_string(&union) {
                 Ok(body) => {
                     if let Err(error) = self.inner.store.publish(OBSERVED, &body).await {
