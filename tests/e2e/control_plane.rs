@@ -221,3 +221,52 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_ingress_serves_the_certificates_uploaded_to_the_leader() -> anyhow::Result<()> {
+    use berth_tests::pebble::{free_addr, test_certificate, tls_client, tls_connect};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fixture = Fixture::new()?;
+    let Some(database) = database_args(&fixture)? else {
+        eprintln!("SKIPPING the follower HTTPS test: PostgreSQL is not installed (apt-get install postgresql)");
+        return Ok(());
+    };
+    let (leader_https, follower_https) = (free_addr()?.to_string(), free_addr()?.to_string());
+    let args = |https: &str| {
+        let mut args: Vec<String> = database.clone();
+        args.extend(["--https-listen".to_string(), https.to_string()]);
+        args
+    };
+    let leader_args = args(&leader_https);
+    let leader = fixture.start_server_with(&leader_args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let follower_args = args(&follower_https);
+    let follower = fixture.start_server_with(&follower_args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let api = leader.api();
+    let release = api.create_app(json!({ "name": "shop", "image": fixture.image_v1, "port": 8080 })).await?;
+    api.wait_serving("shop", release).await?;
+    let (chain, key, ca) = test_certificate(&["shop.localhost"])?;
+    std::fs::write(fixture.dir.join("shop.pem"), chain)?;
+    std::fs::write(fixture.dir.join("shop.key"), key)?;
+    let (cert, key) = (fixture.dir.join("shop.pem"), fixture.dir.join("shop.key"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let uploaded = leader.cli(&["certs", "add", "shop", "--cert", &cert, "--key", &key])?;
+    assert!(uploaded.status.success(), "{}", String::from_utf8_lossy(&uploaded.stderr));
+
+    // The follower's ingress takes the certificate up from the store (and its key from the shared
+    // data directory), and serves the app over HTTPS with it.
+    let address: std::net::SocketAddr = follower_https.parse()?;
+    let answer = eventually("the follower to serve the certificate", Duration::from_secs(15), || async {
+        let mut stream =
+            tls_connect(address, "shop.localhost", tls_client(std::slice::from_ref(&ca), &[b"http/1.1"])).await.ok()?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(answer)
+    })
+    .await?;
+    assert!(answer.contains("hello from v1"), "{answer}");
+    // And its plain HTTP listener redirects the name to HTTPS, as the leader's does.
+    let (code, _) = get(follower.ingress, "shop.localhost", "/").await?;
+    assert_eq!(code, 308);
+    Ok(())
+}

@@ -223,10 +223,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         orchestrator: site.clone(),
         repos,
         builds: builds_config,
-        certs: certs_config,
+        certs: certs_config.clone(),
         release_gate: admission.release_gate(store.clone()),
     });
-    let cluster = Cluster::start(store.clone(), ingress.clone(), ClusterConfig::new(instance, site), duties).await?;
+    let cluster_config = ClusterConfig { certificates: Some(certs_config), ..ClusterConfig::new(instance, site) };
+    let cluster = Cluster::start(store.clone(), ingress.clone(), cluster_config, duties).await?;
     match cluster.term() {
         Some(term) => tracing::info!(term, "this instance leads the control plane"),
         None => println!(

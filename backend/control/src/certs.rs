@@ -111,6 +111,29 @@ fn retry_delay(base: Duration, attempts: u32, rate_limited: bool) -> Duration {
     delay.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
+/// Gives `ingress` every stored certificate (plus the operator's): the leader's `Certs` does it
+/// at every change, a follower when the stored certificates change (its keys come from the shared
+/// data directory).
+pub async fn load_into(store: &Store, config: &CertsConfig, ingress: &Ingress) -> anyhow::Result<()> {
+    let mut certificates: Vec<Certificate> = config.operator.iter().cloned().collect();
+    for row in store.certificates().await? {
+        match parse(&config.tls_dir, &row) {
+            Ok(certificate) => certificates.push(certificate),
+            Err(error) => {
+                tracing::error!(id = row.id, error = format!("{error:#}"), "a stored certificate cannot be served")
+            }
+        }
+    }
+    ingress.set_certificates(certificates);
+    Ok(())
+}
+
+fn parse(tls_dir: &std::path::Path, row: &CertificateRow) -> anyhow::Result<Certificate> {
+    let path = tls_dir.join(&row.key_file);
+    let key = std::fs::read(&path).with_context(|| format!("reading the private key {}", path.display()))?;
+    Ok(Certificate::from_pem(row.chain_pem.as_bytes(), &key)?)
+}
+
 impl Certs {
     /// Loads the stored certificates into the ingress and starts the ACME loop (when configured).
     pub async fn start(
@@ -154,23 +177,8 @@ impl Certs {
     /// Gives the ingress every stored certificate (plus the operator's) and republishes routes,
     /// whose HTTPS redirects depend on them.
     async fn reload(&self) -> anyhow::Result<()> {
-        let mut certificates: Vec<Certificate> = self.inner.config.operator.iter().cloned().collect();
-        for row in self.inner.store.certificates().await? {
-            match self.parse(&row) {
-                Ok(certificate) => certificates.push(certificate),
-                Err(error) => {
-                    tracing::error!(id = row.id, error = format!("{error:#}"), "a stored certificate cannot be served")
-                }
-            }
-        }
-        self.inner.ingress.set_certificates(certificates);
+        load_into(&self.inner.store, &self.inner.config, &self.inner.ingress).await?;
         self.inner.orchestrator.publish_routes().await
-    }
-
-    fn parse(&self, row: &CertificateRow) -> anyhow::Result<Certificate> {
-        let path = self.inner.config.tls_dir.join(&row.key_file);
-        let key = std::fs::read(&path).with_context(|| format!("reading the private key {}", path.display()))?;
-        Ok(Certificate::from_pem(row.chain_pem.as_bytes(), &key)?)
     }
 
     /// Stores an uploaded certificate for an app whose names are `names`: every DNS name in the

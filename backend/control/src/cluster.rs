@@ -135,13 +135,25 @@ pub struct ClusterConfig {
     pub poll: Duration,
     /// The site's names and ports, for the URLs shown to users on every instance.
     pub site: OrchestratorConfig,
+    /// Where the certificates' keys are and the operator's certificate: a follower's ingress
+    /// serves the stored certificates too (`None`: it serves none).
+    pub certificates: Option<CertsConfig>,
 }
 
 impl ClusterConfig {
     pub fn new(instance: InstanceInfo, site: OrchestratorConfig) -> ClusterConfig {
-        ClusterConfig { instance, lease_ttl: Duration::from_secs(3), poll: Duration::from_millis(250), site }
+        ClusterConfig {
+            instance,
+            lease_ttl: Duration::from_secs(3),
+            poll: Duration::from_millis(250),
+            site,
+            certificates: None,
+        }
     }
 }
+
+/// How often a follower looks for changed certificates.
+const CERTIFICATES_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a follower asked to delete an app waits for the leader to have done it.
 const DELETE_WAIT: Duration = Duration::from_secs(300);
@@ -518,13 +530,33 @@ impl Cluster {
         let store = &self.inner.store;
         let (mut routes_seen, mut observed_seen) = (0, 0);
         let mut applied: Vec<RouteSpec> = Vec::new();
+        // The stored certificates' ids last loaded, and when they were last looked at.
+        let mut certificates_seen: Option<Vec<i64>> = None;
+        let mut certificates_at = Instant::now();
         loop {
             tokio::time::sleep(self.inner.config.poll).await;
             let routing = self.inner.routing.lock().await;
             if self.leader().is_some() {
                 // The orchestrator routes this ingress; when leadership ends, start over.
-                (routes_seen, observed_seen) = (0, 0);
+                (routes_seen, observed_seen, certificates_seen) = (0, 0, None);
                 continue;
+            }
+            if let Some(config) = &self.inner.config.certificates
+                && (certificates_seen.is_none() || certificates_at.elapsed() >= CERTIFICATES_EVERY)
+            {
+                certificates_at = Instant::now();
+                match store.certificate_ids().await {
+                    Ok(ids) if certificates_seen.as_ref() != Some(&ids) => {
+                        match crate::certs::load_into(store, config, &self.inner.ingress).await {
+                            Ok(()) => certificates_seen = Some(ids),
+                            Err(error) => {
+                                tracing::warn!(error = format!("{error:#}"), "loading the certificates failed")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(error = %error, "reading the certificates' ids failed"),
+                }
             }
             if let Some(routed) = self.inner.handed_over.lock().expect("BUG: hand-over poisoned").take() {
                 (routes_seen, applied) = (0, routed);

@@ -191,6 +191,12 @@ impl Store {
         with_pool!(self, |pool| { sqlx::query_as("SELECT * FROM certificates ORDER BY id").fetch_all(pool).await })
     }
 
+    /// The stored certificates' ids, in order: what changes when one is added, renewed (a new
+    /// row) or removed.
+    pub async fn certificate_ids(&self) -> Result<Vec<i64>> {
+        with_pool!(self, |pool| { sqlx::query_scalar("SELECT id FROM certificates ORDER BY id").fetch_all(pool).await })
+    }
+
     pub async fn app_certificates(&self, app_id: i64) -> Result<Vec<CertificateRow>> {
         with_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM certificates WHERE app_id = $1 ORDER BY id")
