@@ -113,19 +113,21 @@ fn retry_delay(base: Duration, attempts: u32, rate_limited: bool) -> Duration {
 
 /// Gives `ingress` every stored certificate (plus the operator's): the leader's `Certs` does it
 /// at every change, a follower when the stored certificates change (its keys come from the shared
-/// data directory).
-pub async fn load_into(store: &Store, config: &CertsConfig, ingress: &Ingress) -> anyhow::Result<()> {
+/// data directory). Returns how many stored certificates could not be loaded (logged).
+pub async fn load_into(store: &Store, config: &CertsConfig, ingress: &Ingress) -> anyhow::Result<usize> {
     let mut certificates: Vec<Certificate> = config.operator.iter().cloned().collect();
+    let mut failed = 0;
     for row in store.certificates().await? {
         match parse(&config.tls_dir, &row) {
             Ok(certificate) => certificates.push(certificate),
             Err(error) => {
+                failed += 1;
                 tracing::error!(id = row.id, error = format!("{error:#}"), "a stored certificate cannot be served")
             }
         }
     }
     ingress.set_certificates(certificates);
-    Ok(())
+    Ok(failed)
 }
 
 fn parse(tls_dir: &std::path::Path, row: &CertificateRow) -> anyhow::Result<Certificate> {

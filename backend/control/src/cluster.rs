@@ -94,32 +94,12 @@ pub fn start_duties(config: DutiesConfig) -> StartDuties {
     Arc::new(move |store: Store| {
         let config = config.clone();
         Box::pin(async move {
-            let orchestrator = Orchestrator::start(
-                store.clone(),
-                config.ingress.clone(),
-                config.links.clone(),
-                config.orchestrator.clone(),
-            )
-            .await?;
-            let builds =
-                match Builds::start(store.clone(), orchestrator.clone(), config.repos.clone(), config.builds.clone())
-                    .await
-                {
-                    Ok(builds) => builds,
-                    Err(error) => {
-                        orchestrator.shutdown().await;
-                        return Err(error);
-                    }
-                };
-            builds.set_release_gate(config.release_gate.clone());
-            match Certs::start(store, config.ingress.clone(), orchestrator.clone(), config.certs.clone()).await {
-                Ok(certs) => Ok(Duties { orchestrator, builds, certs }),
-                Err(error) => {
-                    builds.shutdown().await;
-                    orchestrator.shutdown().await;
-                    Err(error)
-                }
+            let started = start_each(&config, store).await;
+            if started.is_err() {
+                // A term that never led leaves no agent acting on what it began to tell them.
+                let_agents_go(&config.links);
             }
+            started
         })
     })
 }
@@ -154,6 +134,42 @@ impl ClusterConfig {
 
 /// How often a follower looks for changed certificates.
 const CERTIFICATES_EVERY: Duration = Duration::from_secs(5);
+
+/// The orchestrator, then the builds, then the certificates; what started is stopped again when
+/// a later part fails.
+async fn start_each(config: &DutiesConfig, store: Store) -> anyhow::Result<Duties> {
+    let orchestrator =
+        Orchestrator::start(store.clone(), config.ingress.clone(), config.links.clone(), config.orchestrator.clone())
+            .await?;
+    let builds =
+        match Builds::start(store.clone(), orchestrator.clone(), config.repos.clone(), config.builds.clone()).await {
+            Ok(builds) => builds,
+            Err(error) => {
+                orchestrator.shutdown().await;
+                return Err(error);
+            }
+        };
+    builds.set_release_gate(config.release_gate.clone());
+    match Certs::start(store, config.ingress.clone(), orchestrator.clone(), config.certs.clone()).await {
+        Ok(certs) => Ok(Duties { orchestrator, builds, certs }),
+        Err(error) => {
+            builds.shutdown().await;
+            orchestrator.shutdown().await;
+            Err(error)
+        }
+    }
+}
+
+/// Lets every agent of `links` go: the in-process one stops acting on lists it was given (its
+/// containers untouched), remote ones are disconnected (to reconnect and find the leader).
+fn let_agents_go(links: &HostLinks) {
+    for link in links.all() {
+        match link.is_local() {
+            true => link.stand_down(),
+            false => links.forget(&link.name),
+        }
+    }
+}
 
 /// How long a follower asked to delete an app waits for the leader to have done it.
 const DELETE_WAIT: Duration = Duration::from_secs(300);
@@ -376,23 +392,18 @@ impl Cluster {
     /// disconnected (to reconnect and find the new leader); again once the orchestrator stopped,
     /// in case it published a list meanwhile.
     async fn step_down(&self, why: &str) -> Option<i64> {
+        // The follower loop applies nothing until the orchestrator has stopped and handed over
+        // what this ingress routes.
+        let _routing = self.inner.routing.lock().await;
         let leading = self.inner.leading.send_replace(None)?;
         tracing::warn!(instance = %self.inner.config.instance.id, why, "this instance no longer leads: stopping the orchestrator");
-        let let_agents_go = || {
-            let links = leading.duties.orchestrator.links();
-            for link in links.all() {
-                match link.is_local() {
-                    true => link.stand_down(),
-                    false => links.forget(&link.name),
-                }
-            }
-        };
-        let_agents_go();
+        let links = leading.duties.orchestrator.links();
+        let_agents_go(links);
+        leading.duties.shutdown().await;
+        let_agents_go(links);
         // What this ingress routes now: the follower loop drains from it on the next table.
         let routed = leading.duties.orchestrator.applied_routes().await;
         *self.inner.handed_over.lock().expect("BUG: hand-over poisoned") = Some(routed);
-        leading.duties.shutdown().await;
-        let_agents_go();
         Some(leading.term)
     }
 
@@ -408,14 +419,15 @@ impl Cluster {
         // Until when the lease is ours for sure: its TTL from when the last successful renewal
         // (or the acquisition) was asked for.
         let mut held_until = first.map_or_else(Instant::now, |(_, asked)| asked + config.lease_ttl);
-        let mut renewed = true;
+        // Renewed soon after it is taken: starting the duties may have used much of the lease.
+        let mut renewed = false;
         loop {
             match term {
                 None => {
                     tokio::time::sleep(config.poll).await;
                     match self.try_to_lead().await {
                         Ok(Some((taken, asked))) => {
-                            (term, held_until, renewed) = (Some(taken), asked + config.lease_ttl, true);
+                            (term, held_until, renewed) = (Some(taken), asked + config.lease_ttl, false);
                         }
                         Ok(None) => {}
                         Err(error) => {
@@ -431,6 +443,10 @@ impl Cluster {
                     let left = held_until.saturating_duration_since(started).saturating_sub(margin);
                     if left.is_zero() {
                         self.step_down("the lease could not be renewed in time").await;
+                        // Should a renewal have landed unseen, the lease is given up, so that taking
+                        // it again raises the term past anything the stopped duties still try.
+                        let release = self.inner.store.release_lease(id, held);
+                        let _ = tokio::time::timeout(renew_every, release).await;
                         term = None;
                         continue;
                     }
@@ -541,14 +557,24 @@ impl Cluster {
                 (routes_seen, observed_seen, certificates_seen) = (0, 0, None);
                 continue;
             }
+            if let Some(routed) = self.inner.handed_over.lock().expect("BUG: hand-over poisoned").take() {
+                (routes_seen, applied) = (0, routed);
+            }
+            let routes_version = store.published_version(ROUTES).await;
+            let new_routes = matches!(routes_version, Ok(version) if version != routes_seen);
+            // Certificates before a new table (which may redirect a name to HTTPS because it has
+            // one), and every few seconds.
             if let Some(config) = &self.inner.config.certificates
-                && (certificates_seen.is_none() || certificates_at.elapsed() >= CERTIFICATES_EVERY)
+                && (new_routes || certificates_seen.is_none() || certificates_at.elapsed() >= CERTIFICATES_EVERY)
             {
                 certificates_at = Instant::now();
                 match store.certificate_ids().await {
                     Ok(ids) if certificates_seen.as_ref() != Some(&ids) => {
                         match crate::certs::load_into(store, config, &self.inner.ingress).await {
-                            Ok(()) => certificates_seen = Some(ids),
+                            // Ids noted only when every certificate loaded: a key file not there
+                            // yet is tried again.
+                            Ok(0) => certificates_seen = Some(ids),
+                            Ok(_) => certificates_seen = None,
                             Err(error) => {
                                 tracing::warn!(error = format!("{error:#}"), "loading the certificates failed")
                             }
@@ -558,10 +584,7 @@ impl Cluster {
                     Err(error) => tracing::warn!(error = %error, "reading the certificates' ids failed"),
                 }
             }
-            if let Some(routed) = self.inner.handed_over.lock().expect("BUG: hand-over poisoned").take() {
-                (routes_seen, applied) = (0, routed);
-            }
-            match store.published_version(ROUTES).await {
+            match routes_version {
                 Ok(version) if version != routes_seen => match self.apply_published_routes(&mut applied).await {
                     Ok(Some(version)) => routes_seen = version,
                     Ok(None) => {}

@@ -161,9 +161,9 @@ impl SecretKeys {
     /// it dropped still open what was sealed with them, as after a rotation of this process's own.
     fn refresh(&self) {
         let Some(path) = &self.inner.path else { return };
-        let mut seen = self.inner.file.lock().expect("BUG: key file state poisoned");
         let now = file_version(path);
-        if now.is_none() || *seen == now {
+        // Not held while the keys are locked: `rotate` locks the keys, then the file's state.
+        if now.is_none() || *self.inner.file.lock().expect("BUG: key file state poisoned") == now {
             return;
         }
         let text = match fs::read_to_string(path) {
@@ -177,7 +177,7 @@ impl SecretKeys {
                     std::mem::take(&mut *current).into_iter().partition(|k| keys.iter().any(|n| n.id == k.id));
                 self.inner.retired.write().expect("BUG: secret keys poisoned").extend(dropped);
                 *current = keys;
-                *seen = now;
+                *self.inner.file.lock().expect("BUG: key file state poisoned") = now;
                 tracing::info!(path = %path.display(), "the secret keys changed on disk; using them");
             }
             Ok(_) => {

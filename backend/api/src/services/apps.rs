@@ -327,6 +327,9 @@ impl Services {
     /// Reseals every app's secrets with a new key and retires the old ones (instance admins).
     async fn rotate_secret_key_inner(&self, principal: &Principal) -> Result<SecretKeyRotated> {
         principal.require_instance_admin()?;
+        // One rotation at a time across instances: the leader's (the others take up its key
+        // file when it changes).
+        self.duties().await?;
         let rotation = self.cluster.secrets().rotate(&self.store).await.map_err(ServiceError::Internal)?;
         Ok(SecretKeyRotated {
             key_id: rotation.key_id,

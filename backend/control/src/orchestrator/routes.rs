@@ -30,11 +30,17 @@ impl Orchestrator {
         let replicas = store.all_replicas().await?;
         let edges = store.app_edges().await?;
         let observed = self.observed();
-        let inherited = self.inner.inherited.lock().expect("BUG: inherited reports poisoned").clone();
+        let inherited = {
+            let mut inherited = self.inner.inherited.lock().expect("BUG: inherited reports poisoned");
+            // Once its agent says it is ready, a replica's own reports rule, for good: a later
+            // failing probe is not mistaken for the probing after its adoption.
+            inherited.retain(|id, _| !observed.get(id).is_some_and(|o| o.ready()));
+            inherited.clone()
+        };
         // A replica's report: its agent's; or, while this orchestrator is new, the one the
         // previous leader published, when it said ready and the agent has not reported the
         // replica yet, or reports the very same container at the same endpoint, running, not
-        // restarted since, and still being probed after its adoption.
+        // restarted since, and not yet ready again after its adoption.
         let report = |replica: &berth_store::ReplicaRow| {
             let live = observed.get(&replica.id);
             let earlier = inherited.get(&replica.id).filter(|o| o.ready());
@@ -112,6 +118,7 @@ impl Orchestrator {
             if let Err(error) = this.publish_routes().await {
                 tracing::error!(error = format!("{error:#}"), "publishing routes without the inherited reports failed");
             }
+            this.publish_reports_now().await;
         });
         Ok(())
     }
@@ -124,16 +131,26 @@ impl Orchestrator {
             if reports.changed().await.is_err() {
                 return;
             }
-            let union = reports.borrow_and_update().clone();
-            match serde_json::to_string(&union) {
-                Ok(body) => {
-                    if let Err(error) = self.inner.store.publish(OBSERVED, &body).await {
-                        tracing::warn!(error = %error, "publishing the agents' reports failed");
-                    }
-                }
-                Err(error) => tracing::error!(error = %error, "encoding the agents' reports failed"),
-            }
+            reports.borrow_and_update();
+            self.publish_reports_now().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Publishes the agents' reports, with the inherited ones of replicas no agent reported yet
+    /// (a leader after this one inherits them in turn).
+    async fn publish_reports_now(&self) {
+        let mut union = self.observed();
+        for (id, report) in self.inner.inherited.lock().expect("BUG: inherited reports poisoned").iter() {
+            union.entry(id.clone()).or_insert_with(|| report.clone());
+        }
+        match serde_json::to_string(&union) {
+            Ok(body) => {
+                if let Err(error) = self.inner.store.publish(OBSERVED, &body).await {
+                    tracing::warn!(error = %error, "publishing the agents' reports failed");
+                }
+            }
+            Err(error) => tracing::error!(error = %error, "encoding the agents' reports failed"),
         }
     }
 
