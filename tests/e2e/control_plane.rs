@@ -3,19 +3,34 @@
 
 use std::time::{Duration, Instant};
 
-use berth_tests::{Fixture, Load, eventually, get};
+use berth_tests::{Fixture, Load, Server, eventually, get};
 use serde_json::{Value, json};
 
 use crate::host;
 
-/// `--database` for a second instance: the fixture's PostgreSQL database when the suite runs on
-/// PostgreSQL (the fixture passes it already), a fresh one otherwise; `None` when PostgreSQL is
-/// not installed.
-fn database_args(fixture: &Fixture) -> anyhow::Result<Option<Vec<String>>> {
-    if fixture.database.is_some() {
-        return Ok(Some(Vec::new()));
+/// Two instances on one PostgreSQL database and one data directory (its secret key shared),
+/// both on this machine's Docker engine as the same host (only the leader's agent acts on it),
+/// each with its `extra` arguments: the first started leads. The database is the fixture's when
+/// the suite runs on PostgreSQL (the fixture passes it already), a fresh one otherwise; `None`,
+/// with a line saying so, when PostgreSQL is not installed.
+async fn two_instances(fixture: &Fixture, test: &str, extra: [&[&str]; 2]) -> anyhow::Result<Option<(Server, Server)>> {
+    let database = match &fixture.database {
+        Some(_) => Vec::new(),
+        None => match berth_testdb::fresh_database()? {
+            Some(url) => vec!["--database".to_string(), url],
+            None => {
+                eprintln!("SKIPPING {test}: PostgreSQL is not installed (apt-get install postgresql)");
+                return Ok(None);
+            }
+        },
+    };
+    let mut servers = Vec::new();
+    for extra in extra {
+        let args: Vec<&str> = database.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+        servers.push(fixture.start_server_with(&args).await?);
     }
-    Ok(berth_testdb::fresh_database()?.map(|url| vec!["--database".to_string(), url]))
+    let follower = servers.pop().expect("BUG: two were started");
+    Ok(servers.pop().map(|leader| (leader, follower)))
 }
 
 /// The status as instance `api` answers it.
@@ -34,15 +49,9 @@ fn instance_at(status: &Value, address: std::net::SocketAddr) -> Option<String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() -> anyhow::Result<()> {
     let fixture = Fixture::new()?;
-    let Some(database) = database_args(&fixture)? else {
-        eprintln!("SKIPPING the control-plane failover test: PostgreSQL is not installed (apt-get install postgresql)");
+    let Some((mut leader, follower)) = two_instances(&fixture, "the failover test", [&[], &[]]).await? else {
         return Ok(());
     };
-    let args: Vec<&str> = database.iter().map(String::as_str).collect();
-    // Two instances on one database and one data directory (its secret key shared), both on this
-    // machine's Docker engine as the same host: only the leader's agent acts on it.
-    let mut leader = fixture.start_server_with(&args).await?;
-    let follower = fixture.start_server_with(&args).await?;
     let (leader_api, api) = (leader.api(), follower.api());
 
     let seen = status(&api).await?;
@@ -136,13 +145,9 @@ async fn a_follower_serves_and_takes_over_a_release_when_the_leader_is_killed() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyhow::Result<()> {
     let fixture = Fixture::new()?;
-    let Some(database) = database_args(&fixture)? else {
-        eprintln!("SKIPPING the paused-leader test: PostgreSQL is not installed (apt-get install postgresql)");
+    let Some((mut leader, follower)) = two_instances(&fixture, "the paused-leader test", [&[], &[]]).await? else {
         return Ok(());
     };
-    let args: Vec<&str> = database.iter().map(String::as_str).collect();
-    let mut leader = fixture.start_server_with(&args).await?;
-    let follower = fixture.start_server_with(&args).await?;
     let api = follower.api();
     let follower_id = instance_at(&status(&api).await?, follower.api).expect("the follower is listed");
     let release = api
@@ -227,20 +232,11 @@ async fn a_followers_ingress_serves_the_certificates_uploaded_to_the_leader() ->
     use berth_tests::pebble::{free_addr, test_certificate, tls_client, tls_connect};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let fixture = Fixture::new()?;
-    let Some(database) = database_args(&fixture)? else {
-        eprintln!("SKIPPING the follower HTTPS test: PostgreSQL is not installed (apt-get install postgresql)");
+    let (leader_https, follower_https) = (free_addr()?.to_string(), free_addr()?.to_string());
+    let extra: [&[&str]; 2] = [&["--https-listen", &leader_https], &["--https-listen", &follower_https]];
+    let Some((leader, follower)) = two_instances(&fixture, "the follower HTTPS test", extra).await? else {
         return Ok(());
     };
-    let (leader_https, follower_https) = (free_addr()?.to_string(), free_addr()?.to_string());
-    let args = |https: &str| {
-        let mut args: Vec<String> = database.clone();
-        args.extend(["--https-listen".to_string(), https.to_string()]);
-        args
-    };
-    let leader_args = args(&leader_https);
-    let leader = fixture.start_server_with(&leader_args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
-    let follower_args = args(&follower_https);
-    let follower = fixture.start_server_with(&follower_args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let api = leader.api();
     let release = api.create_app(json!({ "name": "shop", "image": fixture.image_v1, "port": 8080 })).await?;
     api.wait_serving("shop", release).await?;

@@ -171,6 +171,14 @@ fn let_agents_go(links: &HostLinks) {
     }
 }
 
+/// The kinds of work other instances ask of the leader (`pending_work.kind`): an app's releases
+/// to run (target: its id), an app to delete (its id), the route table to recompute, the
+/// certificates to look at.
+const WORK_APP: &str = "app";
+const WORK_DELETE: &str = "delete";
+const WORK_ROUTES: &str = "routes";
+const WORK_CERTS: &str = "certs";
+
 /// How long a follower asked to delete an app waits for the leader to have done it.
 const DELETE_WAIT: Duration = Duration::from_secs(300);
 
@@ -267,19 +275,9 @@ impl Cluster {
         &self.inner.config.instance
     }
 
-    /// The store, unfenced (what any instance may write: desired state asked for by users).
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// This instance's ingress.
     pub fn ingress(&self) -> &Arc<Ingress> {
         &self.inner.ingress
-    }
-
-    /// The site's settings: base domain, ports, the keys secrets are sealed with.
-    pub fn site(&self) -> &OrchestratorConfig {
-        &self.inner.config.site
     }
 
     /// The keys apps' secret variables are sealed with.
@@ -318,7 +316,7 @@ impl Cluster {
     pub async fn enqueue(&self, app_id: i64) -> anyhow::Result<()> {
         match self.leader() {
             Some(duties) => duties.orchestrator.enqueue(app_id),
-            None => self.inner.store.request_work("app", &app_id.to_string()).await?,
+            None => self.inner.store.request_work(WORK_APP, &app_id.to_string()).await?,
         }
         Ok(())
     }
@@ -331,7 +329,7 @@ impl Cluster {
         }
         let store = &self.inner.store;
         store.mark_deleting(app.id).await?;
-        store.request_work("delete", &app.id.to_string()).await?;
+        store.request_work(WORK_DELETE, &app.id.to_string()).await?;
         let deadline = Instant::now() + DELETE_WAIT;
         while store.app_by_id(app.id).await?.is_some() {
             if Instant::now() > deadline {
@@ -347,7 +345,7 @@ impl Cluster {
     pub async fn publish_routes(&self) -> anyhow::Result<()> {
         match self.leader() {
             Some(duties) => duties.orchestrator.publish_routes().await,
-            None => Ok(self.inner.store.request_work("routes", "").await?),
+            None => Ok(self.inner.store.request_work(WORK_ROUTES, "").await?),
         }
     }
 
@@ -355,14 +353,14 @@ impl Cluster {
     pub async fn wake_certs(&self) -> anyhow::Result<()> {
         match self.leader() {
             Some(duties) => duties.certs.wake(),
-            None => self.inner.store.request_work("certs", "").await?,
+            None => self.inner.store.request_work(WORK_CERTS, "").await?,
         }
         Ok(())
     }
 
     /// The first attempt at the lease, and each later one: the term taken, with the duties
-    /// started; `None` while another instance holds it.
-    /// Returns the term and when the lease was asked for (it lasts its TTL from then at most).
+    /// started, and when the lease was asked for (it lasts its TTL from then at most); `None`
+    /// while another instance holds it.
     async fn try_to_lead(&self) -> anyhow::Result<Option<(i64, Instant)>> {
         let config = &self.inner.config;
         let id = &config.instance.id;
@@ -472,8 +470,8 @@ impl Cluster {
         }
     }
 
-    /// Reports this instance every second, forgets instances silent for a minute, and, while
-    /// leading, does the work other instances asked for.
+    /// Reports this instance every second and, while leading, forgets instances silent for a
+    /// minute and does the work other instances asked for.
     async fn report(self) {
         let config = &self.inner.config;
         let mut last_report = Instant::now();
@@ -484,7 +482,10 @@ impl Cluster {
                 if let Err(error) = self.inner.store.instance_alive(&config.instance).await {
                     tracing::warn!(error = %error, "reporting this instance failed");
                 }
-                let _ = self.inner.store.forget_silent_instances(Duration::from_secs(60)).await;
+                // One instance is enough to tidy up (it is a write, under the write lock).
+                if self.leader().is_some() {
+                    let _ = self.inner.store.forget_silent_instances(Duration::from_secs(60)).await;
+                }
             }
             let Some(Leading { store, duties, .. }) = self.inner.leading.borrow().clone() else { continue };
             let work = match store.take_work().await {
@@ -497,10 +498,10 @@ impl Cluster {
             let (mut routes, mut certs) = (false, false);
             for item in work {
                 match (item.kind.as_str(), item.target.parse::<i64>()) {
-                    ("app", Ok(app_id)) => duties.orchestrator.enqueue(app_id),
-                    ("delete", Ok(app_id)) => self.delete_in_background(&store, duties.clone(), app_id).await,
-                    ("routes", _) => routes = true,
-                    ("certs", _) => certs = true,
+                    (WORK_APP, Ok(app_id)) => duties.orchestrator.enqueue(app_id),
+                    (WORK_DELETE, Ok(app_id)) => self.delete_in_background(&store, duties.clone(), app_id).await,
+                    (WORK_ROUTES, _) => routes = true,
+                    (WORK_CERTS, _) => certs = true,
                     (kind, _) => {
                         tracing::warn!(kind, target = %item.target, "unknown work asked of the leader; ignored")
                     }

@@ -224,11 +224,6 @@ impl Orchestrator {
         app_url(&self.inner.config, &self.inner.ingress, app)
     }
 
-    /// The last `seconds` of an app's traffic through the ingress (empty when it is not routed).
-    pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
-        self.inner.ingress.traffic(&self.app_host(app), seconds).unwrap_or_default()
-    }
-
     /// The host name an app is served at (`web.localhost`).
     pub fn base_domain(&self) -> &str {
         &self.inner.config.base_domain
