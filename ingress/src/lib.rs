@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 mod config;
 mod fast;
+pub mod follower;
 mod host;
 mod metrics;
 mod ocsp;

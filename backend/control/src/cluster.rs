@@ -15,12 +15,11 @@
 //! On SQLite (one process per database file) the one instance takes the lease at start and keeps
 //! it: the same code, with nobody to hand over to.
 
-use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use berth_ingress::follower::Follower;
 use berth_ingress::{Ingress, RouteSpec};
 use berth_store::{AppRow, InstanceInfo, Store};
 use futures::future::BoxFuture;
@@ -203,9 +202,8 @@ struct Inner {
     leading: watch::Sender<Option<Leading>>,
     /// The agents' reports as the leader last published them (read while following).
     observed: watch::Sender<ObservedUnion>,
-    /// Route-table versions applied whose removed endpoints are still draining, and the highest
-    /// applied.
-    draining: Mutex<(BTreeSet<i64>, i64)>,
+    /// Applies the published tables to the ingress while following, and drains what they remove.
+    follower: Arc<Follower>,
     /// Held while the follower loop applies a table, and while this instance starts leading: the
     /// two never interleave, so an older published table cannot overwrite the new orchestrator's.
     routing: tokio::sync::Mutex<()>,
@@ -229,12 +227,12 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 store,
+                follower: Arc::new(Follower::new(ingress.clone())),
                 ingress,
                 config,
                 start_duties,
                 leading: watch::channel(None).0,
                 observed: watch::channel(ObservedUnion::new()).0,
-                draining: Mutex::new((BTreeSet::new(), 0)),
                 routing: tokio::sync::Mutex::new(()),
                 handed_over: Mutex::new(None),
                 stop: CancellationToken::new(),
@@ -546,7 +544,6 @@ impl Cluster {
     async fn follow(self) {
         let store = &self.inner.store;
         let (mut routes_seen, mut observed_seen) = (0, 0);
-        let mut applied: Vec<RouteSpec> = Vec::new();
         // The stored certificates' ids last loaded, and when they were last looked at.
         let mut certificates_seen: Option<Vec<i64>> = None;
         let mut certificates_at = Instant::now();
@@ -559,7 +556,8 @@ impl Cluster {
                 continue;
             }
             if let Some(routed) = self.inner.handed_over.lock().expect("BUG: hand-over poisoned").take() {
-                (routes_seen, applied) = (0, routed);
+                routes_seen = 0;
+                self.inner.follower.handed_over(routed);
             }
             let routes_version = store.published_version(ROUTES).await;
             let new_routes = matches!(routes_version, Ok(version) if version != routes_seen);
@@ -586,7 +584,7 @@ impl Cluster {
                 }
             }
             match routes_version {
-                Ok(version) if version != routes_seen => match self.apply_published_routes(&mut applied).await {
+                Ok(version) if version != routes_seen => match self.apply_published_routes().await {
                     Ok(Some(version)) => routes_seen = version,
                     Ok(None) => {}
                     Err(error) => tracing::warn!(error = format!("{error:#}"), "applying the leader's routes failed"),
@@ -615,39 +613,15 @@ impl Cluster {
 
     /// Applies the published route table and starts draining what it removed; returns its
     /// version.
-    async fn apply_published_routes(&self, applied: &mut Vec<RouteSpec>) -> anyhow::Result<Option<i64>> {
+    async fn apply_published_routes(&self) -> anyhow::Result<Option<i64>> {
         let Some(publication) = self.inner.store.published(ROUTES).await? else { return Ok(None) };
         let routes: Vec<RouteSpec> = serde_json::from_str(&publication.body).context("the published route table")?;
-        let kept: HashSet<SocketAddr> = routes.iter().flat_map(|r| r.endpoints.iter().copied()).collect();
-        let removed: Vec<SocketAddr> = applied
-            .iter()
-            .flat_map(|r| r.endpoints.iter().copied())
-            .filter(|e| !kept.contains(e))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        self.inner.ingress.apply(routes.clone()).await;
-        *applied = routes;
         let version = publication.version;
-        {
-            let mut draining = self.inner.draining.lock().expect("BUG: drain set poisoned");
-            draining.0.insert(version);
-            draining.1 = draining.1.max(version);
-        }
+        let drain = self.inner.follower.apply(version, routes, self.inner.config.site.drain_timeout).await;
         let this = self.clone();
-        let drain_timeout = self.inner.config.site.drain_timeout;
         let stop = self.inner.stop.clone();
         self.inner.tasks.spawn(async move {
-            if stop.run_until_cancelled(this.inner.ingress.drain(&removed, drain_timeout)).await.is_none() {
-                return;
-            }
-            let done = {
-                let mut draining = this.inner.draining.lock().expect("BUG: drain set poisoned");
-                draining.0.remove(&version);
-                // Every version applied below the oldest still draining is done.
-                let highest = draining.1;
-                draining.0.first().map_or(highest, |oldest| (oldest - 1).min(highest))
-            };
+            let Some(done) = stop.run_until_cancelled(drain.run()).await else { return };
             if let Err(error) = this.inner.store.set_routes_applied(&this.inner.config.instance.id, done).await {
                 tracing::warn!(error = %error, "reporting the applied route table failed");
             }

@@ -701,6 +701,31 @@ async fn a_host_back_from_a_blip_before_its_replacement_is_ready_keeps_serving_a
 }
 
 #[tokio::test]
+async fn a_new_orchestrator_does_not_route_a_down_hosts_replica_from_the_reports_it_inherited() {
+    let (mut plane, h2, app, _listener) = blip_plane().await;
+    let h2_endpoint = h2.endpoint;
+    let on_h2 = plane.store.replicas_of_app(app).await.unwrap().into_iter().find(|r| r.host == "h2").expect("spread");
+    // The reports published so far say h2's replica is ready; h2 goes quiet and a new
+    // orchestrator (a new leader, which has heard nothing from h2 itself) inherits them.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    h2.pause(true);
+    plane.links.link("h2").forget_observed();
+    plane.restart_orchestrator().await;
+    assert!(plane.routed().contains(&h2_endpoint), "routed from the inherited reports while h2 may be up");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = plane.store.replicas_of_app(app).await.unwrap();
+        if rows.iter().any(|r| r.id == on_h2.id && r.replaced_by.is_some()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replacement for h2's replica: {rows:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Well within the inherited reports' grace: h2 is down, so they do not route its replica.
+    assert!(!plane.routed().contains(&h2_endpoint), "a down host's replica routed from inherited reports");
+}
+
+#[tokio::test]
 async fn a_replacement_ready_before_the_host_returns_wins_and_the_lost_replica_is_forgotten() {
     let (plane, h2, app, _listener) = blip_plane().await;
     let h2_endpoint = h2.endpoint;

@@ -44,6 +44,7 @@ impl Orchestrator {
         let store = &self.inner.store;
         let hosts = store.hosts().await?;
         let mut lost = HashSet::new();
+        let mut newly_down = false;
         for host in hosts.iter().filter(|h| !h.is_local) {
             let link = self.inner.links.link(&host.name);
             let timeout = self.inner.config.heartbeat_timeout;
@@ -59,6 +60,7 @@ impl Orchestrator {
                     store.set_host_state(&host.name, HostState::Down).await?;
                     link.forget_observed();
                     lost.insert(host.name.clone());
+                    newly_down = true;
                 }
                 HostState::Down if !silent => {
                     tracing::info!(host = host.name, "host is back");
@@ -70,6 +72,11 @@ impl Orchestrator {
                 }
                 _ => {}
             }
+        }
+        if newly_down {
+            // Out of the routes before anything else: no request goes to a host declared down
+            // while its replacements are placed (nor once they are recorded).
+            self.publish_routes().await?;
         }
         self.replace_lost_replicas(&hosts, &lost).await
     }

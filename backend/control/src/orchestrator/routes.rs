@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_ingress::{RouteOptions, RouteSpec};
+use berth_wire::api::HostState;
 use berth_wire::edge::AppProtocol;
 
 use super::{OBSERVED, Orchestrator, ROUTES, STARTUP_GRACE};
@@ -37,13 +38,26 @@ impl Orchestrator {
             inherited.retain(|id, _| !observed.get(id).is_some_and(|o| o.ready()));
             inherited.clone()
         };
+        // Inherited reports speak for replicas on hosts that are up (or draining) only: a host
+        // declared down or removed has no replica worth routing, whatever an earlier leader heard.
+        let available: std::collections::HashSet<String> = if inherited.is_empty() {
+            Default::default()
+        } else {
+            store
+                .hosts()
+                .await?
+                .into_iter()
+                .filter(|h| matches!(h.state(), HostState::Up | HostState::Draining))
+                .map(|h| h.name)
+                .collect()
+        };
         // A replica's report: its agent's; or, while this orchestrator is new, the one the
         // previous leader published, when it said ready and the agent has not reported the
         // replica yet, or reports the very same container at the same endpoint, running, not
         // restarted since, and not yet ready again after its adoption.
         let report = |replica: &berth_store::ReplicaRow| {
             let live = observed.get(&replica.id);
-            let earlier = inherited.get(&replica.id).filter(|o| o.ready());
+            let earlier = inherited.get(&replica.id).filter(|o| o.ready() && available.contains(&replica.host));
             match (live, earlier) {
                 (None, earlier) => earlier,
                 (Some(live), Some(earlier))

@@ -1,0 +1,123 @@
+//! An ingress that follows route tables published elsewhere, each under a version: it applies
+//! them in the order it gets them, drains the endpoints each one removed, and tells the highest
+//! version up to which everything is applied *and drained*, the figure a release waits for
+//! before it stops the old containers.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{Ingress, RouteSpec};
+
+/// Applies versioned tables to one ingress; see the module's documentation.
+pub struct Follower {
+    ingress: Arc<Ingress>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The table the ingress has, as far as this follower knows.
+    applied: Vec<RouteSpec>,
+    /// Versions applied whose drains have not finished.
+    draining: BTreeSet<i64>,
+    /// The highest version applied.
+    highest: i64,
+}
+
+impl Follower {
+    pub fn new(ingress: Arc<Ingress>) -> Follower {
+        Follower { ingress, state: Mutex::new(State::default()) }
+    }
+
+    /// The ingress was given `routes` by someone else (a leader that stepped down hands over
+    /// what its orchestrator applied): the next table drains what it removes from these.
+    pub fn handed_over(&self, routes: Vec<RouteSpec>) {
+        self.state.lock().expect("BUG: follower state poisoned").applied = routes;
+    }
+
+    /// Applies `routes`, published as `version`, to the ingress and returns the drain of the
+    /// endpoints it removed. The drain yields the version up to which every table applied is
+    /// drained (never lower than an earlier drain's, whatever order they finish in); dropping it
+    /// before it ends leaves `version` undrained for good.
+    pub async fn apply(self: &Arc<Self>, version: i64, routes: Vec<RouteSpec>, drain_timeout: Duration) -> Drain {
+        let removed: Vec<SocketAddr> = {
+            let state = self.state.lock().expect("BUG: follower state poisoned");
+            let kept: HashSet<SocketAddr> = routes.iter().flat_map(|r| r.endpoints.iter().copied()).collect();
+            let removed: BTreeSet<SocketAddr> =
+                state.applied.iter().flat_map(|r| r.endpoints.iter().copied()).filter(|e| !kept.contains(e)).collect();
+            removed.into_iter().collect()
+        };
+        self.ingress.apply(routes.clone()).await;
+        {
+            let mut state = self.state.lock().expect("BUG: follower state poisoned");
+            state.applied = routes;
+            state.draining.insert(version);
+            state.highest = state.highest.max(version);
+        }
+        Drain { follower: self.clone(), version, removed, timeout: drain_timeout }
+    }
+
+    /// The table the ingress was last given through this follower.
+    pub fn applied(&self) -> Vec<RouteSpec> {
+        self.state.lock().expect("BUG: follower state poisoned").applied.clone()
+    }
+}
+
+/// The drain that follows one [`Follower::apply`].
+#[must_use = "a version is acknowledged only once its drain has run"]
+pub struct Drain {
+    follower: Arc<Follower>,
+    version: i64,
+    removed: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
+impl Drain {
+    /// Waits for the requests in flight to the removed endpoints (up to the timeout); returns
+    /// the version up to which every applied table is drained.
+    pub async fn run(self) -> i64 {
+        self.follower.ingress.drain(&self.removed, self.timeout).await;
+        let mut state = self.follower.state.lock().expect("BUG: follower state poisoned");
+        state.draining.remove(&self.version);
+        // Every version applied below the oldest still draining is done.
+        let highest = state.highest;
+        state.draining.first().map_or(highest, |oldest| (oldest - 1).min(highest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IngressConfig;
+
+    fn table(endpoints: &[&str]) -> Vec<RouteSpec> {
+        vec![RouteSpec::new("web.localhost", endpoints.iter().map(|e| e.parse().unwrap()).collect())]
+    }
+
+    #[tokio::test]
+    async fn drains_finishing_out_of_order_never_acknowledge_a_version_still_draining() {
+        let ingress = Ingress::new(IngressConfig::default());
+        let follower = Arc::new(Follower::new(ingress.clone()));
+        let timeout = Duration::from_secs(1);
+        let first = follower.apply(1, table(&["127.0.0.1:1", "127.0.0.1:2"]), timeout).await;
+        let second = follower.apply(2, table(&["127.0.0.1:1"]), timeout).await;
+        let third = follower.apply(3, table(&["127.0.0.1:1", "127.0.0.1:3"]), timeout).await;
+        assert_eq!(ingress.endpoints("web.localhost").unwrap().len(), 2);
+        assert_eq!(first.run().await, 1);
+        assert_eq!(third.run().await, 1, "version 2 still drains");
+        assert_eq!(second.run().await, 3);
+        assert_eq!(follower.applied(), table(&["127.0.0.1:1", "127.0.0.1:3"]));
+    }
+
+    #[tokio::test]
+    async fn a_table_after_a_hand_over_drains_what_it_removes_from_the_handed_over_one() {
+        let ingress = Ingress::new(IngressConfig::default());
+        let follower = Arc::new(Follower::new(ingress.clone()));
+        follower.handed_over(table(&["127.0.0.1:1", "127.0.0.1:2"]));
+        let drain = follower.apply(7, table(&["127.0.0.1:2"]), Duration::from_secs(1)).await;
+        assert_eq!(drain.removed, ["127.0.0.1:1".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(drain.run().await, 7);
+    }
+}
