@@ -322,6 +322,10 @@ pub struct ControlPlaneStatus {
     /// The version of the route table the leader published last.
     pub routes_version: i64,
     pub instances: Vec<InstanceStatus>,
+    /// Every ingress node joined (`berth ingress --join`), reporting or not; those running are
+    /// in `instances` too, as `ingress/<name>`.
+    #[serde(default)]
+    pub ingress_nodes: Vec<String>,
 }
 
 /// One running `berth server` instance.
@@ -341,6 +345,14 @@ pub struct InstanceStatus {
     pub silent_ms: i64,
     /// The route table version its ingress applied and drained.
     pub routes_applied: i64,
+    /// `server` (a `berth server`, API and ingress) or `ingress` (an edge-only ingress node,
+    /// whose `address` is where it serves).
+    #[serde(default = "server_kind")]
+    pub kind: String,
+}
+
+fn server_kind() -> String {
+    "server".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -117,3 +117,65 @@ pub struct EdgeSettings {
     #[serde(default)]
     pub hsts_max_age: Option<u64>,
 }
+
+/// `POST /api/v1/ingress/join`: an edge-only ingress node (`berth ingress --join`) asks to join
+/// with a join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct IngressJoinRequest {
+    pub join_token: String,
+    /// The node's name, a DNS label unique among ingress nodes.
+    pub name: String,
+}
+
+/// The node's own credential, shown once; the node keeps it for every later call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct IngressJoinResponse {
+    pub node: String,
+    pub credential: String,
+}
+
+/// `GET /api/v1/ingress/routes`: the route table the leader published last, with what an
+/// ingress node needs beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct IngressTable {
+    /// The table's version: it rises with every publication, across leaders.
+    pub version: i64,
+    /// The route table: `[{host, endpoints: ["ip:port"], options: {https_redirect,
+    /// hsts_max_age, upstream_h2c}}]`.
+    pub routes: serde_json::Value,
+    /// The ids of the stored certificates: when they differ from the node's, it fetches
+    /// `/api/v1/ingress/certificates`.
+    pub certificates: Vec<i64>,
+    /// The API addresses of the control-plane instances running now, for the node to turn to
+    /// when the one it asks is gone.
+    pub control_planes: Vec<String>,
+}
+
+/// One certificate an ingress node serves, with its private key (sent only to ingress nodes,
+/// over their authenticated connection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct IngressCertificate {
+    pub id: i64,
+    /// The chain, leaf first (PEM).
+    pub chain_pem: String,
+    /// The private key (PEM).
+    pub key_pem: String,
+}
+
+/// `POST /api/v1/ingress/report`, every second: the node runs and has applied (and drained)
+/// route table `applied`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct IngressReport {
+    pub applied: i64,
+    /// Berth's version on the node.
+    pub version: String,
+    /// Where the node serves (its listeners).
+    pub address: String,
+    /// When the node started (Unix ms).
+    pub started_at: i64,
+}

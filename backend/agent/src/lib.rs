@@ -8,13 +8,17 @@
 //!   builds and the cleanup of built images.
 //! - `daemon`: `berth agent`, the agent on a host of its own, joined to a control plane over HTTP
 //!   and a WebSocket.
+//! - `edge`: `berth ingress`, an edge-only ingress node (`berth-ingress`'s proxy) joined to a
+//!   control plane, serving the route table it last saved while none answers.
 //!
-//! This crate knows nothing of the store, the API or the dashboard: it speaks only `berth-wire`.
+//! This crate knows nothing of the store, the API or the dashboard: it speaks only `berth-wire`
+//! (and runs `berth-ingress`).
 
 pub mod actor;
 pub mod builds;
 pub mod daemon;
 pub mod docker;
+pub mod edge;
 pub mod images;
 #[cfg(feature = "memory-runtime")]
 pub mod memory;

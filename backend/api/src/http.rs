@@ -24,6 +24,7 @@ mod error;
 mod extract;
 pub mod git;
 mod identity;
+mod ingress_nodes;
 pub mod openapi;
 pub mod session;
 mod watch;
@@ -50,6 +51,8 @@ pub enum Access {
     InstanceAdmin,
     /// Host agents, with their host credential.
     Agent,
+    /// Ingress nodes, with their node credential.
+    IngressNode,
 }
 
 /// One API endpoint.
@@ -194,6 +197,20 @@ pub fn endpoints() -> Vec<Endpoint> {
             .answers_empty(204),
         endpoint(Method::GET, "/api/v1/agents/transfers/{transfer}/context", Agent, agents::build_context)
             .answers_bytes(200, "application/x-tar"),
+        endpoint(Method::POST, "/api/v1/ingress/join", Public, ingress_nodes::join)
+            .takes::<we::IngressJoinRequest>()
+            .answers::<we::IngressJoinResponse>(201),
+        endpoint(Method::GET, "/api/v1/ingress/routes", IngressNode, ingress_nodes::table)
+            .query::<ingress_nodes::TableQuery>()
+            .answers::<we::IngressTable>(200)
+            .or_answers_empty(204),
+        endpoint(Method::GET, "/api/v1/ingress/certificates", IngressNode, ingress_nodes::certificates)
+            .answers::<Vec<we::IngressCertificate>>(200),
+        endpoint(Method::POST, "/api/v1/ingress/report", IngressNode, ingress_nodes::report)
+            .takes::<we::IngressReport>()
+            .answers_empty(204),
+        endpoint(Method::DELETE, "/api/v1/ingress/nodes/{node}", InstanceAdmin, ingress_nodes::remove)
+            .answers_empty(204),
         endpoint(Method::POST, "/api/v1/login", Public, identity::login)
             .takes::<wi::Login>()
             .answers::<wi::LoginResponse>(200),

@@ -16,7 +16,7 @@ use berth_control::images::LocalImageSource;
 use berth_control::repos::Repos;
 use berth_control::secrets::SecretKeys;
 use berth_control::{HostLink, HostLinks, OrchestratorConfig};
-use berth_ingress::{Ingress, IngressConfig};
+use berth_ingress::Ingress;
 pub use berth_store::{CopyReport, Database};
 use berth_store::{InstanceInfo, Store};
 pub use berth_wire::ADMIN_TOKEN_FILE;
@@ -29,7 +29,7 @@ mod settings;
 
 use crate::oidc::SignIn;
 use crate::services::{Admission, Services};
-pub use berth_ingress::{IpNet, parse_cidr};
+pub use berth_ingress::{IngressConfig, IpNet, parse_cidr};
 pub use listen::{ApiLimits, serve, tls_acceptor};
 pub use settings::{ServerSettings, parse_bytes, parse_duration};
 

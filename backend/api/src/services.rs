@@ -14,6 +14,7 @@ mod builds;
 mod edge;
 mod hosts;
 mod identity;
+mod ingress_nodes;
 mod quotas;
 mod validate;
 mod webhooks;
@@ -43,6 +44,7 @@ impl Scope {
 }
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
 pub use identity::{SESSION_TTL, set_password_offline};
+pub use ingress_nodes::TABLE_WAIT;
 pub use quotas::ContainerDefaults;
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use berth_agent::daemon::{self as agent_daemon, AgentDaemonConfig};
+use berth_agent::edge::{self, IngressNodeConfig};
 use berth_api::oidc::Provider;
 use berth_api::server::{self, ServerSettings};
 use berth_cli::{self as cli, Client, Wait};
@@ -80,6 +81,13 @@ enum Command {
     Health,
     /// Run a host agent that joins a control plane (`berth agent --join URL --token JOIN_TOKEN`).
     Agent(AgentArgs),
+    /// Run an edge-only ingress node that joins a control plane and serves its apps, on from the
+    /// route table it saved while no control plane answers (`berth ingress --join URL --token
+    /// JOIN_TOKEN --listen 0.0.0.0:80`).
+    Ingress(Box<IngressArgs>),
+    /// Remove ingress nodes (instance admins); `berth status` lists them.
+    #[command(subcommand, name = "ingress-nodes")]
+    IngressNodes(IngressNodesCommand),
     /// Maintenance on this machine's data directory, without the API (`berth admin set-password`).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -347,6 +355,104 @@ struct AgentArgs {
     /// host's credential and apps' environments then cross the network unencrypted).
     #[arg(long)]
     insecure: bool,
+}
+
+#[derive(Args)]
+struct IngressArgs {
+    /// URL of the control plane's API; repeat it for each instance: the node turns to the next
+    /// when one is unreachable (it also learns the running instances from each route table).
+    #[arg(long = "join", env = "BERTH_JOIN", value_delimiter = ',', required = true)]
+    join: Vec<String>,
+    /// Name of this node (default: the machine's hostname).
+    #[arg(long, env = "BERTH_NODE_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "BERTH_INGRESS_DATA_DIR", default_value = "./berth-ingress")]
+    data_dir: PathBuf,
+    /// CA certificate (PEM) to verify an https:// control plane with when joining (default: the
+    /// system's roots); pinned in the node's credential file.
+    #[arg(long, env = "BERTH_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a control plane that is not on this machine (the join token, the
+    /// node's credential and the certificates' private keys then cross the network unencrypted).
+    #[arg(long)]
+    insecure: bool,
+    /// Where apps are served over HTTP.
+    #[arg(long, env = "BERTH_INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Where apps are served over HTTPS, with the certificates the control plane stores.
+    #[arg(long, env = "BERTH_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Time requests in flight to a replica a new route table removed may take before the node
+    /// confirms the table anyway. [default: 30]
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_parser = server::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// A proxy or load balancer in front of the node (address or CIDR, repeatable), believed for
+    /// the client address and forwarding headers.
+    #[arg(long = "trusted-proxy", env = "BERTH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = server::parse_cidr)]
+    trusted_proxies: Vec<server::IpNet>,
+    /// Read a PROXY protocol (v1/v2) header on connections from trusted proxies.
+    #[arg(long, env = "BERTH_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// Log one line per request (target `berth::access`).
+    #[arg(long, env = "BERTH_ACCESS_LOG")]
+    access_log: bool,
+    /// Time a client has to send a request head or finish a TLS handshake. [default: 30]
+    #[arg(long, env = "BERTH_INGRESS_HEADER_TIMEOUT", value_parser = server::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// Time to open a connection to a replica before trying the next. [default: 2]
+    #[arg(long, env = "BERTH_UPSTREAM_CONNECT_TIMEOUT", value_parser = server::parse_duration)]
+    upstream_connect_timeout: Option<Duration>,
+    /// Time an app has to start answering once the request is sent. [default: 60]
+    #[arg(long, env = "BERTH_UPSTREAM_RESPONSE_TIMEOUT", value_parser = server::parse_duration)]
+    upstream_response_timeout: Option<Duration>,
+    /// Client connections served at once. [default: 20000]
+    #[arg(long, env = "BERTH_INGRESS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Client connections served at once from one address. [default: 1000]
+    #[arg(long, env = "BERTH_INGRESS_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+}
+
+impl IngressArgs {
+    fn config(self, join_token: Option<String>) -> IngressNodeConfig {
+        let defaults = server::IngressConfig::default();
+        let ingress = server::IngressConfig {
+            trusted_proxies: self.trusted_proxies,
+            proxy_protocol: self.proxy_protocol,
+            access_log: self.access_log,
+            header_read_timeout: self.header_timeout.unwrap_or(defaults.header_read_timeout),
+            connect_timeout: self.upstream_connect_timeout.unwrap_or(defaults.connect_timeout),
+            response_header_timeout: self.upstream_response_timeout.unwrap_or(defaults.response_header_timeout),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(defaults.max_connections_per_ip),
+            https_port: self.https_listen.map(|a| a.port()),
+            ..defaults
+        };
+        IngressNodeConfig {
+            control_planes: self.join,
+            join_token,
+            name: self.name.unwrap_or_else(machine_name),
+            data_dir: self.data_dir,
+            ca_file: self.ca_file,
+            insecure: self.insecure,
+            listen: self.listen,
+            https_listen: self.https_listen,
+            ingress,
+            drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum IngressNodesCommand {
+    /// Forget an ingress node: its credential stops working (the node stops) and releases no
+    /// longer wait for it.
+    Remove { name: String },
+}
+
+/// This machine's host name, lower-cased.
+fn machine_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
 }
 
 #[derive(Subcommand)]
@@ -872,12 +978,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     if let Command::Agent(args) = cli.command {
         init_logging();
-        let name = match args.name {
-            Some(name) => name,
-            None => std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_lowercase())
-                .unwrap_or_else(|_| "agent".into()),
-        };
+        let name = args.name.unwrap_or_else(machine_name);
         let config = AgentDaemonConfig {
             control_plane: args.join,
             join_token: cli.token,
@@ -889,6 +990,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             insecure: args.insecure,
         };
         agent_daemon::run(config).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Ingress(args) = cli.command {
+        init_logging();
+        edge::run(args.config(cli.token)).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Admin(AdminCommand::SetPassword { email, data_dir, database }) = &cli.command {
@@ -928,6 +1034,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Server(_)
         | Command::Agent(_)
+        | Command::Ingress(_)
         | Command::Admin(_)
         | Command::Login { .. }
         | Command::Health
@@ -966,6 +1073,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Hosts(HostsCommand::Show { name, json }) => client.show_host(&name, json).await,
         Command::Hosts(HostsCommand::Drain { name }) => client.drain_host(&name).await,
         Command::Hosts(HostsCommand::Remove { name }) => client.remove_host(&name).await,
+        Command::IngressNodes(IngressNodesCommand::Remove { name }) => client.remove_ingress_node(&name).await,
         Command::JoinTokens(JoinTokensCommand::Create { ttl, uses }) => client.create_join_token(ttl, uses).await,
         Command::Apps(AppsCommand::Create {
             name,

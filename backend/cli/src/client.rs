@@ -498,6 +498,11 @@ impl ApiClient {
         self.send_without_answer(Method::DELETE, self.url(&["hosts", name]), None::<&()>).await
     }
 
+    /// `DELETE /api/v1/ingress/nodes/{node}`.
+    pub async fn remove_ingress_node(&self, name: &str) -> anyhow::Result<()> {
+        self.send_without_answer(Method::DELETE, self.url(&["ingress", "nodes", name]), None::<&()>).await
+    }
+
     /// `POST /api/v1/join-tokens`: a token new hosts join with (`berth agent --token`).
     pub async fn create_join_token(&self, request: &CreateJoinToken) -> anyhow::Result<JoinTokenCreated> {
         self.send_for_answer(Method::POST, self.url(&["join-tokens"]), Some(request)).await

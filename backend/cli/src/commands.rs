@@ -568,12 +568,21 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
+    pub async fn remove_ingress_node(&self, name: &str) -> anyhow::Result<ExitCode> {
+        self.api.remove_ingress_node(name).await?;
+        println!("removed ingress node {name}; its credential no longer works and releases no longer wait for it");
+        Ok(ExitCode::SUCCESS)
+    }
+
     /// Prints the token alone on standard output (for scripts) and how to use it on standard
     /// error.
     pub async fn create_join_token(&self, ttl: u64, uses: u32) -> anyhow::Result<ExitCode> {
         let created = self.api.create_join_token(&CreateJoinToken { ttl_secs: Some(ttl), uses: Some(uses) }).await?;
         println!("{}", created.token);
-        eprintln!("valid for {ttl}s and {uses} host(s): berth agent --join {} --token <token>", self.api.base_url());
+        eprintln!(
+            "valid for {ttl}s and {uses} host(s) or ingress node(s): berth agent --join {0} --token <token>, or berth ingress --join {0} --token <token>",
+            self.api.base_url()
+        );
         Ok(ExitCode::SUCCESS)
     }
 

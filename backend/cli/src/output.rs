@@ -165,8 +165,8 @@ pub(crate) fn app_detail(app: &AppDetail) -> String {
     )
 }
 
-/// `berth hosts list`.
-/// `berth status`: the store, the leader, then every instance.
+/// `berth status`: the store, the leader, then every instance and ingress node (a joined node
+/// not reporting is listed as silent).
 pub(crate) fn status(status: &berth_wire::api::ControlPlaneStatus) -> String {
     let rows = status.instances.iter().map(|instance| {
         let routes = match status.routes_version - instance.routes_applied {
@@ -174,15 +174,29 @@ pub(crate) fn status(status: &berth_wire::api::ControlPlaneStatus) -> String {
             0 => format!("{}", instance.routes_applied),
             behind => format!("{} ({behind} behind)", instance.routes_applied),
         };
+        let role = match instance.kind.as_str() {
+            _ if instance.leader => "leader",
+            "ingress" => "ingress node",
+            _ => "follower",
+        };
         vec![
             instance.id.clone(),
-            if instance.leader { "leader" } else { "follower" }.into(),
+            role.into(),
             instance.version.clone(),
             instance.address.clone(),
             format!("{:.1}s ago", instance.silent_ms as f64 / 1000.0),
             routes,
         ]
     });
+    let reporting: std::collections::HashSet<&str> = status.instances.iter().map(|i| i.id.as_str()).collect();
+    let silent = status
+        .ingress_nodes
+        .iter()
+        .map(|name| format!("ingress/{name}"))
+        .filter(|id| !reporting.contains(id.as_str()))
+        .map(|id| vec![id, "ingress node".into(), "-".into(), "-".into(), "silent".into(), "-".into()])
+        .collect::<Vec<_>>();
+    let rows = rows.chain(silent);
     let leader = match &status.leader {
         Some(leader) => format!("leader {leader} (term {})", status.term),
         None => format!("no leader right now (term {}): one takes over within seconds", status.term),
@@ -191,7 +205,7 @@ pub(crate) fn status(status: &berth_wire::api::ControlPlaneStatus) -> String {
         "store: {}; {leader}; answered by {}\n\n{}",
         status.engine,
         status.answered_by,
-        table(&["INSTANCE", "ROLE", "VERSION", "API", "LAST SEEN", "ROUTE TABLE"], &[], rows)
+        table(&["INSTANCE", "ROLE", "VERSION", "ADDRESS", "LAST SEEN", "ROUTE TABLE"], &[], rows)
     )
 }
 

@@ -279,6 +279,11 @@ impl Cluster {
     }
 
     /// The keys apps' secret variables are sealed with.
+    /// Where the stored certificates' keys are (`None`: this instance serves no certificates).
+    pub fn certificates(&self) -> Option<&CertsConfig> {
+        self.inner.config.certificates.as_ref()
+    }
+
     pub fn secrets(&self) -> &crate::secrets::SecretKeys {
         &self.inner.config.site.secrets
     }

@@ -26,6 +26,13 @@ pub struct InstanceRow {
     pub silent_ms: i64,
     /// The route table version its ingress applied (and drained the endpoints it removed).
     pub routes_applied: i64,
+    /// `server` (a `berth server`) or `ingress` (an ingress node, id `ingress/<name>`).
+    pub kind: String,
+}
+
+/// The `instances` id of ingress node `name`.
+pub fn ingress_node_instance(name: &str) -> String {
+    format!("ingress/{name}")
 }
 
 /// The instance as it reports itself ([`Store::instance_alive`]).
@@ -79,8 +86,8 @@ impl Store {
     pub async fn instances(&self) -> Result<Vec<InstanceRow>> {
         let now = now_sql(&self.pool);
         let sql = format!(
-            "SELECT id, host, version, address, started_at, {now} - seen_at AS silent_ms, routes_applied \
-             FROM instances ORDER BY started_at, id"
+            "SELECT id, host, version, address, started_at, {now} - seen_at AS silent_ms, routes_applied, kind \
+             FROM instances ORDER BY kind DESC, started_at, id"
         );
         with_pool!(self, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await)
     }
@@ -105,6 +112,112 @@ impl Store {
             let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(silence.as_millis() as i64).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(done.rows_affected())
+        })
+    }
+
+    /// Spends one use of the join token and registers ingress node `name` with its credential's
+    /// hash.
+    pub async fn join_ingress_node(
+        &self,
+        token_hash: &str,
+        name: &str,
+        credential_hash: &str,
+    ) -> std::result::Result<(), crate::JoinError> {
+        use crate::JoinError;
+        let this = self.unfenced();
+        write_tx!(this, |tx| {
+            let spent = sqlx::query(
+                "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2",
+            )
+            .bind(token_hash)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            if spent.rows_affected() != 1 {
+                return Err(JoinError::InvalidToken);
+            }
+            let inserted =
+                sqlx::query("INSERT INTO ingress_nodes (name, credential_hash, created_at) VALUES ($1, $2, $3)")
+                    .bind(name)
+                    .bind(credential_hash)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await;
+            match inserted {
+                Err(error) if crate::is_unique_violation(&error) => {
+                    return Err(JoinError::IngressNodeTaken(name.to_string()));
+                }
+                other => other?,
+            };
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The ingress node a credential belongs to.
+    pub async fn ingress_node_by_credential(&self, credential_hash: &str) -> Result<Option<String>> {
+        with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT name FROM ingress_nodes WHERE credential_hash = $1")
+                .bind(credential_hash)
+                .fetch_optional(pool)
+                .await
+        })
+    }
+
+    /// Every joined ingress node's name, in order.
+    pub async fn ingress_nodes(&self) -> Result<Vec<String>> {
+        with_pool!(self, |pool| sqlx::query_scalar("SELECT name FROM ingress_nodes ORDER BY name")
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Forgets ingress node `name`: its credential stops working and the release protocol stops
+    /// waiting for it. Returns whether it existed.
+    pub async fn remove_ingress_node(&self, name: &str) -> Result<bool> {
+        let this = self.unfenced();
+        write_tx!(this, |tx| {
+            let removed = sqlx::query("DELETE FROM ingress_nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM instances WHERE id = $1")
+                .bind(ingress_node_instance(name))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(removed.rows_affected() == 1)
+        })
+    }
+
+    /// Records that ingress node `name` runs (started at `started_at`, Unix ms) and has applied
+    /// and drained route table `applied`, now (on the database's clock). Unlike a server's, the
+    /// figure is set as reported, lower too: a node restarted from an older saved table has not
+    /// applied the newer one.
+    pub async fn ingress_node_alive(
+        &self,
+        name: &str,
+        version: &str,
+        address: &str,
+        started_at: i64,
+        applied: i64,
+    ) -> Result<()> {
+        let now = now_sql(&self.pool);
+        let sql = format!(
+            "INSERT INTO instances (id, host, version, address, started_at, seen_at, routes_applied, kind) \
+             VALUES ($1, $2, $3, $4, $5, {now}, $6, 'ingress') \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, address = excluded.address, \
+             started_at = excluded.started_at, seen_at = {now}, routes_applied = excluded.routes_applied"
+        );
+        let this = self.unfenced();
+        write_tx!(this, |tx| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(ingress_node_instance(name))
+                .bind(name)
+                .bind(version)
+                .bind(address)
+                .bind(started_at)
+                .bind(applied)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
         })
     }
 

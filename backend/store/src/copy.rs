@@ -19,6 +19,7 @@ pub(crate) const TABLES: &[&str] = &[
     "api_tokens",
     "hosts",
     "join_tokens",
+    "ingress_nodes",
     "apps",
     "releases",
     "release_events",

@@ -39,6 +39,8 @@ pub enum JoinError {
     InvalidToken,
     #[error("a host named {0} already exists")]
     NameTaken(String),
+    #[error("an ingress node named {0} already exists")]
+    IngressNodeTaken(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }

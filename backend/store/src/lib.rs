@@ -98,7 +98,7 @@ pub mod testing;
 
 pub use apps::{AppRow, ReleaseRow};
 pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
-pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem};
+pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem, ingress_node_instance};
 pub use copy::CopyReport;
 pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};
 pub use hosts::{HostRow, JoinError};

@@ -69,3 +69,44 @@ async fn cluster((a, b): (Store, Store)) {
     assert_eq!(a.published("routes").await.unwrap().unwrap().body, "[3]", "{engine}");
     b.release_lease("b", term_b).await.unwrap();
 }
+
+#[tokio::test]
+async fn ingress_nodes_join_once_report_alongside_servers_and_can_be_removed() {
+    common::with_two_handles_on_each_engine(ingress_nodes).await;
+}
+
+async fn ingress_nodes((a, b): (Store, Store)) {
+    let engine = a.engine();
+    a.bootstrap("admin token", "admin password").await.unwrap();
+    let admin = a.users().await.unwrap()[0].id;
+    a.create_join_token("token", 2, 9_999_999_999_999, admin).await.unwrap();
+
+    // Joined with a join token's use, under a name no other node has.
+    b.join_ingress_node("token", "edge-1", "credential 1").await.unwrap();
+    let taken = a.join_ingress_node("token", "edge-1", "credential 2").await.unwrap_err();
+    assert!(matches!(taken, berth_store::JoinError::IngressNodeTaken(_)), "{engine}: {taken}");
+    // The refused join spent no use: one is left.
+    a.join_ingress_node("token", "edge-2", "credential 2").await.unwrap();
+    let used_up = a.join_ingress_node("token", "edge-3", "credential 3").await.unwrap_err();
+    assert!(matches!(used_up, berth_store::JoinError::InvalidToken), "{engine}: {used_up}");
+    assert_eq!(a.ingress_node_by_credential("credential 1").await.unwrap().as_deref(), Some("edge-1"), "{engine}");
+    assert_eq!(a.ingress_node_by_credential("credential 3").await.unwrap(), None, "{engine}");
+    assert_eq!(a.ingress_nodes().await.unwrap(), ["edge-1", "edge-2"], "{engine}");
+
+    // Its reports: a row beside the servers', kind `ingress`, the applied version as reported
+    // (lower too, after a restart from an older saved table).
+    a.instance_alive(&instance("a")).await.unwrap();
+    b.ingress_node_alive("edge-1", "0.1.0", "10.0.0.9:80", 1_000, 7).await.unwrap();
+    b.ingress_node_alive("edge-1", "0.1.0", "10.0.0.9:80", 2_000, 5).await.unwrap();
+    let rows = a.instances().await.unwrap();
+    let kinds: Vec<(&str, &str, i64)> =
+        rows.iter().map(|r| (r.id.as_str(), r.kind.as_str(), r.routes_applied)).collect();
+    assert_eq!(kinds, [("a", "server", 0), ("ingress/edge-1", "ingress", 5)], "{engine}");
+    assert_eq!(rows[1].started_at, 2_000, "{engine}");
+
+    // Removed: the credential no longer works and the row is gone.
+    assert!(a.remove_ingress_node("edge-1").await.unwrap(), "{engine}");
+    assert!(!a.remove_ingress_node("edge-1").await.unwrap(), "{engine}");
+    assert_eq!(b.ingress_node_by_credential("credential 1").await.unwrap(), None, "{engine}");
+    assert_eq!(a.instances().await.unwrap().len(), 1, "{engine}");
+}

@@ -106,3 +106,24 @@ impl axum::extract::FromRequestParts<AppState> for AgentHost {
         Ok(AgentHost(s.services.authenticate_host(credential.trim()).await?))
     }
 }
+
+/// An ingress node, authenticated by its credential (`Authorization: Bearer <credential>`).
+pub(super) struct IngressNode(pub(super) String);
+
+impl axum::extract::FromRequestParts<AppState> for IngressNode {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &AppState) -> Result<Self, Self::Rejection> {
+        let credential = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ServiceError::Unauthorized(
+                    "ingress nodes authenticate with 'Authorization: Bearer <node credential>'".into(),
+                )
+            })?;
+        Ok(IngressNode(s.services.authenticate_ingress_node(credential.trim()).await?))
+    }
+}

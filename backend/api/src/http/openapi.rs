@@ -31,6 +31,8 @@ pub struct Doc {
     pub(super) answer: Option<Answer>,
     /// A second success answer (a callback that redirects browsers and answers others JSON).
     pub(super) also: Option<(u16, SchemaFn)>,
+    /// A second success answer without a body (a wait that ended with nothing new).
+    pub(super) also_empty: Option<u16>,
 }
 
 /// A request body.
@@ -104,6 +106,12 @@ impl Endpoint {
     /// Besides its answer, this JSON one (for another kind of client).
     pub(super) fn or_answers<T: JsonSchema>(mut self, status: u16) -> Endpoint {
         self.doc.also = Some((status, referenced::<T>));
+        self
+    }
+
+    /// Besides its answer, this one without a body.
+    pub(super) fn or_answers_empty(mut self, status: u16) -> Endpoint {
+        self.doc.also_empty = Some(status);
         self
     }
 
@@ -216,6 +224,9 @@ fn build(endpoints: &[Endpoint]) -> Value {
                 status.to_string(),
                 json!({ "description": "done", "content": { "application/json": { "schema": schema } } }),
             );
+        }
+        if let Some(status) = doc.also_empty {
+            responses.insert(status.to_string(), json!({ "description": "nothing new" }));
         }
         // The errors Berth answers (a 5xx is never documented: it is a bug, or a provider down).
         for (status, what) in ERRORS {

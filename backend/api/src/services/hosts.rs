@@ -61,7 +61,9 @@ impl Services {
             .await
             .map_err(|error| match error {
                 berth_store::JoinError::InvalidToken => ServiceError::Unauthorized(error.to_string()),
-                berth_store::JoinError::NameTaken(_) => ServiceError::Conflict(error.to_string()),
+                berth_store::JoinError::NameTaken(_) | berth_store::JoinError::IngressNodeTaken(_) => {
+                    ServiceError::Conflict(error.to_string())
+                }
                 berth_store::JoinError::Db(db) => db.into(),
             })?;
         tracing::info!(host = request.name, address = request.advertise_addr, "host joined");
@@ -87,6 +89,7 @@ impl Services {
                 started_at: i.started_at,
                 silent_ms: i.silent_ms.max(0),
                 routes_applied: i.routes_applied,
+                kind: i.kind,
             })
             .collect();
         Ok(berth_wire::api::ControlPlaneStatus {
@@ -96,6 +99,7 @@ impl Services {
             term: lease.term,
             routes_version: self.store.published_version(berth_control::cluster::ROUTES).await?,
             instances,
+            ingress_nodes: self.store.ingress_nodes().await?,
         })
     }
 

@@ -136,6 +136,9 @@ async fn world(caller: Caller) -> World {
         not_after: now_ms() + 86_400_000,
     };
     let certificate_id = store.insert_certificate(certificate).await.unwrap();
+    // An ingress node, for the endpoint that removes one.
+    store.create_join_token("join-hash", 1, i64::MAX, 1).await.unwrap();
+    store.join_ingress_node("join-hash", "edge-1", "edge-credential-hash").await.unwrap();
 
     let (router, orchestrator) = support::router_parts(&dir, store, None, Default::default()).await;
     World { router, orchestrator, token, token_id, certificate_id, _dir: dir }
@@ -147,7 +150,7 @@ fn expectation(access: Access, caller: Caller, relation: TeamRelation) -> Option
     Some(match access {
         // Public endpoints answer everyone; what they answer is their own business.
         Access::Public => return None,
-        Access::Agent => Unauthenticated,
+        Access::Agent | Access::IngressNode => Unauthenticated,
         _ if invalid => Unauthenticated,
         Access::User => Allowed,
         Access::InstanceAdmin => {
@@ -188,7 +191,8 @@ fn request_for(
             &if path.contains("/certificates/") { world.certificate_id } else { world.token_id }.to_string(),
         )
         .replace("{token}", "berth_invite_nope")
-        .replace("{transfer}", "nope");
+        .replace("{transfer}", "nope")
+        .replace("{node}", "edge-1");
     use serde_json::json;
     let body = match (method.as_str(), path) {
         ("POST", "/api/v1/teams/{team}/apps") => Some(json!({ "name": "fresh", "image": "img:1", "port": 8080 })),

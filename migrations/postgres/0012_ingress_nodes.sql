@@ -1,0 +1,10 @@
+-- Edge-only ingress nodes (`berth ingress --join`): each joined with a join token and holds a
+-- credential (stored hashed) to fetch the route table and the certificates with, from any
+-- instance. While it runs it reports in `instances` as well (`kind` 'ingress', id
+-- `ingress/<name>`), so the release protocol waits for its acknowledgement like a server's.
+CREATE TABLE ingress_nodes (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    credential_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+ALTER TABLE instances ADD COLUMN kind TEXT NOT NULL DEFAULT 'server';
