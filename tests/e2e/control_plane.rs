@@ -13,7 +13,11 @@ use crate::host;
 /// each with its `extra` arguments: the first started leads. The database is the fixture's when
 /// the suite runs on PostgreSQL (the fixture passes it already), a fresh one otherwise; `None`,
 /// with a line saying so, when PostgreSQL is not installed.
-async fn two_instances(fixture: &Fixture, test: &str, extra: [&[&str]; 2]) -> anyhow::Result<Option<(Server, Server)>> {
+pub(crate) async fn two_instances(
+    fixture: &Fixture,
+    test: &str,
+    extra: [&[&str]; 2],
+) -> anyhow::Result<Option<(Server, Server)>> {
     let database = match &fixture.database {
         Some(_) => Vec::new(),
         None => match berth_testdb::fresh_database()? {
@@ -34,14 +38,14 @@ async fn two_instances(fixture: &Fixture, test: &str, extra: [&[&str]; 2]) -> an
 }
 
 /// The status as instance `api` answers it.
-async fn status(api: &berth_tests::Api) -> anyhow::Result<Value> {
+pub(crate) async fn status(api: &berth_tests::Api) -> anyhow::Result<Value> {
     let (code, body) = api.call(reqwest::Method::GET, "/api/v1/status", None).await?;
     anyhow::ensure!(code == 200, "GET /api/v1/status answered {code}: {body}");
     Ok(body)
 }
 
 /// The id of the instance whose API is at `address`, as `status` lists it.
-fn instance_at(status: &Value, address: std::net::SocketAddr) -> Option<String> {
+pub(crate) fn instance_at(status: &Value, address: std::net::SocketAddr) -> Option<String> {
     let url = format!("http://{address}");
     status["instances"].as_array()?.iter().find(|i| i["address"] == url.as_str())?["id"].as_str().map(String::from)
 }
@@ -156,6 +160,12 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyh
         )
         .await?;
     api.wait_serving("pause", release).await?;
+    // An ingress node that asks the leader first, under load throughout.
+    let token = crate::ingress_nodes::join_token(&api, 1).await?;
+    let joined = [leader.api, follower.api];
+    let edge = berth_tests::IngressNode::start(&fixture, "edge", &joined, &token, &["--drain-timeout", "10"]).await?;
+    crate::ingress_nodes::serves(&edge, "pause", "v1").await?;
+    let load = Load::start(edge.addr, &host("pause"), "/", 2, false);
 
     // The leader is paused in the middle of a release, for longer than its lease.
     let release = api.deploy("pause", json!({ "image": fixture.image_v2 })).await?;
@@ -177,6 +187,10 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyh
             (code == 200 && body.starts_with("hello from v2 ")).then_some(())
         })
         .await?;
+        // The node turned from the paused instance to the new leader in time.
+        crate::ingress_nodes::serves(&edge, "pause", "v2").await?;
+        let report = load.stop().await;
+        crate::ingress_nodes::assert_no_failures("through the ingress node", &report, || edge.log());
         let before = api.show("pause").await?;
         let events_before = api.release("pause", release).await?.events.len();
 

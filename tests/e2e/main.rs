@@ -10,6 +10,7 @@ mod git_push;
 mod healing;
 mod hosts;
 mod identity;
+mod ingress_nodes;
 mod release;
 mod tenancy;
 mod tls;

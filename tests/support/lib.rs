@@ -523,6 +523,100 @@ impl Server {
     }
 }
 
+/// A `berth ingress` node on this machine, killed when dropped.
+pub struct IngressNode {
+    child: Option<tokio::process::Child>,
+    pub name: String,
+    /// Where it serves HTTP.
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    /// `--join` URLs and other arguments, kept for restarts.
+    args: Vec<String>,
+}
+
+impl IngressNode {
+    /// Joins node `name` to the control planes at `join` (the first is tried first) with
+    /// `token`, on a free port; its data directory is in the fixture's.
+    pub async fn start(
+        fixture: &Fixture,
+        name: &str,
+        join: &[SocketAddr],
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<IngressNode> {
+        let join: Vec<String> = join.iter().map(|a| format!("http://{a}")).collect();
+        let mut args = vec!["--join".to_string(), join.join(","), "--name".into(), name.into()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let data_dir = fixture.dir.join(format!("ingress-{name}"));
+        let log_path = fixture.dir.join(format!("ingress-{name}.log"));
+        let mut node = IngressNode {
+            child: None,
+            name: name.into(),
+            addr: "127.0.0.1:0".parse().expect("BUG: a valid address"),
+            data_dir,
+            log_path,
+            args,
+        };
+        node.spawn(Some(token)).await?;
+        Ok(node)
+    }
+
+    async fn spawn(&mut self, token: Option<&str>) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let mut command = tokio::process::Command::new(berth_binary()?);
+        command
+            .args(["ingress", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen", &self.addr.to_string()])
+            .args(&self.args)
+            .env("BERTH_LOG", "info,berth_agent=debug")
+            .env_remove("BERTH_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        let mut child = command.spawn().context("starting berth ingress")?;
+        let stdout = child.stdout.take().expect("BUG: stdout is piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line()).await.ok().and_then(|l| l.ok().flatten());
+            let Some(line) = line else {
+                bail!("berth ingress {} did not come up; its log:\n{}", self.name, self.log());
+            };
+            // "berth ingress: node NAME serving http://ADDR[ and https://ADDR], route table version V"
+            if let Some(rest) = line.split_once(" serving http://").map(|(_, rest)| rest) {
+                let addr = rest.split([' ', ',']).next().unwrap_or_default();
+                self.addr = addr.parse().with_context(|| format!("unexpected banner {line:?}"))?;
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the node with SIGKILL, as a crash would.
+    pub async fn crash(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the node again on the same port and data directory (it joined already).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn(None).await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
 /// The API for tests: typed calls through the CLI's own client (`berth_cli::ApiClient`, in team
 /// `main`), and `call` for any request with any body, to see exactly what the server answers.
 #[derive(Clone)]

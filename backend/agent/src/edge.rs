@@ -76,6 +76,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Longer than the control plane's wait for a change (20 s).
 const TABLE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A control plane that takes longer to take a report is presumed gone (the node turns to the
+/// next); well under the release protocol's drain timeout.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
     if config.control_planes.is_empty() {
@@ -140,7 +143,13 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
     let mut retry = backoff();
     loop {
         let plane = planes.current();
-        let answer = fetch_table(&plane, &membership.credential, version, &certificates).await;
+        // A report that failed moves the node on too: a table request to an instance that
+        // stopped answering (paused, unplugged) is not waited out.
+        let mut moved = planes.moved.subscribe();
+        let answer = tokio::select! {
+            answer = fetch_table(&plane, &membership.credential, version, &certificates) => answer,
+            _ = moved.changed() => continue,
+        };
         let table = match answer {
             Ok(Some(table)) => table,
             Ok(None) => continue,
@@ -215,6 +224,8 @@ struct Planes {
     pinned: Option<String>,
     system_roots: bool,
     state: Mutex<(Vec<ControlPlane>, usize)>,
+    /// Bumped when the node turns to another control plane.
+    moved: watch::Sender<u64>,
 }
 
 impl Planes {
@@ -223,6 +234,7 @@ impl Planes {
             pinned: membership.ca_pem.clone(),
             system_roots: membership.system_roots,
             state: Mutex::new((Vec::new(), 0)),
+            moved: watch::channel(0).0,
         };
         planes.learn(&membership.control_planes);
         planes.learn(learned);
@@ -240,6 +252,7 @@ impl Planes {
         let current = state.1 % state.0.len();
         if state.0[current].base == base {
             state.1 = current + 1;
+            self.moved.send_modify(|moves| *moves += 1);
         }
     }
 
@@ -329,13 +342,16 @@ async fn report(
             .post(format!("{}/api/v1/ingress/report", plane.base))
             .bearer_auth(&credential)
             .json(&report)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REPORT_TIMEOUT)
             .send()
             .await;
         match sent {
             Ok(response) if response.status().is_success() => {}
             Ok(response) => tracing::debug!(status = %response.status(), "the control plane refused the report"),
-            Err(error) => tracing::debug!(%error, "reporting failed"),
+            Err(error) => {
+                tracing::debug!(control_plane = plane.base, %error, "reporting failed");
+                planes.failed(&plane.base);
+            }
         }
     }
 }

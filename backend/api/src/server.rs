@@ -124,14 +124,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let operator_certificate = match &config.tls_cert {
+    let (operator_certificate, operator_pem) = match &config.tls_cert {
         Some((cert, key)) => {
-            let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-            let certificate = berth_ingress::Certificate::from_pem(&read(cert)?, &read(key)?)
+            let read =
+                |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+            let (chain_pem, key_pem) = (read(cert)?, read(key)?);
+            let certificate = berth_ingress::Certificate::from_pem(chain_pem.as_bytes(), key_pem.as_bytes())
                 .with_context(|| format!("the certificate {} with the key {}", cert.display(), key.display()))?;
-            Some(certificate)
+            (Some(certificate), Some((chain_pem, key_pem)))
         }
-        None => None,
+        None => (None, None),
     };
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -214,6 +216,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             retry_base: Duration::from_secs(60),
         }),
         operator: operator_certificate,
+        operator_pem,
         check_every: Duration::from_secs(5),
     };
     let admission = Admission::default();

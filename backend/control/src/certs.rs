@@ -37,6 +37,8 @@ pub struct CertsConfig {
     pub acme: Option<AcmeConfig>,
     /// The operator's certificate, typically a wildcard for the base domain.
     pub operator: Option<Certificate>,
+    /// The same as PEM (chain, key), for ingress nodes to serve too.
+    pub operator_pem: Option<(String, String)>,
     /// How often the ACME loop looks for names to certify or renew.
     pub check_every: Duration,
 }

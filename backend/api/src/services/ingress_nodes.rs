@@ -15,6 +15,8 @@ use crate::auth::{self, Principal};
 pub const TABLE_WAIT: Duration = Duration::from_secs(20);
 /// How often a waiting table request looks at the database.
 const TABLE_POLL: Duration = Duration::from_millis(250);
+/// The id the operator's certificate (`--tls-cert`) goes by for ingress nodes.
+const OPERATOR: i64 = 0;
 /// A server silent longer than this is not offered to nodes as a control plane to turn to.
 const LIVE_SERVER: i64 = 10_000;
 
@@ -61,11 +63,7 @@ impl Services {
         let deadline = Instant::now() + TABLE_WAIT;
         loop {
             let version = self.store.published_version(berth_control::cluster::ROUTES).await?;
-            // An instance that serves no certificates offers none.
-            let ids = match self.cluster.certificates() {
-                Some(_) => self.store.certificate_ids().await?,
-                None => Vec::new(),
-            };
+            let ids = self.certificate_ids().await?;
             if after != Some(version) || certificates.as_ref() != Some(&ids) {
                 return Ok(Some(self.table_now(ids).await?));
             }
@@ -97,10 +95,26 @@ impl Services {
         Ok(IngressTable { version, routes, certificates, control_planes })
     }
 
-    /// Every stored certificate with its private key, for an ingress node to serve.
+    /// The ids of the certificates offered to ingress nodes: the operator's (0) and the stored
+    /// ones. An instance that serves no certificates offers none.
+    async fn certificate_ids(&self) -> Result<Vec<i64>> {
+        let Some(config) = self.cluster.certificates() else { return Ok(Vec::new()) };
+        let operator = config.operator_pem.as_ref().map(|_| OPERATOR);
+        Ok(operator.into_iter().chain(self.store.certificate_ids().await?).collect())
+    }
+
+    /// Every certificate offered to ingress nodes, with its private key.
     pub async fn ingress_certificates(&self) -> Result<Vec<IngressCertificate>> {
         let Some(config) = self.cluster.certificates() else { return Ok(Vec::new()) };
-        let mut certificates = Vec::new();
+        let mut certificates: Vec<IngressCertificate> = config
+            .operator_pem
+            .iter()
+            .map(|(chain_pem, key_pem)| IngressCertificate {
+                id: OPERATOR,
+                chain_pem: chain_pem.clone(),
+                key_pem: key_pem.clone(),
+            })
+            .collect();
         for row in self.store.certificates().await? {
             let path = config.tls_dir.join(&row.key_file);
             match std::fs::read_to_string(&path) {

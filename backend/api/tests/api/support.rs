@@ -89,6 +89,7 @@ pub async fn router_parts(
             tls_dir: data.join("tls"),
             acme: None,
             operator: None,
+            operator_pem: None,
             check_every: Duration::from_secs(5),
         },
         release_gate: admission.release_gate(store.clone()),
