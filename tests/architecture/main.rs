@@ -13,7 +13,8 @@ use serde_json::Value;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("berth-wire", &[]),
     ("berth-ingress", &[]),
-    ("berth-agent", &["berth-wire"]),
+    // `berth ingress` (the agent crate's `edge`) runs the proxy on edge-only nodes.
+    ("berth-agent", &["berth-wire", "berth-ingress"]),
     // `berth-testdb` only under the `testing` feature, which only the suites' dev-dependencies enable.
     ("berth-store", &["berth-wire", "berth-testdb"]),
     ("berth-control", &["berth-wire", "berth-store", "berth-agent", "berth-ingress"]),
