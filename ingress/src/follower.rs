@@ -14,6 +14,8 @@ use crate::{Ingress, RouteSpec};
 pub struct Follower {
     ingress: Arc<Ingress>,
     state: Mutex<State>,
+    /// The version up to which every applied table is drained, set under `state`'s lock.
+    acknowledged: tokio::sync::watch::Sender<i64>,
 }
 
 #[derive(Default)]
@@ -28,7 +30,7 @@ struct State {
 
 impl Follower {
     pub fn new(ingress: Arc<Ingress>) -> Follower {
-        Follower { ingress, state: Mutex::new(State::default()) }
+        Follower { ingress, state: Mutex::new(State::default()), acknowledged: tokio::sync::watch::channel(0).0 }
     }
 
     /// The ingress was given `routes` by someone else (a leader that stepped down hands over
@@ -41,6 +43,10 @@ impl Follower {
     /// endpoints it removed. The drain yields the version up to which every table applied is
     /// drained (never lower than an earlier drain's, whatever order they finish in); dropping it
     /// before it ends leaves `version` undrained for good.
+    ///
+    /// A version lower than one applied before means the versions started again (the store was
+    /// moved or restored): what was applied under the old numbering no longer counts, and the
+    /// acknowledged version drops below `version` until its drain ends.
     pub async fn apply(self: &Arc<Self>, version: i64, routes: Vec<RouteSpec>, drain_timeout: Duration) -> Drain {
         let removed: Vec<SocketAddr> = {
             let state = self.state.lock().expect("BUG: follower state poisoned");
@@ -52,11 +58,21 @@ impl Follower {
         self.ingress.apply(routes.clone()).await;
         {
             let mut state = self.state.lock().expect("BUG: follower state poisoned");
+            if version < state.highest {
+                state.draining.clear();
+                state.highest = version;
+                self.acknowledged.send_replace(version - 1);
+            }
             state.applied = routes;
             state.draining.insert(version);
             state.highest = state.highest.max(version);
         }
         Drain { follower: self.clone(), version, removed, timeout: drain_timeout }
+    }
+
+    /// The version up to which every applied table is drained, as drains end.
+    pub fn acknowledged(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.acknowledged.subscribe()
     }
 
     /// The table the ingress was last given through this follower.
@@ -80,10 +96,15 @@ impl Drain {
     pub async fn run(self) -> i64 {
         self.follower.ingress.drain(&self.removed, self.timeout).await;
         let mut state = self.follower.state.lock().expect("BUG: follower state poisoned");
-        state.draining.remove(&self.version);
+        if !state.draining.remove(&self.version) {
+            // Applied under numbering that has started again since.
+            return *self.follower.acknowledged.borrow();
+        }
         // Every version applied below the oldest still draining is done.
         let highest = state.highest;
-        state.draining.first().map_or(highest, |oldest| (oldest - 1).min(highest))
+        let done = state.draining.first().map_or(highest, |oldest| (oldest - 1).min(highest));
+        self.follower.acknowledged.send_replace(done);
+        done
     }
 }
 
@@ -109,6 +130,28 @@ mod tests {
         assert_eq!(third.run().await, 1, "version 2 still drains");
         assert_eq!(second.run().await, 3);
         assert_eq!(follower.applied(), table(&["127.0.0.1:1", "127.0.0.1:3"]));
+    }
+
+    #[tokio::test]
+    async fn versions_that_start_again_are_acknowledged_only_once_drained_and_never_below_later_ones() {
+        let ingress = Ingress::new(IngressConfig::default());
+        let follower = Arc::new(Follower::new(ingress.clone()));
+        let acknowledged = follower.acknowledged();
+        let timeout = Duration::from_secs(1);
+        let old = follower.apply(500, table(&["127.0.0.1:1"]), timeout).await;
+        assert_eq!(old.run().await, 500);
+        let stale = follower.apply(501, table(&["127.0.0.1:1"]), timeout).await;
+        // The store was moved: versions start again at 3.
+        let restarted = follower.apply(3, table(&["127.0.0.1:2"]), timeout).await;
+        assert_eq!(*acknowledged.borrow(), 2, "not 500: table 3 is not drained yet");
+        assert_eq!(stale.run().await, 2, "a drain of the old numbering acknowledges nothing new");
+        assert_eq!(restarted.run().await, 3);
+        assert_eq!(*acknowledged.borrow(), 3);
+        let fourth = follower.apply(4, table(&["127.0.0.1:2"]), timeout).await;
+        let fifth = follower.apply(5, table(&["127.0.0.1:2"]), timeout).await;
+        assert_eq!(fifth.run().await, 3);
+        assert_eq!(fourth.run().await, 5);
+        assert_eq!(*acknowledged.borrow(), 5, "the later drain's figure stands");
     }
 
     #[tokio::test]

@@ -8,3 +8,6 @@ CREATE TABLE ingress_nodes (
     created_at BIGINT NOT NULL
 );
 ALTER TABLE instances ADD COLUMN kind TEXT NOT NULL DEFAULT 'server';
+-- What a join token lets join: a host (`berth agent`), or an ingress node, which receives the
+-- certificates' private keys; tokens made before ingress nodes existed stay host tokens.
+ALTER TABLE join_tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'host' CHECK (kind IN ('host', 'ingress'));

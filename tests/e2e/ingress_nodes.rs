@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use crate::control_plane::{instance_at, status, two_instances};
 use crate::host;
 
-/// A join token for `uses` hosts or ingress nodes.
+/// A join token for `uses` ingress nodes.
 pub(crate) async fn join_token(api: &berth_tests::Api, uses: u32) -> anyhow::Result<String> {
-    let (code, created) = api.call(reqwest::Method::POST, "/api/v1/join-tokens", Some(json!({ "uses": uses }))).await?;
+    let body = json!({ "uses": uses, "kind": "ingress" });
+    let (code, created) = api.call(reqwest::Method::POST, "/api/v1/join-tokens", Some(body)).await?;
     anyhow::ensure!(code == 201, "creating a join token answered {code}: {created}");
     Ok(created["token"].as_str().expect("a token").to_string())
 }

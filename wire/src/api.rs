@@ -269,6 +269,25 @@ pub struct CreateJoinToken {
     /// How many hosts may join with it (default one).
     #[serde(default)]
     pub uses: Option<u32>,
+    /// What joins with it (default a host): a host's agent never receives the certificates'
+    /// private keys an ingress node does.
+    #[serde(default)]
+    pub kind: Option<JoinTokenKind>,
+}
+
+/// What a join token lets join.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum JoinTokenKind {
+    /// A host (`berth agent`).
+    #[default]
+    Host,
+    /// An edge-only ingress node (`berth ingress`).
+    Ingress,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,6 +296,8 @@ pub struct JoinTokenCreated {
     pub token: String,
     pub expires_at: i64,
     pub uses: u32,
+    #[serde(default)]
+    pub kind: JoinTokenKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]

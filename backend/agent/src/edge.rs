@@ -73,6 +73,8 @@ const MEMBERSHIP: &str = "ingress-node.json";
 const TABLE: &str = "routes.json";
 const CERTIFICATES: &str = "certificates.json";
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often certificates that did not all load are fetched again.
+const CERTIFICATES_RETRY: Duration = Duration::from_secs(30);
 /// Longer than the control plane's wait for a change (20 s).
 const TABLE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,14 +102,22 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
         load_json(&config.data_dir.join(CERTIFICATES))?.unwrap_or_default();
     let mut certificates = load_certificates(&ingress, &saved_certificates);
     let saved = load_json::<SavedTable>(&config.data_dir.join(TABLE))?;
-    let (acked, acked_rx) = watch::channel(0i64);
     let mut version = 0;
     let mut learned = Vec::new();
     if let Some(saved) = saved {
         let names = saved.routes.len();
-        acked.send_replace(follower.apply(saved.version, saved.routes, config.drain_timeout).await.run().await);
+        follower.apply(saved.version, saved.routes, config.drain_timeout).await.run().await;
         (version, learned) = (saved.version, saved.control_planes);
         tracing::info!(version, names, "serving the saved route table");
+    }
+    // The `--join` URLs first (given again at every start), then those of the first join, then
+    // those the last table named.
+    let planes = Arc::new(Planes::new(membership.ca_pem.clone(), membership.system_roots, config.insecure));
+    planes.learn(&config.control_planes, true);
+    planes.learn(&membership.control_planes, true);
+    planes.learn(&learned, false);
+    if planes.is_empty() {
+        bail!("none of the control planes {:?} can be used (see the log)", config.control_planes);
     }
 
     let http = tokio::net::TcpListener::bind(config.listen)
@@ -128,9 +138,8 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
     }
     println!("{banner}, route table version {version}");
 
-    let planes = Arc::new(Planes::new(&membership, &learned));
     let started_at = now_ms();
-    tokio::spawn(report(planes.clone(), membership.credential.clone(), acked_rx, address, started_at));
+    tokio::spawn(report(planes.clone(), membership.credential.clone(), follower.acknowledged(), address, started_at));
 
     let backoff = || {
         backon::ExponentialBuilder::default()
@@ -141,23 +150,36 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
             .build()
     };
     let mut retry = backoff();
+    // The certificate ids last fetched, and when: while some did not load, they are fetched
+    // again now and then (a key file another instance had not written yet).
+    let mut fetched: Option<(Vec<i64>, std::time::Instant)> = None;
     loop {
+        let asked = match &fetched {
+            Some((ids, at)) if *ids != certificates && at.elapsed() < CERTIFICATES_RETRY => ids.clone(),
+            _ => certificates.clone(),
+        };
         let plane = planes.current();
         // A report that failed moves the node on too: a table request to an instance that
         // stopped answering (paused, unplugged) is not waited out.
         let mut moved = planes.moved.subscribe();
         let answer = tokio::select! {
-            answer = fetch_table(&plane, &membership.credential, version, &certificates) => answer,
+            answer = fetch_table(&plane, &membership.credential, version, &asked) => answer,
             _ = moved.changed() => continue,
         };
         let table = match answer {
             Ok(Some(table)) => table,
             Ok(None) => continue,
-            Err(error) if refused(&error) => bail!(
-                "the control plane no longer accepts this node's credential (the node was removed): delete {} \
-                 and join again with a new join token",
-                config.data_dir.join(MEMBERSHIP).display()
-            ),
+            Err(error) if refused(&error) => {
+                // Removed: what it may no longer serve goes, keys first.
+                for file in [CERTIFICATES, TABLE] {
+                    let _ = std::fs::remove_file(config.data_dir.join(file));
+                }
+                bail!(
+                    "the control plane no longer accepts this node's credential (the node was removed): its saved \
+                     table and certificates are deleted; delete {} and join again with a new join token",
+                    config.data_dir.join(MEMBERSHIP).display()
+                )
+            }
             Err(error) => {
                 tracing::warn!(
                     control_plane = plane.base,
@@ -169,47 +191,73 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
                 continue;
             }
         };
-        retry = backoff();
-        planes.learn(&table.control_planes);
-        // Certificates before the table (which may redirect a name to HTTPS because it has one).
-        if table.certificates != certificates {
-            match fetch_certificates(&plane, &membership.credential).await {
-                Ok(fetched) => {
-                    write_private(&config.data_dir.join(CERTIFICATES), &serde_json::to_vec(&fetched)?)
-                        .context("saving the certificates")?;
-                    let loaded = load_certificates(&ingress, &fetched);
-                    if loaded != table.certificates {
-                        // A key not readable yet: asked again in a while, not at once.
-                        tracing::warn!(loaded = ?loaded, published = ?table.certificates, "not every certificate could be loaded");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                    certificates = loaded;
-                }
-                Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "fetching the certificates failed");
-                    planes.failed(&plane.base);
-                    tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(1))).await;
-                    continue;
-                }
+        planes.learn(&table.control_planes, false);
+        match follow(
+            &config,
+            &ingress,
+            &follower,
+            &plane,
+            &membership.credential,
+            table,
+            &mut version,
+            &mut certificates,
+            &mut fetched,
+        )
+        .await
+        {
+            Ok(()) => retry = backoff(),
+            Err(error) => {
+                // Whatever failed (a table this version cannot read, a full disk), the node serves
+                // on from what it has and tries again.
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "taking the control plane's table failed; serving the last one"
+                );
+                planes.failed(&plane.base);
+                tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(1))).await;
             }
         }
-        if table.version != version {
-            let routes: Vec<RouteSpec> =
-                serde_json::from_value(table.routes).context("the control plane's route table does not parse")?;
-            // Saved before it is applied: what this node serves, it serves again after a restart.
-            let saved = SavedTable { version: table.version, routes, control_planes: table.control_planes };
-            write_private(&config.data_dir.join(TABLE), &serde_json::to_vec(&saved)?)
-                .context("saving the route table")?;
-            tracing::info!(version = saved.version, names = saved.routes.len(), "applying a new route table");
-            let drain = follower.apply(saved.version, saved.routes, config.drain_timeout).await;
-            version = saved.version;
-            let acked = acked.clone();
-            tokio::spawn(async move {
-                let done = drain.run().await;
-                acked.send_if_modified(|acked| std::mem::replace(acked, done) != done);
-            });
-        }
     }
+}
+
+/// Takes one answer of the control plane: its certificates (when they changed) before its
+/// table (which may redirect a name to HTTPS because it has one), each saved before applied.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    config: &IngressNodeConfig,
+    ingress: &Ingress,
+    follower: &Arc<Follower>,
+    plane: &ControlPlane,
+    credential: &str,
+    table: IngressTable,
+    version: &mut i64,
+    certificates: &mut Vec<i64>,
+    fetched: &mut Option<(Vec<i64>, std::time::Instant)>,
+) -> anyhow::Result<()> {
+    let stale =
+        fetched.as_ref().is_none_or(|(ids, at)| *ids != table.certificates || at.elapsed() >= CERTIFICATES_RETRY);
+    if table.certificates != *certificates && stale {
+        let got = fetch_certificates(plane, credential).await.context("fetching the certificates")?;
+        write_private(&config.data_dir.join(CERTIFICATES), &serde_json::to_vec(&got)?)
+            .context("saving the certificates")?;
+        *certificates = load_certificates(ingress, &got);
+        if *certificates != table.certificates {
+            tracing::warn!(loaded = ?certificates, published = ?table.certificates, "not every certificate could be loaded");
+        }
+        *fetched = Some((table.certificates.clone(), std::time::Instant::now()));
+    }
+    if table.version != *version {
+        let routes: Vec<RouteSpec> =
+            serde_json::from_value(table.routes).context("the control plane's route table does not parse")?;
+        // Saved before it is applied: what this node serves, it serves again after a restart.
+        let saved = SavedTable { version: table.version, routes, control_planes: table.control_planes };
+        write_private(&config.data_dir.join(TABLE), &serde_json::to_vec(&saved)?).context("saving the route table")?;
+        tracing::info!(version = saved.version, names = saved.routes.len(), "applying a new route table");
+        let drain = follower.apply(saved.version, saved.routes, config.drain_timeout).await;
+        *version = saved.version;
+        tokio::spawn(drain.run());
+    }
+    Ok(())
 }
 
 async fn log_end(what: &'static str, serving: impl Future<Output = std::io::Result<()>>) {
@@ -223,22 +271,19 @@ async fn log_end(what: &'static str, serving: impl Future<Output = std::io::Resu
 struct Planes {
     pinned: Option<String>,
     system_roots: bool,
+    insecure: bool,
     state: Mutex<(Vec<ControlPlane>, usize)>,
     /// Bumped when the node turns to another control plane.
     moved: watch::Sender<u64>,
 }
 
 impl Planes {
-    fn new(membership: &Membership, learned: &[String]) -> Planes {
-        let planes = Planes {
-            pinned: membership.ca_pem.clone(),
-            system_roots: membership.system_roots,
-            state: Mutex::new((Vec::new(), 0)),
-            moved: watch::channel(0).0,
-        };
-        planes.learn(&membership.control_planes);
-        planes.learn(learned);
-        planes
+    fn new(pinned: Option<String>, system_roots: bool, insecure: bool) -> Planes {
+        Planes { pinned, system_roots, insecure, state: Mutex::new((Vec::new(), 0)), moved: watch::channel(0).0 }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.state.lock().expect("BUG: control planes poisoned").0.is_empty()
     }
 
     fn current(&self) -> ControlPlane {
@@ -256,17 +301,23 @@ impl Planes {
         }
     }
 
-    /// Adds the control planes not known yet that the node can trust as it joined (an
-    /// `https://` node never turns to a plain `http://` one).
-    fn learn(&self, bases: &[String]) {
+    /// Adds the control planes not known yet that the node can trust as it joined: never plain
+    /// `http://` after an `https://` join, nor across the network without `--insecure`. Learnt
+    /// ones (`explicit` false) listening on every address are skipped: that is no address.
+    fn learn(&self, bases: &[String], explicit: bool) {
         let mut state = self.state.lock().expect("BUG: control planes poisoned");
         for base in bases {
             let base = base.trim_end_matches('/');
-            if state.0.iter().any(|p| p.base == base) || unspecified(base) {
+            if state.0.iter().any(|p| p.base == base) || (!explicit && unspecified(base)) {
                 continue;
             }
-            match ControlPlane::new(base, self.pinned.as_deref(), self.system_roots) {
+            let plane = crate::tls::check_cleartext(base, self.insecure)
+                .and_then(|()| ControlPlane::new(base, self.pinned.as_deref(), self.system_roots));
+            match plane {
                 Ok(plane) => state.0.push(plane),
+                Err(error) if explicit => {
+                    tracing::warn!(base, error = format!("{error:#}"), "a control plane this node cannot use")
+                }
                 Err(error) => {
                     tracing::debug!(base, error = format!("{error:#}"), "not a control plane this node can use")
                 }
@@ -400,7 +451,15 @@ async fn join(config: &IngressNodeConfig) -> anyhow::Result<Membership> {
             .with_context(|| format!("cannot reach {base}"));
         let joined: IngressJoinResponse = match sent {
             // Refused (a bad token, a taken name): the next instance would refuse it as well.
-            Ok(response) => answer(response).await.context("joining the control plane")?,
+            Ok(response) => match answer(response).await {
+                Ok(joined) => joined,
+                Err(error) if error.downcast_ref::<Refused>().is_some_and(|r| r.status == 409) => bail!(
+                    "{error:#}: if it is this node (its first join's answer was lost), remove it with \
+                     `berth ingress-nodes remove {0}` and join with a new token, or pick another --name",
+                    config.name
+                ),
+                Err(error) => return Err(error.context("joining the control plane")),
+            },
             Err(error) => {
                 failures.push(format!("{error:#}"));
                 continue;
@@ -487,20 +546,15 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn membership(bases: &[&str], pinned: bool) -> Membership {
-        Membership {
-            node: "edge".into(),
-            credential: "c".into(),
-            control_planes: bases.iter().map(|b| b.to_string()).collect(),
-            ca_pem: None,
-            system_roots: pinned,
-        }
+    fn strings(bases: &[&str]) -> Vec<String> {
+        bases.iter().map(|b| b.to_string()).collect()
     }
 
     #[test]
     fn the_node_turns_to_the_next_control_plane_and_learns_only_usable_ones() {
-        let planes = Planes::new(&membership(&["http://127.0.0.1:1"], false), &["http://127.0.0.1:2/".into()]);
-        planes.learn(&["http://0.0.0.0:7878".into(), "http://127.0.0.1:2".into(), "ftp://x".into()]);
+        let planes = Planes::new(None, false, false);
+        planes.learn(&strings(&["http://127.0.0.1:1"]), true);
+        planes.learn(&strings(&["http://127.0.0.1:2/", "http://0.0.0.0:7878", "http://127.0.0.1:2", "ftp://x"]), false);
         assert_eq!(planes.current().base, "http://127.0.0.1:1");
         planes.failed("http://127.0.0.1:2");
         assert_eq!(planes.current().base, "http://127.0.0.1:1", "a failure of another one moves nothing");
@@ -510,10 +564,24 @@ mod tests {
         assert_eq!(planes.current().base, "http://127.0.0.1:1", "round and round");
 
         // Joined over HTTPS with the system's roots: a plain-HTTP instance is never asked.
-        let planes = Planes::new(&membership(&["https://cp-1:7878"], true), &[]);
-        planes.learn(&["http://cp-2:7878".into(), "https://cp-3:7878".into()]);
+        let planes = Planes::new(None, true, false);
+        planes.learn(&strings(&["https://cp-1:7878"]), true);
+        planes.learn(&strings(&["http://cp-2:7878", "https://cp-3:7878"]), false);
         planes.failed("https://cp-1:7878");
         assert_eq!(planes.current().base, "https://cp-3:7878");
+
+        // Joined over plain HTTP on this machine: an instance across the network is not asked in
+        // clear text (credential and keys) without --insecure.
+        let planes = Planes::new(None, false, false);
+        planes.learn(&strings(&["http://127.0.0.1:7878"]), true);
+        planes.learn(&strings(&["http://10.0.0.2:7878"]), false);
+        planes.failed("http://127.0.0.1:7878");
+        assert_eq!(planes.current().base, "http://127.0.0.1:7878");
+        let planes = Planes::new(None, false, true);
+        planes.learn(&strings(&["http://127.0.0.1:7878"]), true);
+        planes.learn(&strings(&["http://10.0.0.2:7878"]), false);
+        planes.failed("http://127.0.0.1:7878");
+        assert_eq!(planes.current().base, "http://10.0.0.2:7878", "with --insecure it is");
     }
 
     #[test]

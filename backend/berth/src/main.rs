@@ -11,6 +11,7 @@ use berth_agent::edge::{self, IngressNodeConfig};
 use berth_api::oidc::Provider;
 use berth_api::server::{self, ServerSettings};
 use berth_cli::{self as cli, Client, Wait};
+use berth_wire::api::JoinTokenKind;
 use berth_wire::edge::AppProtocol;
 
 #[derive(Parser)]
@@ -324,10 +325,18 @@ enum JoinTokensCommand {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        /// How many hosts may join with it.
+        /// How many hosts (or ingress nodes) may join with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// What joins with it: `host` (`berth agent`) or `ingress` (`berth ingress`, which
+        /// receives the certificates' private keys).
+        #[arg(long = "for", default_value = "host", value_parser = parse_join_kind)]
+        kind: JoinTokenKind,
     },
+}
+
+fn parse_join_kind(text: &str) -> Result<JoinTokenKind, String> {
+    text.parse().map_err(|_| format!("{text:?}: use host or ingress"))
 }
 
 #[derive(Args)]
@@ -1074,7 +1083,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Hosts(HostsCommand::Drain { name }) => client.drain_host(&name).await,
         Command::Hosts(HostsCommand::Remove { name }) => client.remove_host(&name).await,
         Command::IngressNodes(IngressNodesCommand::Remove { name }) => client.remove_ingress_node(&name).await,
-        Command::JoinTokens(JoinTokensCommand::Create { ttl, uses }) => client.create_join_token(ttl, uses).await,
+        Command::JoinTokens(JoinTokensCommand::Create { ttl, uses, kind }) => {
+            client.create_join_token(ttl, uses, kind).await
+        }
         Command::Apps(AppsCommand::Create {
             name,
             image,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use berth_wire::api::{CreateApp, CreateJoinToken, Deploy, LogLine, ReleaseAccepted, ReleaseState, TeamQuota};
+use berth_wire::api::{
+    CreateApp, CreateJoinToken, Deploy, JoinTokenKind, LogLine, ReleaseAccepted, ReleaseState, TeamQuota,
+};
 use berth_wire::edge::{CertState, DomainInfo, EdgeSettings, UploadCertificate};
 use berth_wire::identity::{AcceptInvite, CreateInvite, CreateToken, Login};
 use futures::StreamExt as _;
@@ -576,13 +578,18 @@ impl Client {
 
     /// Prints the token alone on standard output (for scripts) and how to use it on standard
     /// error.
-    pub async fn create_join_token(&self, ttl: u64, uses: u32) -> anyhow::Result<ExitCode> {
-        let created = self.api.create_join_token(&CreateJoinToken { ttl_secs: Some(ttl), uses: Some(uses) }).await?;
+    pub async fn create_join_token(&self, ttl: u64, uses: u32, kind: JoinTokenKind) -> anyhow::Result<ExitCode> {
+        let request = CreateJoinToken { ttl_secs: Some(ttl), uses: Some(uses), kind: Some(kind) };
+        let created = self.api.create_join_token(&request).await?;
         println!("{}", created.token);
-        eprintln!(
-            "valid for {ttl}s and {uses} host(s) or ingress node(s): berth agent --join {0} --token <token>, or berth ingress --join {0} --token <token>",
-            self.api.base_url()
-        );
+        if kind == JoinTokenKind::Ingress {
+            eprintln!(
+                "valid for {ttl}s and {uses} ingress node(s): berth ingress --join {} --token <token>",
+                self.api.base_url()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("valid for {ttl}s and {uses} host(s): berth agent --join {} --token <token>", self.api.base_url());
         Ok(ExitCode::SUCCESS)
     }
 

@@ -543,7 +543,7 @@ async fn an_old_replica_moved_off_a_lost_host_during_the_drain_does_not_outlive_
     let second = MemoryRuntime::new();
     second.add_image("web:1");
     second.add_image("web:2");
-    plane.store.create_join_token("join", 1, i64::MAX, 1).await.unwrap();
+    plane.store.create_join_token("join", 1, i64::MAX, 1, "host").await.unwrap();
     let capacity = second.capacity().await;
     plane.store.join_host("join", "h2", "127.0.0.1", &Default::default(), &capacity, "credential").await.unwrap();
     let second_agent = local_agent(&plane.links, "h2", &second);
@@ -586,7 +586,7 @@ struct PlayedHost {
 
 impl PlayedHost {
     async fn join(plane: &Plane, name: &str, endpoint: SocketAddr) -> PlayedHost {
-        plane.store.create_join_token(&format!("join-{name}"), 1, i64::MAX, 1).await.unwrap();
+        plane.store.create_join_token(&format!("join-{name}"), 1, i64::MAX, 1, "host").await.unwrap();
         let capacity = berth_wire::agent::HostCapacity { cpu_millis: 4000, memory_mb: 8192 };
         plane
             .store
@@ -711,7 +711,6 @@ async fn a_new_orchestrator_does_not_route_a_down_hosts_replica_from_the_reports
     h2.pause(true);
     plane.links.link("h2").forget_observed();
     plane.restart_orchestrator().await;
-    assert!(plane.routed().contains(&h2_endpoint), "routed from the inherited reports while h2 may be up");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let rows = plane.store.replicas_of_app(app).await.unwrap();
@@ -723,6 +722,55 @@ async fn a_new_orchestrator_does_not_route_a_down_hosts_replica_from_the_reports
     }
     // Well within the inherited reports' grace: h2 is down, so they do not route its replica.
     assert!(!plane.routed().contains(&h2_endpoint), "a down host's replica routed from inherited reports");
+}
+
+/// Keeps ingress node `name` reporting every 100 ms: the version of the latest published table
+/// when `confirms`, else the one published when it started.
+fn ingress_node(plane: &Plane, name: &'static str, confirms: bool) -> tokio::task::JoinHandle<()> {
+    let store = plane.store.clone();
+    tokio::spawn(async move {
+        let first = store.published_version(berth_control::cluster::ROUTES).await.unwrap();
+        loop {
+            let latest = store.published_version(berth_control::cluster::ROUTES).await.unwrap();
+            let applied = if confirms { latest } else { first };
+            store.ingress_node_alive(name, "test", "127.0.0.1:1", 0, applied).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn release_messages(plane: &Plane, app: i64, number: i64) -> Vec<String> {
+    let release = plane.store.release(app, number).await.unwrap().expect("the release exists");
+    plane.store.release_events(release.id).await.unwrap().into_iter().map(|e| e.message).collect()
+}
+
+#[tokio::test]
+async fn a_release_waits_for_the_ingress_nodes_and_names_one_that_does_not_confirm() {
+    let plane = Plane::with(|config| config.drain_timeout = Duration::from_secs(1)).await;
+    let app = plane.create(&spec("web:1", 1)).await;
+    assert_eq!(plane.settled(app, 1).await.0, ReleaseState::Serving);
+
+    // A node that confirms every table: the release does not wait for it in vain.
+    let confirming = ingress_node(&plane, "edge-1", true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let number = plane.deploy(app, &spec("web:2", 1)).await;
+    assert_eq!(plane.settled(app, number).await.0, ReleaseState::Serving);
+    let messages = release_messages(&plane, app, number).await;
+    assert!(!messages.iter().any(|m| m.contains("ingress/edge-1")), "{messages:#?}");
+    confirming.abort();
+
+    // A node that reports but never confirms the table without the old replica: the release
+    // waits the drain timeout for it, then names it and goes on.
+    let stuck = ingress_node(&plane, "edge-2", false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let number = plane.deploy(app, &spec("web:3", 1)).await;
+    assert_eq!(plane.settled(app, number).await.0, ReleaseState::Serving);
+    let messages = release_messages(&plane, app, number).await;
+    assert!(
+        messages.iter().any(|m| m.contains("ingress/edge-2") && m.contains("did not confirm")),
+        "the stuck node is named: {messages:#?}"
+    );
+    stuck.abort();
 }
 
 #[tokio::test]

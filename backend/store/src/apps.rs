@@ -315,6 +315,21 @@ impl Store {
         })
     }
 
+    /// Each of the team's apps' latest release and serving release (one row when they are the
+    /// same), in one query: what the app list shows.
+    pub async fn shown_releases_of_team(&self, team_id: i64) -> Result<Vec<ReleaseRow>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT rel.* FROM releases rel JOIN apps a ON a.id = rel.app_id WHERE a.team_id = $1 \
+                 AND (rel.number = a.serving_release \
+                      OR rel.number = (SELECT MAX(r2.number) FROM releases r2 WHERE r2.app_id = a.id))",
+            )
+            .bind(team_id)
+            .fetch_all(pool)
+            .await
+        })
+    }
+
     /// The oldest release that still has to go out (in progress first, after a restart).
     pub async fn next_unfinished_release(&self, app_id: i64) -> Result<Option<ReleaseRow>> {
         with_pool!(self, |pool| {

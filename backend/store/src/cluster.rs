@@ -127,7 +127,8 @@ impl Store {
         let this = self.unfenced();
         write_tx!(this, |tx| {
             let spent = sqlx::query(
-                "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2",
+                "UPDATE join_tokens SET uses_left = uses_left - 1 \
+                 WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND kind = 'ingress'",
             )
             .bind(token_hash)
             .bind(now_ms())

@@ -35,7 +35,7 @@ impl HostRow {
 /// Why a host could not join.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("the join token is not valid, expired or used up")]
+    #[error("the join token is not valid, expired, used up or for another kind of machine")]
     InvalidToken,
     #[error("a host named {0} already exists")]
     NameTaken(String),
@@ -78,14 +78,23 @@ impl Store {
         })
     }
 
-    pub async fn create_join_token(&self, token_hash: &str, uses: u32, expires_at: i64, created_by: i64) -> Result<()> {
+    /// A join token for `kind` (`host` or `ingress`) of machines.
+    pub async fn create_join_token(
+        &self,
+        token_hash: &str,
+        uses: u32,
+        expires_at: i64,
+        created_by: i64,
+        kind: &str,
+    ) -> Result<()> {
         write_tx!(self, |tx| {
-            sqlx::query("INSERT INTO join_tokens (token_hash, uses_left, expires_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query("INSERT INTO join_tokens (token_hash, uses_left, expires_at, created_by, created_at, kind) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(token_hash)
             .bind(uses as i64)
             .bind(expires_at)
             .bind(created_by)
             .bind(now_ms())
+            .bind(kind)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -105,12 +114,13 @@ impl Store {
     ) -> Result<(), JoinError> {
         write_tx!(self, |tx| {
             let spent = sqlx::query(
-            "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+                "UPDATE join_tokens SET uses_left = uses_left - 1 \
+             WHERE token_hash = $1 AND uses_left > 0 AND expires_at > $2 AND kind = 'host'",
+            )
+            .bind(token_hash)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
             if spent.rows_affected() != 1 {
                 return Err(JoinError::InvalidToken);
             }

@@ -212,6 +212,20 @@ impl Store {
         })
     }
 
+    /// The replicas of the team's apps' serving releases, in one query: what the app list counts.
+    pub async fn serving_replicas_of_team(&self, team_id: i64) -> Result<Vec<ReplicaRow>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT r.id, r.app_id, r.release_id, rel.number AS release_number, r.host, r.retiring, r.replaced_by \
+                 FROM replicas r JOIN releases rel ON rel.id = r.release_id JOIN apps a ON a.id = r.app_id \
+                 WHERE a.team_id = $1 AND rel.number = a.serving_release ORDER BY r.app_id, r.created_at, r.id",
+            )
+            .bind(team_id)
+            .fetch_all(pool)
+            .await
+        })
+    }
+
     /// Every desired container with the host it is placed on. Its app's secret variables are
     /// not in its `env`: they come sealed, beside it, for the caller to open.
     pub async fn desired_containers(&self, stop_grace_secs: u32) -> Result<Vec<DesiredPlacement>> {

@@ -79,7 +79,15 @@ async fn ingress_nodes((a, b): (Store, Store)) {
     let engine = a.engine();
     a.bootstrap("admin token", "admin password").await.unwrap();
     let admin = a.users().await.unwrap()[0].id;
-    a.create_join_token("token", 2, 9_999_999_999_999, admin).await.unwrap();
+    a.create_join_token("token", 2, 9_999_999_999_999, admin, "ingress").await.unwrap();
+    // A host's token joins no ingress node (nodes receive the certificates' keys), nor the reverse.
+    a.create_join_token("host token", 1, 9_999_999_999_999, admin, "host").await.unwrap();
+    let wrong = a.join_ingress_node("host token", "edge-0", "credential 0").await.unwrap_err();
+    assert!(matches!(wrong, berth_store::JoinError::InvalidToken), "{engine}: {wrong}");
+    let capacity = berth_wire::agent::HostCapacity { cpu_millis: 1000, memory_mb: 1024 };
+    let labels = Default::default();
+    let wrong = a.join_host("token", "h9", "10.0.0.9", &labels, &capacity, "host credential").await.unwrap_err();
+    assert!(matches!(wrong, berth_store::JoinError::InvalidToken), "{engine}: {wrong}");
 
     // Joined with a join token's use, under a name no other node has.
     b.join_ingress_node("token", "edge-1", "credential 1").await.unwrap();

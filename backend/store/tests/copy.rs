@@ -56,10 +56,11 @@ async fn populate(store: &Store) {
 
     let capacity = HostCapacity { cpu_millis: 4_000, memory_mb: 8_192 };
     store.register_local_host("local", "127.0.0.1", &capacity).await.unwrap();
-    store.create_join_token("join-hash", 2, 9_999_999_999_999, 1).await.unwrap();
+    store.create_join_token("join-hash", 2, 9_999_999_999_999, 1, "host").await.unwrap();
+    store.create_join_token("ingress-join-hash", 1, 9_999_999_999_999, 1, "ingress").await.unwrap();
     let labels = BTreeMap::from([("zone".to_string(), "b".to_string())]);
     store.join_host("join-hash", "h2", "10.0.0.2", &labels, &capacity, "credential-hash").await.unwrap();
-    store.join_ingress_node("join-hash", "edge-1", "edge-credential-hash").await.unwrap();
+    store.join_ingress_node("ingress-join-hash", "edge-1", "edge-credential-hash").await.unwrap();
 
     let web = store.create_app(team, "web", &spec("web:1")).await.unwrap();
     store.create_release(web, &spec("web:2"), Some(1)).await.unwrap();

@@ -1,6 +1,6 @@
 //! Apps: create, deploy, scale, roll back, delete; their detail, releases, metrics and logs.
 
-use berth_store::{AppRow, ReleaseRow};
+use berth_store::{AppRow, ReleaseRow, ReplicaRow};
 use berth_wire::AppSpec;
 use berth_wire::agent::ContainerPhase;
 use berth_wire::api::{
@@ -10,7 +10,7 @@ use berth_wire::api::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use berth_control::secrets::SecretScope;
 
@@ -39,11 +39,30 @@ impl Services {
 
     pub async fn list_apps(&self, principal: &Principal, team: &str) -> Result<Vec<AppSummary>> {
         let team_id = principal.require(team, Action::ViewApps)?;
-        let mut summaries = Vec::new();
-        for app in self.store.apps_of_team(team_id).await?.into_iter().filter(|a| !a.deleting) {
-            summaries.push(self.summary(&app).await?);
+        // Three queries whatever the number of apps.
+        let apps = self.store.apps_of_team(team_id).await?;
+        let mut releases: HashMap<(i64, i64), ReleaseRow> = HashMap::new();
+        let mut latest: HashMap<i64, i64> = HashMap::new();
+        for release in self.store.shown_releases_of_team(team_id).await? {
+            let number = latest.entry(release.app_id).or_insert(release.number);
+            *number = (*number).max(release.number);
+            releases.insert((release.app_id, release.number), release);
         }
-        Ok(summaries)
+        let mut replicas: HashMap<i64, Vec<ReplicaRow>> = HashMap::new();
+        for replica in self.store.serving_replicas_of_team(team_id).await? {
+            replicas.entry(replica.app_id).or_default().push(replica);
+        }
+        let observed = self.cluster.observed();
+        Ok(apps
+            .iter()
+            .filter(|a| !a.deleting)
+            .map(|app| {
+                let latest = latest.get(&app.id).and_then(|n| releases.get(&(app.id, *n)));
+                let serving = app.serving_release.and_then(|n| releases.get(&(app.id, n)));
+                let replicas = replicas.get(&app.id).map_or(&[][..], Vec::as_slice);
+                self.summarize(app, latest, serving, replicas, &observed)
+            })
+            .collect())
     }
 
     async fn summary(&self, app: &AppRow) -> Result<AppSummary> {
@@ -52,17 +71,27 @@ impl Services {
             Some(n) => self.store.release(app.id, n).await?,
             None => None,
         };
-        let shown = serving.as_ref().or(latest.as_ref()).map(ReleaseRow::spec);
-        let observed = self.cluster.observed();
-        let replicas_ready = self
-            .store
-            .replicas_of_app(app.id)
-            .await?
+        let replicas = self.store.replicas_of_app(app.id).await?;
+        Ok(self.summarize(app, latest.as_ref(), serving.as_ref(), &replicas, &self.cluster.observed()))
+    }
+
+    /// An app's summary from its latest and serving releases and its replicas (those of other
+    /// releases are not counted).
+    fn summarize(
+        &self,
+        app: &AppRow,
+        latest: Option<&ReleaseRow>,
+        serving: Option<&ReleaseRow>,
+        replicas: &[ReplicaRow],
+        observed: &berth_control::ObservedUnion,
+    ) -> AppSummary {
+        let shown = serving.or(latest).map(ReleaseRow::spec);
+        let replicas_ready = replicas
             .iter()
             .filter(|r| Some(r.release_number) == app.serving_release)
             .filter(|r| observed.get(&r.id).is_some_and(|o| o.ready()))
             .count() as u32;
-        Ok(AppSummary {
+        AppSummary {
             team: app.team.clone(),
             name: app.name.clone(),
             url: self.cluster.app_url(&app.name),
@@ -71,7 +100,7 @@ impl Services {
             replicas_ready,
             image: shown.map(|s| s.image).unwrap_or_default(),
             created_at: app.created_at,
-        })
+        }
     }
 
     pub async fn show_app(&self, principal: &Principal, team: &str, name: &str) -> Result<AppDetail> {

@@ -22,8 +22,11 @@ impl Services {
         }
         let token = format!("berth_join_{}", auth::new_token().trim_start_matches("berth_"));
         let expires_at = now_ms() + ttl as i64 * 1000;
-        self.store.create_join_token(&auth::hash_token(&token), uses, expires_at, principal.user_id).await?;
-        Ok(JoinTokenCreated { token, expires_at, uses })
+        let kind = input.kind.unwrap_or_default();
+        self.store
+            .create_join_token(&auth::hash_token(&token), uses, expires_at, principal.user_id, kind.into())
+            .await?;
+        Ok(JoinTokenCreated { token, expires_at, uses, kind })
     }
 
     /// A new host joins with a join token and receives its own credential.

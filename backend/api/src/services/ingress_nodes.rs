@@ -133,9 +133,12 @@ impl Services {
         if report.version.len() > 64 || report.address.len() > 256 {
             return Err(invalid("version", "the version or the address is too long"));
         }
-        self.store
-            .ingress_node_alive(node, &report.version, &report.address, report.started_at, report.applied)
-            .await?;
+        // A version above any published is from other numbering (the store was moved or
+        // restored since the node took it): it confirms nothing, and releases wait for the node
+        // until it has applied a table of this store.
+        let latest = self.store.published_version(berth_control::cluster::ROUTES).await?;
+        let applied = if report.applied > latest { 0 } else { report.applied };
+        self.store.ingress_node_alive(node, &report.version, &report.address, report.started_at, applied).await?;
         Ok(())
     }
 

@@ -137,7 +137,7 @@ async fn world(caller: Caller) -> World {
     };
     let certificate_id = store.insert_certificate(certificate).await.unwrap();
     // An ingress node, for the endpoint that removes one.
-    store.create_join_token("join-hash", 1, i64::MAX, 1).await.unwrap();
+    store.create_join_token("join-hash", 1, i64::MAX, 1, "ingress").await.unwrap();
     store.join_ingress_node("join-hash", "edge-1", "edge-credential-hash").await.unwrap();
 
     let (router, orchestrator) = support::router_parts(&dir, store, None, Default::default()).await;
