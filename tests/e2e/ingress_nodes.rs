@@ -111,7 +111,8 @@ async fn ingress_nodes_follow_a_failover_and_serve_on_while_the_control_plane_is
     tokio::time::sleep(Duration::from_millis(500)).await;
     let [load_1, load_2] = loads;
     for (edge, load) in edges.iter().zip([load_1.stop().await, load_2.stop().await]) {
-        assert_no_failures(&format!("through {} during the failover", edge.name), &load, || edge.log());
+        let log = || format!("{}\n--- the surviving instance's log:\n{}", edge.log(), follower.log());
+        assert_no_failures(&format!("through {} during the failover", edge.name), &load, log);
     }
     assert_eq!(fixture.containers("edge")?.len(), 2, "two replicas of the new release, none orphaned or doubled");
     for edge in &edges {
@@ -155,6 +156,7 @@ async fn ingress_nodes_follow_a_failover_and_serve_on_while_the_control_plane_is
         edge_2.log().contains("no longer accepts this node's credential").then_some(())
     })
     .await?;
+    assert!(!edge_2.data_dir.join("routes.json").exists(), "the removed node keeps its saved table");
     let seen = status(&api).await?;
     assert_eq!(seen["ingress_nodes"], json!(["edge-1"]), "{seen}");
     Ok(())

@@ -92,6 +92,10 @@ impl Orchestrator {
             }
         }
         if *last != routes {
+            // The reports behind the table first: a leader that dies now leaves the next one
+            // what made these endpoints routable (reports are otherwise published once a second
+            // at most, and a replica just ready would not be routed from them).
+            self.publish_reports_now().await;
             // Published first: a leader that lost the lease is refused here and routes nothing.
             let body = serde_json::to_string(&routes).context("encoding the route table")?;
             let version = store.publish(ROUTES, &body).await.context("publishing the route table")?;
