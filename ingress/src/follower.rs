@@ -3,7 +3,7 @@
 //! version up to which everything is applied *and drained*, the figure a release waits for
 //! before it stops the old containers.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,10 +22,14 @@ pub struct Follower {
 struct State {
     /// The table the ingress has, as far as this follower knows.
     applied: Vec<RouteSpec>,
-    /// Versions applied whose drains have not finished.
-    draining: BTreeSet<i64>,
-    /// The highest version applied.
+    /// Versions applied whose drains have not finished, each with the version applied before it
+    /// (versions in between were never applied: only what follows one draining is drained).
+    draining: BTreeMap<i64, i64>,
+    /// The version applied last, and the highest of this numbering.
+    last: i64,
     highest: i64,
+    /// Bumped when the numbering starts again: drains of an earlier one count for nothing.
+    generation: u64,
 }
 
 impl Follower {
@@ -56,18 +60,22 @@ impl Follower {
             removed.into_iter().collect()
         };
         self.ingress.apply(routes.clone()).await;
-        {
+        let generation = {
             let mut state = self.state.lock().expect("BUG: follower state poisoned");
             if version < state.highest {
                 state.draining.clear();
-                state.highest = version;
-                self.acknowledged.send_replace(version - 1);
+                (state.last, state.highest) = (0, 0);
+                state.generation += 1;
+                self.acknowledged.send_replace(0);
             }
+            let before = state.last;
             state.applied = routes;
-            state.draining.insert(version);
+            state.draining.insert(version, before);
+            state.last = version;
             state.highest = state.highest.max(version);
-        }
-        Drain { follower: self.clone(), version, removed, timeout: drain_timeout }
+            state.generation
+        };
+        Drain { follower: self.clone(), version, generation, removed, timeout: drain_timeout }
     }
 
     /// The version up to which every applied table is drained, as drains end.
@@ -86,6 +94,7 @@ impl Follower {
 pub struct Drain {
     follower: Arc<Follower>,
     version: i64,
+    generation: u64,
     removed: Vec<SocketAddr>,
     timeout: Duration,
 }
@@ -96,13 +105,13 @@ impl Drain {
     pub async fn run(self) -> i64 {
         self.follower.ingress.drain(&self.removed, self.timeout).await;
         let mut state = self.follower.state.lock().expect("BUG: follower state poisoned");
-        if !state.draining.remove(&self.version) {
+        if state.generation != self.generation {
             // Applied under numbering that has started again since.
             return *self.follower.acknowledged.borrow();
         }
-        // Every version applied below the oldest still draining is done.
-        let highest = state.highest;
-        let done = state.draining.first().map_or(highest, |oldest| (oldest - 1).min(highest));
+        state.draining.remove(&self.version);
+        // Done: everything applied before the oldest table still draining.
+        let done = state.draining.first_key_value().map_or(state.highest, |(_, before)| *before);
         self.follower.acknowledged.send_replace(done);
         done
     }
@@ -130,6 +139,13 @@ mod tests {
         assert_eq!(third.run().await, 1, "version 2 still drains");
         assert_eq!(second.run().await, 3);
         assert_eq!(follower.applied(), table(&["127.0.0.1:1", "127.0.0.1:3"]));
+
+        // Versions skipped (the node gets only the latest): 9 and 11 drain, 10 was never applied;
+        // 9 done says 9, not 10 (what 10 removed is in 11's drain).
+        let ninth = follower.apply(9, table(&["127.0.0.1:1"]), timeout).await;
+        let eleventh = follower.apply(11, table(&["127.0.0.1:1"]), timeout).await;
+        assert_eq!(ninth.run().await, 9);
+        assert_eq!(eleventh.run().await, 11);
     }
 
     #[tokio::test]
@@ -140,11 +156,13 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let old = follower.apply(500, table(&["127.0.0.1:1"]), timeout).await;
         assert_eq!(old.run().await, 500);
-        let stale = follower.apply(501, table(&["127.0.0.1:1"]), timeout).await;
-        // The store was moved: versions start again at 3.
+        let stale = follower.apply(3, table(&["127.0.0.1:1"]), timeout).await;
+        let stale_too = follower.apply(501, table(&["127.0.0.1:1"]), timeout).await;
+        // The store was moved: versions start again at 3, the number an old drain has too.
         let restarted = follower.apply(3, table(&["127.0.0.1:2"]), timeout).await;
-        assert_eq!(*acknowledged.borrow(), 2, "not 500: table 3 is not drained yet");
-        assert_eq!(stale.run().await, 2, "a drain of the old numbering acknowledges nothing new");
+        assert_eq!(*acknowledged.borrow(), 0, "not 500, nor 2 (never applied): table 3 is not drained yet");
+        assert_eq!(stale.run().await, 0, "a drain of the old numbering acknowledges nothing");
+        assert_eq!(stale_too.run().await, 0);
         assert_eq!(restarted.run().await, 3);
         assert_eq!(*acknowledged.borrow(), 3);
         let fourth = follower.apply(4, table(&["127.0.0.1:2"]), timeout).await;

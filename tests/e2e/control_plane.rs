@@ -190,7 +190,8 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes() -> anyh
         // The node turned from the paused instance to the new leader in time.
         crate::ingress_nodes::serves(&edge, "pause", "v2").await?;
         let report = load.stop().await;
-        crate::ingress_nodes::assert_no_failures("through the ingress node", &report, || edge.log());
+        let log = || format!("{}\n--- the new leader's log:\n{}", edge.log(), follower.log());
+        crate::ingress_nodes::assert_no_failures("through the ingress node", &report, log);
         let before = api.show("pause").await?;
         let events_before = api.release("pause", release).await?.events.len();
 

@@ -153,6 +153,9 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
     // The certificate ids last fetched, and when: while some did not load, they are fetched
     // again now and then (a key file another instance had not written yet).
     let mut fetched: Option<(Vec<i64>, std::time::Instant)> = None;
+    // The control planes that took the credential since this start, and those that refused it
+    // since one last took it.
+    let (mut accepted, mut refusals) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     loop {
         let asked = match &fetched {
             Some((ids, at)) if *ids != certificates && at.elapsed() < CERTIFICATES_RETRY => ids.clone(),
@@ -167,8 +170,32 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
             _ = moved.changed() => continue,
         };
         let table = match answer {
-            Ok(Some(table)) => table,
-            Ok(None) => continue,
+            Ok(Some(table)) => {
+                refusals.clear();
+                accepted.insert(plane.base.clone());
+                table
+            }
+            Ok(None) => {
+                refusals.clear();
+                accepted.insert(plane.base.clone());
+                continue;
+            }
+            // An instance that never took the credential may be another cluster's (a wrong
+            // --join): the node is removed when one that took it refuses it, or every one does.
+            Err(error)
+                if refused(&error) && !accepted.contains(&plane.base) && {
+                    refusals.insert(plane.base.clone());
+                    refusals.len() < planes.len()
+                } =>
+            {
+                tracing::warn!(
+                    control_plane = plane.base,
+                    "this control plane refuses the node's credential; asking the next"
+                );
+                planes.failed(&plane.base);
+                tokio::time::sleep(retry.next().unwrap_or(Duration::from_secs(1))).await;
+                continue;
+            }
             Err(error) if refused(&error) => {
                 // Removed: what it may no longer serve goes, keys first.
                 for file in [CERTIFICATES, TABLE] {
@@ -234,6 +261,10 @@ async fn follow(
     certificates: &mut Vec<i64>,
     fetched: &mut Option<(Vec<i64>, std::time::Instant)>,
 ) -> anyhow::Result<()> {
+    if table.certificates == *certificates {
+        // All loaded: nothing to ask again.
+        *fetched = None;
+    }
     let stale =
         fetched.as_ref().is_none_or(|(ids, at)| *ids != table.certificates || at.elapsed() >= CERTIFICATES_RETRY);
     if table.certificates != *certificates && stale {
@@ -283,7 +314,11 @@ impl Planes {
     }
 
     fn is_empty(&self) -> bool {
-        self.state.lock().expect("BUG: control planes poisoned").0.is_empty()
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        self.state.lock().expect("BUG: control planes poisoned").0.len()
     }
 
     fn current(&self) -> ControlPlane {

@@ -90,6 +90,8 @@ struct Inner {
     /// routes last applied, so an unchanged table is not applied again (which would reset the
     /// round-robin cursors for nothing).
     routes_lock: tokio::sync::Mutex<Vec<berth_ingress::RouteSpec>>,
+    /// Held from taking the reports to publishing them, so an older snapshot never lands last.
+    reports_lock: tokio::sync::Mutex<()>,
     /// Route tables computed so far (`Orchestrator::route_computations`).
     route_computations: std::sync::atomic::AtomicU64,
     /// Woken when a publication of routes failed, so it is tried again without waiting for a
@@ -154,6 +156,7 @@ impl Orchestrator {
                 config,
                 app_locks: Mutex::new(HashMap::new()),
                 routes_lock: tokio::sync::Mutex::new(Vec::new()),
+                reports_lock: tokio::sync::Mutex::new(()),
                 route_computations: Default::default(),
                 routes_failed: tokio::sync::Notify::new(),
                 routes_version: Default::default(),

@@ -285,6 +285,11 @@ pub(crate) async fn begin_write_sqlite(pool: &SqlitePool) -> Result<sqlx::Transa
     pool.begin_with("BEGIN IMMEDIATE").await
 }
 
+/// How long a write transaction on PostgreSQL may wait for its process between statements:
+/// well under the leadership lease (3 s), so a stopped holder of the write lock delays a
+/// takeover by no more than the lease does.
+const WRITE_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Begins a PostgreSQL transaction that writes, holding one advisory lock for the instance until
 /// it ends: write transactions take turns as on SQLite, across every control-plane instance on
 /// the database. A transaction that reads a number and writes the next (releases, builds) then
@@ -294,6 +299,15 @@ pub(crate) async fn begin_write_postgres(pool: &PgPool) -> Result<sqlx::Transact
     // every transaction committed before it was granted (a snapshot taken before, as repeatable
     // read takes it, would miss a takeover of the lease or the last release number).
     let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+    // A process stopped (SIGSTOP, a VM paused) in the middle of a write would hold the lock, and
+    // with it every instance's writes (the lease's takeover too), until it resumed: the database
+    // ends such a transaction, and its session, once it idles longer than this.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        WRITE_IDLE_LIMIT.as_millis()
+    )))
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
     Ok(tx)
 }

@@ -54,7 +54,8 @@ impl Services {
     }
 
     /// The published route table, once it differs from version `after` with certificates
-    /// `certificates` (what the node has); `None` when nothing changed within [`TABLE_WAIT`].
+    /// `certificates` (what the node has); `None` when nothing changed within [`TABLE_WAIT`], or
+    /// nothing is published yet.
     pub async fn ingress_table(
         &self,
         after: Option<i64>,
@@ -64,7 +65,8 @@ impl Services {
         loop {
             let version = self.store.published_version(berth_control::cluster::ROUTES).await?;
             let ids = self.certificate_ids().await?;
-            if after != Some(version) || certificates.as_ref() != Some(&ids) {
+            // Nothing published yet (a new or moved store): a node keeps the table it has.
+            if version != 0 && (after != Some(version) || certificates.as_ref() != Some(&ids)) {
                 return Ok(Some(self.table_now(ids).await?));
             }
             if Instant::now() + TABLE_POLL > deadline {

@@ -158,6 +158,7 @@ impl Orchestrator {
     /// Publishes the agents' reports, with the inherited ones of replicas no agent reported yet
     /// (a leader after this one inherits them in turn).
     async fn publish_reports_now(&self) {
+        let _publishing = self.inner.reports_lock.lock().await;
         let mut union = self.observed();
         for (id, report) in self.inner.inherited.lock().expect("BUG: inherited reports poisoned").iter() {
             union.entry(id.clone()).or_insert_with(|| report.clone());
