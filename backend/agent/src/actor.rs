@@ -144,7 +144,7 @@ pub fn spawn(runtime: Arc<dyn ContainerRuntime>, config: AgentConfig, desired: D
     AgentHandle { host: config.host, observed: observed_rx, runtime, tasks: Arc::new(tasks) }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -247,15 +247,6 @@ async fn post_join(client: &reqwest::Client, base: &str, request: &JoinRequest) 
     }
 }
 
-/// Writes the credential file readable by its owner only (created 0600, never wider).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
-}
-
 fn membership_path(dir: &Path) -> PathBuf {
     dir.join("host.json")
 }
@@ -271,7 +262,7 @@ fn load_membership(dir: &Path) -> anyhow::Result<Option<Membership>> {
 
 fn store_membership(dir: &Path, membership: &Membership) -> anyhow::Result<()> {
     let path = membership_path(dir);
-    write_private(&path, &serde_json::to_string_pretty(membership)?)
+    crate::edge::write_private(&path, serde_json::to_string_pretty(membership)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -138,7 +138,7 @@ pub async fn run(config: IngressNodeConfig) -> anyhow::Result<()> {
     }
     println!("{banner}, route table version {version}");
 
-    let started_at = now_ms();
+    let started_at = crate::actor::now_ms();
     tokio::spawn(report(planes.clone(), membership.credential.clone(), follower.acknowledged(), address, started_at));
 
     let backoff = || {
@@ -542,10 +542,6 @@ fn refused(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.downcast_ref::<Refused>().is_some_and(|r| r.status == 401))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the node's data directory {}", dir.display()))?;
@@ -563,7 +559,7 @@ fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Opti
 
 /// Replaces `path` with `contents` whole (a crash leaves the old file or the new one, never half
 /// of either), readable by its owner only.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let temporary = path.with_extension("tmp");

@@ -44,7 +44,6 @@ impl Scope {
 }
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
 pub use identity::{SESSION_TTL, set_password_offline};
-pub use ingress_nodes::TABLE_WAIT;
 pub use quotas::ContainerDefaults;
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
@@ -96,6 +95,19 @@ impl From<crate::auth::AuthError> for ServiceError {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A refused join: a bad token is the caller's credential failing, a taken name a conflict.
+impl From<berth_store::JoinError> for ServiceError {
+    fn from(error: berth_store::JoinError) -> ServiceError {
+        match error {
+            berth_store::JoinError::InvalidToken => ServiceError::Unauthorized(error.to_string()),
+            berth_store::JoinError::NameTaken(_) | berth_store::JoinError::IngressNodeTaken(_) => {
+                ServiceError::Conflict(error.to_string())
+            }
+            berth_store::JoinError::Db(db) => db.into(),
+        }
+    }
+}
 
 fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
     ServiceError::Validation { field: field.to_string(), message: message.into() }

@@ -95,15 +95,8 @@ impl axum::extract::FromRequestParts<AppState> for AgentHost {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &AppState) -> Result<Self, Self::Rejection> {
-        let credential = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ServiceError::Unauthorized("agents authenticate with 'Authorization: Bearer <host credential>'".into())
-            })?;
-        Ok(AgentHost(s.services.authenticate_host(credential.trim()).await?))
+        let credential = bearer(parts, "agents authenticate with 'Authorization: Bearer <host credential>'")?;
+        Ok(AgentHost(s.services.authenticate_host(credential).await?))
     }
 }
 
@@ -114,16 +107,18 @@ impl axum::extract::FromRequestParts<AppState> for IngressNode {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &AppState) -> Result<Self, Self::Rejection> {
-        let credential = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ServiceError::Unauthorized(
-                    "ingress nodes authenticate with 'Authorization: Bearer <node credential>'".into(),
-                )
-            })?;
-        Ok(IngressNode(s.services.authenticate_ingress_node(credential.trim()).await?))
+        let credential = bearer(parts, "ingress nodes authenticate with 'Authorization: Bearer <node credential>'")?;
+        Ok(IngressNode(s.services.authenticate_ingress_node(credential).await?))
     }
+}
+
+/// The credential of `Authorization: Bearer <credential>`; without one, 401 saying `how`.
+fn bearer<'a>(parts: &'a axum::http::request::Parts, how: &str) -> Result<&'a str, ServiceError> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ServiceError::Unauthorized(how.into()))
 }

@@ -61,14 +61,7 @@ impl Services {
                 &request.capacity,
                 &auth::hash_token(&credential),
             )
-            .await
-            .map_err(|error| match error {
-                berth_store::JoinError::InvalidToken => ServiceError::Unauthorized(error.to_string()),
-                berth_store::JoinError::NameTaken(_) | berth_store::JoinError::IngressNodeTaken(_) => {
-                    ServiceError::Conflict(error.to_string())
-                }
-                berth_store::JoinError::Db(db) => db.into(),
-            })?;
+            .await?;
         tracing::info!(host = request.name, address = request.advertise_addr, "host joined");
         Ok(JoinResponse { host: request.name, credential })
     }

@@ -12,7 +12,7 @@ use super::{Result, ServiceError, Services, invalid};
 use crate::auth::{self, Principal};
 
 /// How long a table request waits for a change before it answers that there is none.
-pub const TABLE_WAIT: Duration = Duration::from_secs(20);
+const TABLE_WAIT: Duration = Duration::from_secs(20);
 /// How often a waiting table request looks at the database.
 const TABLE_POLL: Duration = Duration::from_millis(250);
 /// The id the operator's certificate (`--tls-cert`) goes by for ingress nodes.
@@ -41,14 +41,7 @@ impl Services {
         let credential = format!("berth_ingress_{}", auth::new_token().trim_start_matches("berth_"));
         self.store
             .join_ingress_node(&auth::hash_token(&request.join_token), &request.name, &auth::hash_token(&credential))
-            .await
-            .map_err(|error| match error {
-                berth_store::JoinError::InvalidToken => ServiceError::Unauthorized(error.to_string()),
-                berth_store::JoinError::NameTaken(_) | berth_store::JoinError::IngressNodeTaken(_) => {
-                    ServiceError::Conflict(error.to_string())
-                }
-                berth_store::JoinError::Db(db) => db.into(),
-            })?;
+            .await?;
         tracing::info!(node = request.name, "ingress node joined");
         Ok(IngressJoinResponse { node: request.name, credential })
     }
