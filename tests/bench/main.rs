@@ -3,7 +3,8 @@
 //! healing, and the ingress against nginx proxying to the same upstream in the same run; with
 //! `dashboard`, the dashboard's sizes and timings; with `ingress`, the ingress against nginx and
 //! HAProxy over HTTP/1.1, HTTPS, new handshakes and h2 (`ingress.rs`); with `failover`, two
-//! instances on PostgreSQL and the leader killed ten times (`failover.rs`). Prints figures;
+//! instances on PostgreSQL and the leader killed ten times (`failover.rs`); with `watchers`, the
+//! control plane's CPU with 1 000 apps and 50 open dashboard pages (`watchers.rs`). Prints figures;
 //! asserts nothing.
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ const CLIENTS: usize = 8;
 
 mod failover;
 mod ingress;
+mod watchers;
 
 fn main() -> anyhow::Result<()> {
     let mode = std::env::args().nth(1);
@@ -29,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Some("dashboard") => runtime.block_on(dashboard()),
         Some("ingress") => runtime.block_on(ingress::run()),
         Some("failover") => runtime.block_on(failover::run()),
+        Some("watchers") => runtime.block_on(watchers::run()),
         _ => runtime.block_on(run()),
     }
 }

@@ -109,6 +109,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/metrics", Team(ViewApps), app_metrics)
             .answers::<api::AppMetrics>(200),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/watch", Team(ViewApps), watch::app).answers_events(),
+        endpoint(
+            Method::GET,
+            "/api/v1/teams/{team}/apps/{app}/releases/{number}/watch",
+            Team(ViewApps),
+            watch::release,
+        )
+        .answers_events(),
         endpoint(Method::GET, "/api/v1/teams/{team}/watch/apps", Team(ViewApps), watch::apps).answers_events(),
         endpoint(Method::GET, "/api/v1/teams/{team}/apps/{app}/git", Team(ViewApps), builds::git_info)
             .answers::<wb::GitInfo>(200),

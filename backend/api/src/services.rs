@@ -15,6 +15,7 @@ mod edge;
 mod hosts;
 mod identity;
 mod ingress_nodes;
+mod live;
 mod quotas;
 mod validate;
 mod webhooks;
@@ -44,6 +45,7 @@ impl Scope {
 }
 pub use builds::{GitAccess, HEARTBEAT, PushTicket};
 pub use identity::{SESSION_TTL, set_password_offline};
+pub use live::{MIN_GAP as LIVE_MIN_GAP, View};
 pub use quotas::ContainerDefaults;
 pub use validate::{MAX_REPLICAS, valid_label, validate_app_name, validate_spec};
 pub use webhooks::{Headers as WebhookHeaders, WebhookAnswer};
@@ -74,6 +76,26 @@ pub enum ServiceError {
     NotLeader { leader: Option<String> },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl ServiceError {
+    /// The same error for another reader (a shared view's): an internal error keeps its message
+    /// and loses its chain.
+    pub fn for_another(&self) -> ServiceError {
+        match self {
+            ServiceError::Validation { field, message } => {
+                ServiceError::Validation { field: field.clone(), message: message.clone() }
+            }
+            ServiceError::NotFound(message) => ServiceError::NotFound(message.clone()),
+            ServiceError::Conflict(message) => ServiceError::Conflict(message.clone()),
+            ServiceError::Forbidden(message) => ServiceError::Forbidden(message.clone()),
+            ServiceError::Unauthorized(message) => ServiceError::Unauthorized(message.clone()),
+            ServiceError::TooManyRequests(message) => ServiceError::TooManyRequests(message.clone()),
+            ServiceError::BadGateway(message) => ServiceError::BadGateway(message.clone()),
+            ServiceError::NotLeader { leader } => ServiceError::NotLeader { leader: leader.clone() },
+            ServiceError::Internal(error) => ServiceError::Internal(anyhow::anyhow!("{error:#}")),
+        }
+    }
 }
 
 impl From<sqlx::Error> for ServiceError {
@@ -141,6 +163,8 @@ pub struct Services {
     container_defaults: ContainerDefaults,
     /// Held from a quota check until the release it admitted is stored.
     admission: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Live views shared by the streams that show the same thing.
+    views: std::sync::Arc<live::Views>,
 }
 
 impl Services {
@@ -158,6 +182,7 @@ impl Services {
             hook_socket: std::path::PathBuf::from("hooks.sock"),
             container_defaults: ContainerDefaults::default(),
             admission: admission.0,
+            views: Default::default(),
         }
     }
 

@@ -46,8 +46,8 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// First pause before retrying a read; the pauses then double, up to [`RETRY_MAX_DELAY`].
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(250);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(4);
-/// How often [`ApiClient::follow_release`] asks for the release's progress.
-const RELEASE_POLL: Duration = Duration::from_millis(250);
+/// The pause before [`ApiClient::follow_release`] opens a release's stream again.
+const RELEASE_REOPEN: Duration = Duration::from_millis(250);
 /// A server that accepts no connection within this time counts as unreachable (and a read is
 /// retried); without it, a dropped SYN would hang the CLI for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -323,29 +323,56 @@ impl ApiClient {
         self.read(Resource::Release { app, number }).await
     }
 
-    /// Polls release `number` of `app` until it is finished (serving, superseded or failed) and
-    /// returns it; `on_event` sees each of its progress events once, in order. Every poll
-    /// retries connection failures, so following outlives a control-plane restart shorter than
-    /// the retry budget. A failed release is returned, not an error: check its `state`.
+    /// Follows release `number` of `app` until it is finished (serving, superseded or failed)
+    /// and returns it; `on_event` sees each of its progress events once, in order. The server
+    /// pushes the release whenever it changes (`.../releases/{number}/watch`, server-sent
+    /// events). A stream that breaks or ends early (a control plane restarting, an error event)
+    /// is followed by one plain read of the release, whose answer says what went wrong, and then
+    /// opened again; both retry connection failures within the retry budget, so following
+    /// outlives a control-plane restart shorter than it. A failed release is returned, not an
+    /// error: check its `state`.
     pub async fn follow_release(
         &self,
         app: &str,
         number: u32,
         mut on_event: impl FnMut(&ReleaseEvent),
     ) -> anyhow::Result<ReleaseInfo> {
+        let url = self.team_url(&["apps", app, "releases", &number.to_string(), "watch"]);
         let mut seen = 0;
-        loop {
-            let text = self.fetch_json_within(Resource::Release { app, number }, self.retry_budget).await?;
-            let release: ReleaseInfo =
-                serde_json::from_str(&text).context("the server's answer is not what this client expects")?;
+        let mut progress = |release: &ReleaseInfo| {
             for event in release.events.iter().skip(seen) {
                 on_event(event);
             }
             seen = seen.max(release.events.len());
+        };
+        loop {
+            let response = self
+                .retrying(self.retry_budget, || {
+                    self.request(Method::GET, url.clone()).header(reqwest::header::ACCEPT, "text/event-stream").send()
+                })
+                .await
+                .with_context(|| format!("cannot reach Berth at {}", self.base))?;
+            let response = success_or_api_error(response).await?;
+            let mut events = std::pin::pin!(sse_events(response.bytes_stream().map_err(io::Error::other)));
+            while let Some(Ok((event, data))) = events.next().await {
+                if event != "release" {
+                    break;
+                }
+                let release: ReleaseInfo =
+                    serde_json::from_str(&data).context("the server's answer is not what this client expects")?;
+                progress(&release);
+                if release.state.is_finished() {
+                    return Ok(release);
+                }
+            }
+            let text = self.fetch_json_within(Resource::Release { app, number }, self.retry_budget).await?;
+            let release: ReleaseInfo =
+                serde_json::from_str(&text).context("the server's answer is not what this client expects")?;
+            progress(&release);
             if release.state.is_finished() {
                 return Ok(release);
             }
-            tokio::time::sleep(RELEASE_POLL).await;
+            tokio::time::sleep(RELEASE_REOPEN).await;
         }
     }
 
@@ -733,6 +760,49 @@ fn is_connection_failure(error: &reqwest::Error) -> bool {
     error.is_connect() || error.is_timeout() || error.is_request() || error.is_body()
 }
 
+/// The events of a server-sent event stream, as (event name, data) pairs: `event:` and `data:`
+/// lines up to a blank one (comments, such as keep-alives, skipped; several `data:` lines
+/// joined by newlines). An event longer than [`MAX_LINE_BYTES`] ends the stream with an error.
+fn sse_events<Chunks>(chunks: Chunks) -> impl Stream<Item = io::Result<(String, String)>>
+where
+    Chunks: Stream<Item = io::Result<Bytes>>,
+{
+    let lines = ndjson_lines(chunks, MAX_LINE_BYTES);
+    futures::stream::unfold(Box::pin(lines), |mut lines| async move {
+        let (mut event, mut data) = (String::from("message"), None::<String>);
+        loop {
+            let line = match lines.next().await? {
+                Ok(StreamLine::Text(line)) => line,
+                Ok(StreamLine::TooLong) => {
+                    return Some((Err(io::Error::other("an event of the stream is too long")), lines));
+                }
+                Err(error) => return Some((Err(error), lines)),
+            };
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                if let Some(data) = data.take() {
+                    return Some((Ok((std::mem::take(&mut event), data)), lines));
+                }
+                event = String::from("message");
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = value.to_string(),
+                "data" => match &mut data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                _ => {}
+            }
+        }
+    })
+}
+
 /// Splits a byte stream into lines of at most `max_line_bytes`, however its chunks fall; a last
 /// line without a newline still counts, and a longer line is skipped as [`StreamLine::TooLong`].
 fn ndjson_lines<Chunks>(chunks: Chunks, max_line_bytes: usize) -> impl Stream<Item = io::Result<StreamLine>>
@@ -789,6 +859,20 @@ mod tests {
     async fn the_splitter_yields_an_unterminated_last_line() {
         let lines = split(&["{\"a\":1}\n{\"b\"", ":2}\n{\"c\":3}"], 1024).await;
         assert_eq!(lines, [text("{\"a\":1}"), text("{\"b\":2}"), text("{\"c\":3}")]);
+    }
+
+    #[tokio::test]
+    async fn server_sent_events_are_read_however_their_chunks_fall() {
+        let chunks = [
+            ": keep-alive\n\nevent: rel",
+            "ease\ndata: {\"a\":1}\n\n",
+            "data: one\r\ndata:two\n\nevent: error\ndata: {}\n\n",
+        ];
+        let chunks = futures::stream::iter(chunks.iter().map(|chunk| Ok(Bytes::from_static(chunk.as_bytes()))));
+        let events: Vec<(String, String)> =
+            sse_events(chunks).map(|event| event.expect("an in-memory stream does not break")).collect().await;
+        let expected = [("release", "{\"a\":1}"), ("message", "one\ntwo"), ("error", "{}")];
+        assert_eq!(events, expected.map(|(event, data)| (event.to_string(), data.to_string())));
     }
 
     #[tokio::test]

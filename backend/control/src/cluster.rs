@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::builds::{Builds, BuildsConfig, ReleaseGate};
 use crate::certs::{Certs, CertsConfig};
+use crate::feed::Feed;
 use crate::links::{HostLinks, ObservedUnion};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::repos::Repos;
@@ -202,6 +203,9 @@ struct Inner {
     leading: watch::Sender<Option<Leading>>,
     /// The agents' reports as the leader last published them (read while following).
     observed: watch::Sender<ObservedUnion>,
+    /// Told whenever the reports `observed()` answers with may have changed.
+    reports_changed: watch::Sender<()>,
+    feed: Feed,
     /// Applies the published tables to the ingress while following, and drains what they remove.
     follower: Arc<Follower>,
     /// Held while the follower loop applies a table, and while this instance starts leading: the
@@ -233,6 +237,8 @@ impl Cluster {
                 start_duties,
                 leading: watch::channel(None).0,
                 observed: watch::channel(ObservedUnion::new()).0,
+                reports_changed: watch::channel(()).0,
+                feed: Feed::new(),
                 routing: tokio::sync::Mutex::new(()),
                 handed_over: Mutex::new(None),
                 stop: CancellationToken::new(),
@@ -243,7 +249,19 @@ impl Cluster {
         let stop = cluster.inner.stop.clone();
         cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().elect(term)));
         cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().report()));
-        cluster.inner.tasks.spawn(stop.run_until_cancelled_owned(cluster.clone().follow()));
+        cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().follow()));
+        cluster.inner.tasks.spawn(stop.clone().run_until_cancelled_owned(cluster.clone().tell_reports_changed()));
+        let feed = {
+            let (leading, reports) = (cluster.clone(), cluster.clone());
+            cluster.inner.feed.clone().run(
+                cluster.inner.store.clone(),
+                cluster.inner.config.poll,
+                cluster.inner.reports_changed.subscribe(),
+                move || reports.observed(),
+                move || leading.leader().is_some(),
+            )
+        };
+        cluster.inner.tasks.spawn(stop.run_until_cancelled_owned(feed));
         Ok(cluster)
     }
 
@@ -305,6 +323,37 @@ impl Cluster {
     /// The last `seconds` of an app's traffic through this instance's ingress.
     pub fn traffic(&self, app: &str, seconds: usize) -> Vec<berth_ingress::TrafficSecond> {
         self.inner.ingress.traffic(&self.app_host(app), seconds).unwrap_or_default()
+    }
+
+    /// What changed of what the API shows, for its live streams.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// Tells `reports_changed` whenever the reports [`Cluster::observed`] answers with change:
+    /// the leader's orchestrator's while this instance leads, the publication it follows
+    /// otherwise.
+    async fn tell_reports_changed(self) {
+        let mut leading = self.inner.leading.subscribe();
+        let mut following = self.inner.observed.subscribe();
+        loop {
+            let mut leader_reports = leading.borrow_and_update().as_ref().map(|l| l.duties.orchestrator.reports());
+            self.inner.reports_changed.send_replace(());
+            loop {
+                let leader_changed = async {
+                    match &mut leader_reports {
+                        Some(reports) => reports.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    changed = leading.changed() => if changed.is_err() { return } else { break },
+                    changed = following.changed() => if changed.is_err() { return },
+                    still = leader_changed => if !still { leader_reports = None },
+                }
+                self.inner.reports_changed.send_replace(());
+            }
+        }
     }
 
     /// The agents' latest reports: the leader's own, or as it last published them.

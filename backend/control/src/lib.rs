@@ -17,6 +17,7 @@
 pub mod builds;
 pub mod certs;
 pub mod cluster;
+pub mod feed;
 mod ignore;
 pub mod images;
 pub mod links;

@@ -247,6 +247,11 @@ impl Orchestrator {
         self.inner.links.observed().borrow().clone()
     }
 
+    /// The agents' reports, told as they change.
+    pub fn reports(&self) -> tokio::sync::watch::Receiver<ObservedUnion> {
+        self.inner.links.observed()
+    }
+
     /// Runs the app's unfinished releases (in order) in the background. A failure (the store
     /// unreachable, say) is retried with backoff until the work is done or the app is gone.
     pub fn enqueue(&self, app_id: i64) {

@@ -39,8 +39,9 @@ pub(crate) const TABLES: &[&str] = &[
 /// Tables the copy leaves alone: the leadership lease, the instances' reports, the work asked of
 /// the leader and its publications belong to the instances running on one database (a new
 /// database's migrations create the lease's row; its leader publishes afresh, and its first
-/// orchestration does every app's work).
-pub(crate) const NOT_COPIED: &[&str] = &["leader_lease", "instances", "pending_work", "published"];
+/// orchestration does every app's work). The change feed tells the instances on one database
+/// what changed in it; those on the new one start from its newest change.
+pub(crate) const NOT_COPIED: &[&str] = &["leader_lease", "instances", "pending_work", "published", "changes"];
 
 /// Rows copied per table, in copy order.
 #[derive(Debug, Default)]

@@ -86,6 +86,7 @@ macro_rules! check_fence {
 
 mod apps;
 mod builds;
+mod changes;
 mod cluster;
 mod copy;
 mod edge;
@@ -98,6 +99,7 @@ pub mod testing;
 
 pub use apps::{AppRow, ReleaseRow};
 pub use builds::{BuildInsert, BuildRow, NewBuild, WebhookRow};
+pub use changes::ChangeRow;
 pub use cluster::{InstanceInfo, InstanceRow, Publication, WorkItem, ingress_node_instance};
 pub use copy::CopyReport;
 pub use edge::{AcmeNameRow, AppEdge, CertificateRow, NewCertificate};

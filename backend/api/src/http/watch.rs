@@ -1,66 +1,151 @@
-//! Server-sent event streams that keep the dashboard live: the same reads as the REST API, pushed
-//! whenever their answer changes (checked twice a second), so a page never reloads to see state.
-//! Every poll goes through the service layer with the caller's principal, so a stream shows
-//! exactly what the corresponding GET would; and every stream ends when that principal's token
-//! no longer reaches what it shows (`Services::while_authorized`).
+//! Server-sent event streams that keep the dashboard live and the CLI following a release: the
+//! same answers as the REST API, pushed whenever they change. They are fed by the instance's
+//! change feed (`berth_control::feed`: writes of the store by any instance, new reports of the
+//! agents), never by polling: a stream reads again only when a change may concern it, at most
+//! once per [`MIN_GAP`], so an open page costs nothing while nothing it shows changes. The app
+//! list, an app's detail and its metrics are views shared by every stream that shows the same
+//! thing (`Services::watch_apps` and the like: one read per change however many pages are
+//! open); a release and the hosts are read per stream, with the caller's principal. Access is
+//! checked when a stream opens, as the corresponding GET checks it, and every stream ends when
+//! its principal's token no longer reaches what it shows (`Services::while_authorized`).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use berth_control::feed::{Changes, Subscription};
+use berth_wire::api::ReleaseInfo;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::{ApiResult, AppState};
-use crate::auth::Principal;
-use crate::services::{Scope, ServiceError};
+use crate::auth::{Action, Principal};
+use crate::services::{Scope, ServiceError, View};
 
-const POLL: Duration = Duration::from_millis(500);
-const METRICS_EVERY: Duration = Duration::from_secs(2);
+/// The least time between two reads of one stream.
+const MIN_GAP: Duration = crate::services::LIVE_MIN_GAP;
+/// Hosts show when each was last heard from, which moves with time alone.
+const HOSTS_EVERY: Duration = Duration::from_secs(5);
 
-/// Polls `read` every `every` and emits `event` with its JSON whenever it differs from the last
-/// one sent (the first answer always goes out). An error is sent once as an `error` event and ends
-/// the stream (the app was deleted, the caller lost access).
-fn changes<T, F, Fut>(
+/// When a stream of its own reads again.
+struct Trigger<T> {
+    /// Whether the changes may alter the answer.
+    relevant: fn(&Changes, i64) -> bool,
+    /// The id `relevant` is asked about (an app's).
+    of: i64,
+    /// Also this often, for what moves with time alone.
+    every: Option<Duration>,
+    /// Whether the stream ends after sending an answer (a finished release).
+    last: fn(&T) -> bool,
+}
+
+/// A stream of its own (not a shared view): emits `event` with `read`'s JSON at once, then again
+/// whenever the feed tells of a change the trigger finds relevant (at most once per
+/// [`MIN_GAP`]) and the answer differs from the last one sent. An error is sent once as an
+/// `error` event and ends the stream (the app was deleted, the caller lost access). `feed` must
+/// be subscribed before the first read, so no change in between is lost.
+fn live<T, F, Fut>(
     event: &'static str,
-    every: Duration,
-    only_changes: bool,
+    feed: Subscription,
+    trigger: Trigger<T>,
     read: F,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send
 where
-    T: Serialize,
+    T: Serialize + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, ServiceError>> + Send,
 {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (read, tick, None::<String>, false);
-    futures::stream::unfold(state, move |(mut read, mut tick, mut last, done)| async move {
-        if done {
+    struct State<T, F> {
+        read: F,
+        feed: Subscription,
+        trigger: Trigger<T>,
+        sent: Option<String>,
+        read_at: Option<tokio::time::Instant>,
+        done: bool,
+    }
+    let state = State { read, feed, trigger, sent: None, read_at: None, done: false };
+    futures::stream::unfold(state, move |mut state| async move {
+        if state.done {
             return None;
         }
         loop {
-            // The first tick is immediate.
-            tick.tick().await;
-            match read().await {
+            if let Some(at) = state.read_at {
+                // Wait for a change worth a read, or for the timer.
+                let every = state.trigger.every;
+                let timer = async {
+                    match every {
+                        Some(every) => tokio::time::sleep(every).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(timer);
+                loop {
+                    tokio::select! {
+                        changes = state.feed.next() => {
+                            let changes = changes?;
+                            if (state.trigger.relevant)(&changes, state.trigger.of) {
+                                break;
+                            }
+                        }
+                        () = &mut timer => break,
+                    }
+                }
+                tokio::time::sleep_until(at + MIN_GAP).await;
+                // What came meanwhile is covered by the read below.
+                state.feed.pending();
+            }
+            state.read_at = Some(tokio::time::Instant::now());
+            match (state.read)().await {
                 Ok(value) => {
                     let json = serde_json::to_string(&value).expect("BUG: API types always serialise");
-                    if only_changes && last.as_deref() == Some(json.as_str()) {
+                    if state.sent.as_deref() == Some(json.as_str()) {
                         continue;
                     }
                     let item = Event::default().event(event).data(json.as_str());
-                    last = Some(json);
-                    return Some((Ok(item), (read, tick, last, false)));
+                    state.done = (state.trigger.last)(&value);
+                    state.sent = Some(json);
+                    return Some((Ok(item), state));
                 }
                 Err(error) => {
                     let body = super::ApiError::from(error).body();
                     let item = Event::default().event("error").json_data(&body).expect("BUG: ErrorBody serialises");
-                    return Some((Ok(item), (read, tick, last, true)));
+                    state.done = true;
+                    return Some((Ok(item), state));
                 }
             }
+        }
+    })
+}
+
+/// Emits `event` with each new answer of a shared view (`Services::watch_apps` and the like),
+/// the first as soon as it is read. An error is sent once as an `error` event and ends the
+/// stream (the app was deleted, the store failed).
+fn shared(event: &'static str, view: watch::Receiver<View>) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    futures::stream::unfold((view, None::<Arc<str>>, false), move |(mut view, mut sent, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let shown = view.borrow_and_update().clone();
+            match shown {
+                Some(Ok(json)) if sent.as_ref() != Some(&json) => {
+                    let item = Event::default().event(event).data(&*json);
+                    sent = Some(json);
+                    return Some((Ok(item), (view, sent, false)));
+                }
+                Some(Err(error)) => {
+                    let body = super::ApiError::from(error.for_another()).body();
+                    let item = Event::default().event("error").json_data(&body).expect("BUG: ErrorBody serialises");
+                    return Some((Ok(item), (view, sent, true)));
+                }
+                _ => {}
+            }
+            view.changed().await.ok()?;
         }
     })
 }
@@ -72,58 +157,75 @@ where
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-/// `GET /api/v1/teams/{team}/watch/apps`: `apps` events with the team's app list.
+/// `GET /api/v1/teams/{team}/watch/apps`: `apps` events with the team's app list, read once per
+/// change for all of the team's open streams.
 pub(super) async fn apps(
     State(s): State<AppState>,
     p: Principal,
     Path(team): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    // Fail fast (404/403) instead of opening a stream that only says so.
-    s.services.list_apps(&p, &team).await?;
-    let scope = Scope::Team(team.clone());
-    let services = s.services.clone();
-    let changes = changes("apps", POLL, true, {
-        let p = p.clone();
-        move || {
-            let (s, p, team) = (s.clone(), p.clone(), team.clone());
-            async move { s.services.list_apps(&p, &team).await }
-        }
-    });
-    Ok(sse(services.while_authorized(&p, scope, changes)))
+    // Refused (404/403) before any stream opens.
+    let view = s.services.watch_apps(&p, &team)?;
+    Ok(sse(s.services.while_authorized(&p, Scope::Team(team), shared("apps", view))))
 }
 
 /// `GET /api/v1/teams/{team}/apps/{app}/watch`: `app` events with the app's detail (releases with
-/// their progress, replicas) and, every two seconds, `metrics` events with its traffic and
-/// container figures.
+/// their progress, replicas) as it changes and, every two seconds, `metrics` events with its
+/// traffic and container figures; both read once for all of the app's open streams.
 pub(super) async fn app(
     State(s): State<AppState>,
     p: Principal,
     Path((team, app)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    s.services.show_app(&p, &team, &app).await?;
-    let detail = {
-        let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
-        changes("app", POLL, true, move || {
-            let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
-            async move { s.services.show_app(&p, &team, &app).await }
-        })
+    let detail = shared("app", s.services.watch_app(&p, &team, &app).await?);
+    let metrics = shared("metrics", s.services.watch_metrics(&p, &team, &app).await?);
+    let both = futures::stream::select(detail.boxed(), metrics.boxed());
+    Ok(sse(s.services.while_authorized(&p, Scope::Team(team), both)))
+}
+
+/// `GET /api/v1/teams/{team}/apps/{app}/releases/{number}/watch`: `release` events with the
+/// release and its progress events as they change (what `berth deploy` follows); the stream ends
+/// after the release is finished (serving, superseded or failed).
+pub(super) async fn release(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((team, app, number)): Path<(String, String, u32)>,
+) -> ApiResult<impl IntoResponse> {
+    let feed = s.services.cluster().feed().subscribe();
+    let app_id = s.services.find_app(&p, &team, &app, Action::ViewApps).await?.id;
+    s.services.release(&p, &team, &app, number).await?;
+    let trigger = Trigger {
+        relevant: Changes::touches_app,
+        of: app_id,
+        every: None,
+        last: |release: &ReleaseInfo| release.state.is_finished(),
     };
     let (services, scope) = (s.services.clone(), Scope::Team(team.clone()));
-    let metrics = changes("metrics", METRICS_EVERY, false, {
+    let changes = live("release", feed, trigger, {
         let p = p.clone();
         move || {
             let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
-            async move { s.services.app_metrics(&p, &team, &app).await }
+            async move { s.services.release(&p, &team, &app, number).await }
         }
     });
-    Ok(sse(services.while_authorized(&p, scope, futures::stream::select(detail.boxed(), metrics.boxed()))))
+    Ok(sse(services.while_authorized(&p, scope, changes)))
 }
 
 /// `GET /api/v1/watch/hosts`: `hosts` events with every host, for instance admins.
 pub(super) async fn hosts(State(s): State<AppState>, p: Principal) -> ApiResult<impl IntoResponse> {
+    let feed = s.services.cluster().feed().subscribe();
     s.services.list_hosts(&p).await?;
     let services = s.services.clone();
-    let changes = changes("hosts", POLL, true, {
+    // Hosts list the replicas placed on them and their phases, and when each was last heard from.
+    let trigger = Trigger {
+        relevant: |changes: &Changes, _| {
+            changes.hosts || changes.missed || !changes.apps.is_empty() || changes.reports_status
+        },
+        of: 0,
+        every: Some(HOSTS_EVERY),
+        last: |_: &Vec<berth_wire::api::HostInfo>| false,
+    };
+    let changes = live("hosts", feed, trigger, {
         let p = p.clone();
         move || {
             let (s, p) = (s.clone(), p.clone());

@@ -21,9 +21,15 @@ use super::{Result, ServiceError, Services, invalid};
 use crate::auth::{Action, Principal};
 use crate::clock::now_ms;
 
+/// Whether `principal` sees releases of `team` with their environment's values blanked: below
+/// deployer (viewers, viewer tokens for CI), for the values hold database passwords and API keys.
+pub(super) fn env_hidden(principal: &Principal, team: &str) -> bool {
+    principal.require(team, Action::DeployApps).is_err()
+}
+
 impl Services {
     /// The app `name` of `team`, if the principal may do `action` there; deleting apps are gone.
-    pub(super) async fn find_app(
+    pub(crate) async fn find_app(
         &self,
         principal: &Principal,
         team: &str,
@@ -39,6 +45,12 @@ impl Services {
 
     pub async fn list_apps(&self, principal: &Principal, team: &str) -> Result<Vec<AppSummary>> {
         let team_id = principal.require(team, Action::ViewApps)?;
+        self.app_list(team_id).await
+    }
+
+    /// The team's apps, as every member who may see them sees them (nothing in a summary
+    /// depends on the caller's role). Callers check access first.
+    pub(super) async fn app_list(&self, team_id: i64) -> Result<Vec<AppSummary>> {
         // Three queries whatever the number of apps.
         let apps = self.store.apps_of_team(team_id).await?;
         let mut releases: HashMap<(i64, i64), ReleaseRow> = HashMap::new();
@@ -105,10 +117,16 @@ impl Services {
 
     pub async fn show_app(&self, principal: &Principal, team: &str, name: &str) -> Result<AppDetail> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        let summary = self.summary(&app).await?;
+        self.app_detail(&app, env_hidden(principal, team)).await
+    }
+
+    /// The app's detail, with its releases' environment values blanked when `env_hidden`.
+    /// Callers check access first.
+    pub(super) async fn app_detail(&self, app: &AppRow, env_hidden: bool) -> Result<AppDetail> {
+        let summary = self.summary(app).await?;
         let mut releases = Vec::new();
         for release in self.store.releases(app.id).await? {
-            releases.push(self.release_info(principal, team, &release).await?);
+            releases.push(self.release_info(env_hidden, &release).await?);
         }
         let observed = self.cluster.observed();
         let replicas = self
@@ -136,11 +154,9 @@ impl Services {
         Ok(AppDetail { summary, releases, replicas })
     }
 
-    /// A release as `principal` may see it: below deployer (viewers, viewer tokens for CI), the
-    /// environment's values are blanked, for they hold database passwords and API keys.
-    async fn release_info(&self, principal: &Principal, team: &str, release: &ReleaseRow) -> Result<ReleaseInfo> {
+    /// A release, its environment's values blanked when `env_hidden` (see [`env_hidden`]).
+    async fn release_info(&self, env_hidden: bool, release: &ReleaseRow) -> Result<ReleaseInfo> {
         let mut spec = release.spec();
-        let env_hidden = principal.require(team, Action::DeployApps).is_err();
         if env_hidden {
             spec.env.values_mut().for_each(String::clear);
         }
@@ -166,7 +182,7 @@ impl Services {
             .release(app.id, number as i64)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("release {number} of {name} not found")))?;
-        self.release_info(principal, team, &release).await
+        self.release_info(env_hidden(principal, team), &release).await
     }
 
     async fn create_app_inner(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {
@@ -391,6 +407,11 @@ impl Services {
     /// The app's traffic over the last minute and its containers' current CPU and memory.
     pub async fn app_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<AppMetrics> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        self.metrics_of(&app).await
+    }
+
+    /// The app's metrics, the same for everyone who may see them. Callers check access first.
+    pub(super) async fn metrics_of(&self, app: &AppRow) -> Result<AppMetrics> {
         let observed = self.cluster.observed();
         let mut metrics = AppMetrics { at: now_ms(), ..AppMetrics::default() };
         for replica in self.store.replicas_of_app(app.id).await? {

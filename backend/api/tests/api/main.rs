@@ -6,4 +6,5 @@ mod identity;
 mod oidc;
 mod quotas;
 mod secrets;
+mod streams;
 mod support;

@@ -1,0 +1,48 @@
+//! The change feed's rows (`changes`): appended by the database's triggers in every transaction
+//! that writes an app, a release, a release event, a replica placement or a host (see
+//! `migrations/*/0013_changes.sql`), read by every instance after the last id it saw.
+
+use sqlx::FromRow;
+
+use crate::{Result, Store};
+
+/// One write of something a live page shows.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ChangeRow {
+    pub id: i64,
+    /// `app` (the app, a release of it, an event of one, a replica) or `host`.
+    pub kind: String,
+    /// The app's team; none for a host, or for a row of an app deleted in the same transaction.
+    pub team_id: Option<i64>,
+    pub app_id: Option<i64>,
+}
+
+impl Store {
+    /// Up to `limit` changes with an id above `after`, oldest first.
+    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<ChangeRow>> {
+        with_pool!(self, |pool| {
+            sqlx::query_as("SELECT id, kind, team_id, app_id FROM changes WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })
+    }
+
+    /// The id of the newest change (0: none), where a reader that wants only what comes next
+    /// starts.
+    pub async fn last_change(&self) -> Result<i64> {
+        let last: Option<i64> =
+            with_pool!(self, |pool| sqlx::query_scalar("SELECT MAX(id) FROM changes").fetch_one(pool).await?);
+        Ok(last.unwrap_or(0))
+    }
+
+    /// Deletes the changes older than `before` (milliseconds since the epoch); returns how many.
+    pub async fn forget_changes(&self, before: i64) -> Result<u64> {
+        write_tx!(self, |tx| {
+            let deleted = sqlx::query("DELETE FROM changes WHERE at < $1").bind(before).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(deleted.rows_affected())
+        })
+    }
+}
