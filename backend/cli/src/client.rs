@@ -46,7 +46,8 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// First pause before retrying a read; the pauses then double, up to [`RETRY_MAX_DELAY`].
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(250);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(4);
-/// The pause before [`ApiClient::follow_release`] opens a release's stream again.
+/// The pause before [`ApiClient::follow_release`] opens a release's stream again (or, polling a
+/// server without release streams, reads the release again).
 const RELEASE_REOPEN: Duration = Duration::from_millis(250);
 /// A server that accepts no connection within this time counts as unreachable (and a read is
 /// retried); without it, a dropped SYN would hang the CLI for minutes.
@@ -326,9 +327,9 @@ impl ApiClient {
     /// Follows release `number` of `app` until it is finished (serving, superseded or failed)
     /// and returns it; `on_event` sees each of its progress events once, in order. The server
     /// pushes the release whenever it changes (`.../releases/{number}/watch`, server-sent
-    /// events). A stream that breaks or ends early (a control plane restarting, an error event)
-    /// is followed by one plain read of the release, whose answer says what went wrong, and then
-    /// opened again; both retry connection failures within the retry budget, so following
+    /// events; a server without them is polled). A stream that breaks or ends early (a control
+    /// plane restarting, an error event) is followed by one plain read of the release, whose
+    /// answer says what went wrong, and then opened again; both retry connection failures within the retry budget, so following
     /// outlives a control-plane restart shorter than it. A failed release is returned, not an
     /// error: check its `state`.
     pub async fn follow_release(
@@ -345,25 +346,38 @@ impl ApiClient {
             }
             seen = seen.max(release.events.len());
         };
+        // A server from before release streams answers 404: it is polled instead.
+        let mut streams = true;
         loop {
-            let response = self
-                .retrying(self.retry_budget, || {
-                    self.request(Method::GET, url.clone()).header(reqwest::header::ACCEPT, "text/event-stream").send()
-                })
-                .await
-                .with_context(|| format!("cannot reach Berth at {}", self.base))?;
-            let response = success_or_api_error(response).await?;
-            let mut events = std::pin::pin!(sse_events(response.bytes_stream().map_err(io::Error::other)));
-            while let Some(Ok((event, data))) = events.next().await {
-                if event != "release" {
-                    break;
+            let response = match streams {
+                true => self
+                    .retrying(self.retry_budget, || {
+                        let request = self.request(Method::GET, url.clone());
+                        request.header(reqwest::header::ACCEPT, "text/event-stream").send()
+                    })
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("cannot reach Berth at {}", self.base))?,
+                false => None,
+            };
+            match response {
+                Some(response) if response.status() == StatusCode::NOT_FOUND => streams = false,
+                Some(response) => {
+                    let response = success_or_api_error(response).await?;
+                    let mut events = std::pin::pin!(sse_events(response.bytes_stream().map_err(io::Error::other)));
+                    while let Some(Ok((event, data))) = events.next().await {
+                        if event != "release" {
+                            break;
+                        }
+                        let release: ReleaseInfo = serde_json::from_str(&data)
+                            .context("the server's answer is not what this client expects")?;
+                        progress(&release);
+                        if release.state.is_finished() {
+                            return Ok(release);
+                        }
+                    }
                 }
-                let release: ReleaseInfo =
-                    serde_json::from_str(&data).context("the server's answer is not what this client expects")?;
-                progress(&release);
-                if release.state.is_finished() {
-                    return Ok(release);
-                }
+                None => {}
             }
             let text = self.fetch_json_within(Resource::Release { app, number }, self.retry_budget).await?;
             let release: ReleaseInfo =

@@ -95,7 +95,7 @@ fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     unix_ms(SystemTime::now())
 }
 

@@ -27,7 +27,8 @@ const BACKLOG: usize = 256;
 const ROWS_PER_READ: i64 = 1000;
 /// How long an id missing below ones already read is waited for (see [`Cursor`]).
 const GAP_WAIT: Duration = Duration::from_secs(10);
-/// How long change rows are kept, and how often the leader deletes older ones.
+/// How long change rows are kept (on the database's clock; the newest is always kept, where a
+/// new reader starts), and how often the leader deletes older ones.
 const KEEP: Duration = Duration::from_secs(3600);
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -210,8 +211,7 @@ impl Feed {
             }
             if leading() && forgot_at.elapsed() >= FORGET_EVERY {
                 forgot_at = Instant::now();
-                let before = crate::certs::now_ms() - KEEP.as_millis() as i64;
-                if let Err(error) = store.forget_changes(before).await {
+                if let Err(error) = store.forget_changes(KEEP).await {
                     tracing::warn!(error = %error, "deleting old changes failed");
                 }
             }
@@ -219,21 +219,30 @@ impl Feed {
     }
 
     /// Reads the rows after the cursor (starting after the newest at the first read) and sends
-    /// what they say.
+    /// what they say: the rows above the floor, page after page (each after the last id of the
+    /// one before), then, when the cursor gave up ids, that changes may have been missed.
     async fn read(&self, store: &Store, cursor: &mut Option<Cursor>) -> anyhow::Result<()> {
         let cursor = match cursor {
             Some(cursor) => cursor,
             None => cursor.insert(Cursor::after(store.last_change().await?)),
         };
+        let mut after = cursor.floor;
+        let mut rows = Vec::new();
         loop {
-            let rows = store.changes_after(cursor.floor, ROWS_PER_READ).await?;
-            let full = rows.len() as i64 == ROWS_PER_READ;
-            let fresh = cursor.take(rows, Instant::now());
-            self.send(Changes::of_rows(&fresh));
+            let page = store.changes_after(after, ROWS_PER_READ).await?;
+            let full = page.len() as i64 == ROWS_PER_READ;
+            after = page.last().map_or(after, |row| row.id);
+            rows.extend(page);
             if !full {
-                return Ok(());
+                break;
             }
         }
+        let taken = cursor.take(rows, Instant::now());
+        self.send(Changes::of_rows(&taken.fresh));
+        if taken.gave_up {
+            self.send(Changes::missed());
+        }
+        Ok(())
     }
 }
 
@@ -241,42 +250,64 @@ impl Feed {
 /// PostgreSQL takes an identity value when a transaction inserts, not when it commits, so a
 /// reader may see id 8 while 7 is still uncommitted (or rolled back, never to appear): an id
 /// missing below one already read is waited for, read again each time from the floor, for
-/// [`GAP_WAIT`]; then given up. (Write transactions take turns under one lock today, so only
-/// rolled-back ids are ever missing; the cursor does not rely on it.)
+/// [`GAP_WAIT`]; then given up, and the streams told they may have missed something. More than
+/// [`MAX_GAPS`] missing ids at once (rows deleted while this reader could not read) are given
+/// up at once. (Write transactions take turns under one lock today, so only rolled-back ids
+/// are ever missing; the cursor does not rely on it.)
 struct Cursor {
     floor: i64,
     seen: BTreeSet<i64>,
     gaps: BTreeMap<i64, Instant>,
 }
 
+/// What [`Cursor::take`] found.
+struct Taken {
+    /// The rows not delivered before.
+    fresh: Vec<ChangeRow>,
+    /// Whether ids were given up: rows with them, if any ever comes, will not be delivered.
+    gave_up: bool,
+}
+
+/// The most missing ids a cursor waits for.
+const MAX_GAPS: i64 = 10_000;
+
 impl Cursor {
     fn after(id: i64) -> Cursor {
         Cursor { floor: id, seen: BTreeSet::new(), gaps: BTreeMap::new() }
     }
 
-    /// The rows not delivered before, and moves the floor up past every id delivered or given up.
-    fn take(&mut self, rows: Vec<ChangeRow>, now: Instant) -> Vec<ChangeRow> {
+    /// Takes `rows` (ids above the floor, in any order, possibly read before) and moves the
+    /// floor up past every id delivered or given up.
+    fn take(&mut self, rows: Vec<ChangeRow>, now: Instant) -> Taken {
         let fresh: Vec<ChangeRow> = rows.into_iter().filter(|r| r.id > self.floor && self.seen.insert(r.id)).collect();
+        let mut gave_up = false;
         if let Some(&highest) = self.seen.last() {
-            for id in self.floor + 1..highest {
-                if !self.seen.contains(&id) {
-                    self.gaps.entry(id).or_insert(now);
+            let missing = highest - self.floor - self.seen.len() as i64;
+            if missing > MAX_GAPS {
+                // Far too many to wait for: give them all up.
+                (self.floor, gave_up) = (highest, true);
+                self.seen.clear();
+                self.gaps.clear();
+            } else {
+                for id in self.floor + 1..highest {
+                    if !self.seen.contains(&id) {
+                        self.gaps.entry(id).or_insert(now);
+                    }
                 }
             }
         }
         loop {
             let next = self.floor + 1;
-            if self.seen.remove(&next) {
-                self.gaps.remove(&next);
-                self.floor = next;
-            } else if self.gaps.get(&next).is_some_and(|since| now.duration_since(*since) >= GAP_WAIT) {
-                self.gaps.remove(&next);
-                self.floor = next;
-            } else {
+            let delivered = self.seen.remove(&next);
+            let waited_out = self.gaps.get(&next).is_some_and(|since| now.duration_since(*since) >= GAP_WAIT);
+            if !delivered && !waited_out {
                 break;
             }
+            gave_up |= !delivered;
+            self.gaps.remove(&next);
+            self.floor = next;
         }
-        fresh
+        Taken { fresh, gave_up }
     }
 }
 
@@ -290,22 +321,24 @@ mod tests {
         ChangeRow { id, kind: "app".into(), team_id: Some(1), app_id: Some(id) }
     }
 
-    fn ids(rows: &[ChangeRow]) -> Vec<i64> {
-        rows.iter().map(|r| r.id).collect()
+    fn ids(taken: &Taken) -> Vec<i64> {
+        taken.fresh.iter().map(|r| r.id).collect()
     }
 
     #[test]
     fn the_cursor_delivers_each_row_once_and_waits_for_a_missing_id_before_moving_past_it() {
         let start = Instant::now();
         let mut cursor = Cursor::after(5);
-        assert_eq!(ids(&cursor.take(vec![row(6), row(7)], start)), [6, 7]);
+        let taken = cursor.take(vec![row(6), row(7)], start);
+        assert_eq!((ids(&taken), taken.gave_up), (vec![6, 7], false));
         assert_eq!(cursor.floor, 7);
         // 9 is read while 8 is not visible yet: 9 goes out, the floor stays below 8.
         assert_eq!(ids(&cursor.take(vec![row(9)], start)), [9]);
         assert_eq!(cursor.floor, 7);
         // Read again from the floor: 9 is not delivered twice; 8, committed late, is.
         assert_eq!(ids(&cursor.take(vec![row(9)], start + Duration::from_secs(1))), Vec::<i64>::new());
-        assert_eq!(ids(&cursor.take(vec![row(8), row(9), row(10)], start + Duration::from_secs(2))), [8, 10]);
+        let taken = cursor.take(vec![row(8), row(9), row(10)], start + Duration::from_secs(2));
+        assert_eq!((ids(&taken), taken.gave_up), (vec![8, 10], false));
         assert_eq!(cursor.floor, 10);
         assert!(cursor.seen.is_empty() && cursor.gaps.is_empty());
     }
@@ -318,9 +351,23 @@ mod tests {
         assert_eq!(cursor.floor, 0);
         assert_eq!(ids(&cursor.take(vec![row(2), row(3)], start + GAP_WAIT / 2)), Vec::<i64>::new());
         assert_eq!(cursor.floor, 0);
-        // A rolled-back transaction's id: given up after the wait, and the floor passes it.
-        assert_eq!(ids(&cursor.take(vec![row(2), row(3), row(4)], start + GAP_WAIT)), [4]);
+        // A rolled-back transaction's id: given up after the wait (and said), the floor passes it.
+        let taken = cursor.take(vec![row(2), row(3), row(4)], start + GAP_WAIT);
+        assert_eq!((ids(&taken), taken.gave_up), (vec![4], true));
         assert_eq!(cursor.floor, 4);
+        assert!(cursor.seen.is_empty() && cursor.gaps.is_empty());
+        assert!(!cursor.take(vec![row(5)], start + GAP_WAIT).gave_up, "nothing more given up");
+    }
+
+    #[test]
+    fn the_cursor_does_not_wait_for_more_ids_than_it_can_hold() {
+        // Rows deleted while this reader could not read: the next one read is far above the floor.
+        let start = Instant::now();
+        let mut cursor = Cursor::after(10);
+        let far = 10 + MAX_GAPS + 2;
+        let taken = cursor.take(vec![row(far), row(far + 1)], start);
+        assert_eq!((ids(&taken), taken.gave_up), (vec![far, far + 1], true));
+        assert_eq!(cursor.floor, far + 1);
         assert!(cursor.seen.is_empty() && cursor.gaps.is_empty());
     }
 

@@ -30,17 +30,32 @@ impl Store {
     }
 
     /// The id of the newest change (0: none), where a reader that wants only what comes next
-    /// starts.
+    /// starts. [`Store::forget_changes`] always keeps the newest, so this is the newest ever
+    /// written, not 0 after a quiet hour (ids are never reused).
     pub async fn last_change(&self) -> Result<i64> {
         let last: Option<i64> =
             with_pool!(self, |pool| sqlx::query_scalar("SELECT MAX(id) FROM changes").fetch_one(pool).await?);
         Ok(last.unwrap_or(0))
     }
 
-    /// Deletes the changes older than `before` (milliseconds since the epoch); returns how many.
-    pub async fn forget_changes(&self, before: i64) -> Result<u64> {
+    /// Deletes the changes older than `keep` on the database's clock, except the newest; returns
+    /// how many.
+    pub async fn forget_changes(&self, keep: std::time::Duration) -> Result<u64> {
+        let keep = keep.as_millis() as i64;
         write_tx!(self, |tx| {
-            let deleted = sqlx::query("DELETE FROM changes WHERE at < $1").bind(before).execute(&mut *tx).await?;
+            let sql = match self.pool {
+                crate::Pool::Sqlite(_) => concat!(
+                    "DELETE FROM changes WHERE at < ",
+                    sqlite_now!(),
+                    " - $1 AND id < (SELECT MAX(id) FROM changes)"
+                ),
+                crate::Pool::Postgres(_) => concat!(
+                    "DELETE FROM changes WHERE at < ",
+                    postgres_now!(),
+                    " - $1 AND id < (SELECT MAX(id) FROM changes)"
+                ),
+            };
+            let deleted = sqlx::query(sql).bind(keep).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(deleted.rows_affected())
         })

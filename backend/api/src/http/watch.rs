@@ -31,6 +31,8 @@ use crate::services::{Scope, ServiceError, View};
 const MIN_GAP: Duration = crate::services::LIVE_MIN_GAP;
 /// Hosts show when each was last heard from, which moves with time alone.
 const HOSTS_EVERY: Duration = Duration::from_secs(5);
+/// A release's stream reads it this often too, whatever the feed says.
+const RELEASE_EVERY: Duration = Duration::from_secs(10);
 
 /// When a stream of its own reads again.
 struct Trigger<T> {
@@ -194,10 +196,11 @@ pub(super) async fn release(
     let feed = s.services.cluster().feed().subscribe();
     let app_id = s.services.find_app(&p, &team, &app, Action::ViewApps).await?.id;
     s.services.release(&p, &team, &app, number).await?;
+    // Also every 10 s: a follower of a release must not wait forever on a change it missed.
     let trigger = Trigger {
         relevant: Changes::touches_app,
         of: app_id,
-        every: None,
+        every: Some(RELEASE_EVERY),
         last: |release: &ReleaseInfo| release.state.is_finished(),
     };
     let (services, scope) = (s.services.clone(), Scope::Team(team.clone()));

@@ -34,9 +34,24 @@ enum Key {
     Apps { team: i64 },
     /// An app's detail (`GET .../apps/{app}`), as members who see the environment's values see
     /// it, or as those who do not.
-    App { app: i64, env_hidden: bool },
+    App { app: Incarnation, env_hidden: bool },
     /// An app's metrics (`GET .../apps/{app}/metrics`).
-    Metrics { app: i64 },
+    Metrics { app: Incarnation },
+}
+
+/// One app, not merely one id: an id may be taken again by a later app (of any team, on
+/// SQLite), which a view opened for the earlier one must never show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Incarnation {
+    id: i64,
+    team: i64,
+    created_at: i64,
+}
+
+impl Incarnation {
+    fn of(app: &berth_store::AppRow) -> Incarnation {
+        Incarnation { id: app.id, team: app.team_id, created_at: app.created_at }
+    }
 }
 
 /// The views open now.
@@ -57,13 +72,13 @@ impl Services {
     /// Refused as `GET .../apps/{app}` is.
     pub async fn watch_app(&self, principal: &Principal, team: &str, name: &str) -> Result<watch::Receiver<View>> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        Ok(self.view(Key::App { app: app.id, env_hidden: env_hidden(principal, team) }))
+        Ok(self.view(Key::App { app: Incarnation::of(&app), env_hidden: env_hidden(principal, team) }))
     }
 
     /// The app's metrics, sampled every two seconds for as long as the receiver lives.
     pub async fn watch_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<watch::Receiver<View>> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        Ok(self.view(Key::Metrics { app: app.id }))
+        Ok(self.view(Key::Metrics { app: Incarnation::of(&app) }))
     }
 
     fn view(&self, key: Key) -> watch::Receiver<View> {
@@ -104,7 +119,7 @@ impl Services {
                         changes = feed.next() => match changes {
                             Some(changes) if key.touched_by(&changes, &replicas) => break,
                             Some(_) => {}
-                            // The feed stopped (the instance is stopping): read no more.
+                            // The feed is gone with its cluster: nothing will change any more.
                             None => return,
                         },
                         () = &mut timer => break,
@@ -120,16 +135,18 @@ impl Services {
                 Arc::from(json)
             });
             let answer = answer.map_err(Arc::new);
-            let failed = answer.is_err();
+            if answer.is_err() {
+                // Gone from the open views before its streams hear of the error, so a stream
+                // opened from now on starts a new view rather than inherit the error.
+                self.views.open.lock().expect("BUG: views poisoned").remove(&key);
+                view.send_replace(Some(answer));
+                return;
+            }
             view.send_if_modified(|shown| {
                 let same = matches!((&*shown, &answer), (Some(Ok(old)), Ok(new)) if old == new);
                 *shown = Some(answer);
                 !same
             });
-            if failed {
-                self.views.open.lock().expect("BUG: views poisoned").remove(&key);
-                return;
-            }
         }
     }
 
@@ -146,10 +163,10 @@ impl Services {
         }
     }
 
-    /// The app by id, unless it is gone or going.
-    async fn live_app(&self, app: i64) -> Result<berth_store::AppRow> {
-        match self.store.app_by_id(app).await? {
-            Some(row) if !row.deleting => Ok(row),
+    /// The app, unless it is gone or going.
+    async fn live_app(&self, app: Incarnation) -> Result<berth_store::AppRow> {
+        match self.store.app_by_id(app.id).await? {
+            Some(row) if !row.deleting && Incarnation::of(&row) == app => Ok(row),
             _ => Err(ServiceError::NotFound("the app was deleted".into())),
         }
     }
@@ -172,7 +189,7 @@ impl Key {
         match *self {
             // A replica's readiness counts in the list; its usage samples do not.
             Key::Apps { team } => changes.touches_team(team) || changes.reports_status,
-            Key::App { app, .. } => changes.touches_app(app) || replicas.iter().any(|r| changes.reports.contains(r)),
+            Key::App { app, .. } => changes.touches_app(app.id) || replicas.iter().any(|r| changes.reports.contains(r)),
             Key::Metrics { .. } => false,
         }
     }

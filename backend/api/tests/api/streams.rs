@@ -21,9 +21,13 @@ struct Events {
 
 impl Events {
     async fn open(i: &Instance, uri: &str) -> Events {
+        Events::open_as(i, uri, &i.admin).await
+    }
+
+    async fn open_as(i: &Instance, uri: &str, token: &str) -> Events {
         let request = Request::builder()
             .uri(uri)
-            .header("authorization", format!("Bearer {}", i.admin))
+            .header("authorization", format!("Bearer {token}"))
             .header("accept", "text/event-stream")
             .body(Body::empty())
             .unwrap();
@@ -83,4 +87,38 @@ async fn writes_reach_the_open_streams_through_the_store_and_a_release_stream_en
         .body(Body::empty())
         .unwrap();
     assert_eq!(i.router.clone().oneshot(request).await.unwrap().status(), 404);
+}
+
+/// An app's page is one view shared by its open streams, per environment visibility: a viewer
+/// watching alongside a deployer never receives the environment's values.
+#[tokio::test]
+async fn a_viewer_and_an_owner_watching_one_app_see_it_as_each_may() {
+    let i = instance("feed-env").await;
+    let viewer = i.join("main", "viewer@example.com", "viewer").await;
+    let team = i.store.team_id("main").await.unwrap().expect("team main");
+    let spec = json!({ "image": "web:1", "port": 8080, "replicas": 1, "env": { "DB_PASSWORD": "hunter2" } });
+    i.store.create_app(team, "shop", &serde_json::from_value(spec).unwrap()).await.unwrap();
+    let mut owner = Events::open(&i, "/api/v1/teams/main/apps/shop/watch").await;
+    let mut seen = Events::open_as(&i, "/api/v1/teams/main/apps/shop/watch", &viewer).await;
+    // Each stream's first `app` event (a `metrics` event may come first).
+    async fn detail(events: &mut Events) -> Value {
+        loop {
+            match events.next().await.expect("the stream is open") {
+                (event, value) if event == "app" => return value,
+                _ => {}
+            }
+        }
+    }
+    let (as_owner, as_viewer) = (detail(&mut owner).await, detail(&mut seen).await);
+    assert_eq!(as_owner["releases"][0]["spec"]["env"]["DB_PASSWORD"], "hunter2", "{as_owner}");
+    assert_eq!(as_viewer["releases"][0]["spec"]["env"]["DB_PASSWORD"], "", "{as_viewer}");
+    assert_eq!(as_viewer["releases"][0]["env_hidden"], true, "{as_viewer}");
+
+    // A change reaches both, each as before.
+    let app = i.store.app(team, "shop").await.unwrap().expect("the app");
+    let row = i.store.release(app.id, 1).await.unwrap().expect("release 1");
+    i.store.add_release_event(row.id, "placing", "one more event").await.unwrap();
+    let (as_owner, as_viewer) = (detail(&mut owner).await, detail(&mut seen).await);
+    assert_eq!(as_owner["releases"][0]["spec"]["env"]["DB_PASSWORD"], "hunter2", "{as_owner}");
+    assert_eq!(as_viewer["releases"][0]["spec"]["env"]["DB_PASSWORD"], "", "{as_viewer}");
 }
