@@ -4,7 +4,8 @@
 //! `dashboard`, the dashboard's sizes and timings; with `ingress`, the ingress against nginx and
 //! HAProxy over HTTP/1.1, HTTPS, new handshakes and h2 (`ingress.rs`); with `failover`, two
 //! instances on PostgreSQL and the leader killed ten times (`failover.rs`); with `watchers`, the
-//! control plane's CPU with 1 000 apps and 50 open dashboard pages (`watchers.rs`). Prints figures;
+//! control plane's CPU with 1 000 apps and 50 open dashboard pages (`watchers.rs`); with `api`,
+//! the API and the dashboard on SQLite against PostgreSQL (`api.rs`). Prints figures;
 //! asserts nothing.
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ const HOST: &str = "bench.localhost";
 const RELEASES: usize = 20;
 const CLIENTS: usize = 8;
 
+mod api;
 mod failover;
 mod ingress;
 mod watchers;
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Some("ingress") => runtime.block_on(ingress::run()),
         Some("failover") => runtime.block_on(failover::run()),
         Some("watchers") => runtime.block_on(watchers::run()),
+        Some("api") => runtime.block_on(api::run()),
         _ => runtime.block_on(run()),
     }
 }

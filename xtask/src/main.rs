@@ -2,7 +2,7 @@
 //!
 //! - `test`: formatting, lint and unused-dependency checks, then every test (the end-to-end ones
 //!   need Docker).
-//! - `bench [dashboard|ingress|failover|watchers]`: builds the release server (and dashboard), then runs the
+//! - `bench [dashboard|ingress|failover|watchers|api]`: builds the release server (and dashboard), then runs the
 //!   benchmark in `tests/bench` (not a test: it prints figures, it asserts nothing).
 //! - `dashboard [--release]`: the dashboard's wasm and JS, next to the `berth` binary (`site/pkg`).
 //! - `run`: the dashboard and `berth server`, release builds (the README's run command).
@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
              bench ingress  the ingress against nginx and HAProxy: HTTP/1.1, HTTPS, handshakes, h2\n  \
              bench failover  two servers on PostgreSQL, the leader killed 10 times: takeover times\n  \
              bench watchers  CPU of the control plane with 1 000 apps and 50 open dashboard pages\n  \
+             bench api  the API and the dashboard on SQLite against PostgreSQL\n  \
              dashboard  the dashboard's wasm [--release]\n  run        berth server with its dashboard\n  \
              dist       static binary in dist/"
         ),
@@ -47,8 +48,8 @@ fn workspace_root() -> PathBuf {
 
 /// The release server (and with `dashboard`, its wasm), then the benchmark binary against it.
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
-    if !matches!(which, None | Some("dashboard" | "ingress" | "failover" | "watchers")) {
-        bail!("usage: cargo xtask bench [dashboard|ingress|failover|watchers]");
+    if !matches!(which, None | Some("dashboard" | "ingress" | "failover" | "watchers" | "api")) {
+        bail!("usage: cargo xtask bench [dashboard|ingress|failover|watchers|api]");
     }
     cargo(&["build", "--release", "-p", "berth", "--bin", "berth"])?;
     if which == Some("dashboard") {

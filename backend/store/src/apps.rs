@@ -372,6 +372,28 @@ impl Store {
         })
     }
 
+    /// The events of every release of the app, by release id, each release's in order: one
+    /// query, however many releases the app has.
+    pub async fn release_events_of_app(
+        &self,
+        app_id: i64,
+    ) -> Result<std::collections::HashMap<i64, Vec<ReleaseEvent>>> {
+        with_pool!(self, |pool| {
+            let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+                "SELECT e.release_id, e.at, e.phase, e.message FROM release_events e \
+                 JOIN releases r ON r.id = e.release_id WHERE r.app_id = $1 ORDER BY e.id",
+            )
+            .bind(app_id)
+            .fetch_all(pool)
+            .await?;
+            let mut events: std::collections::HashMap<i64, Vec<ReleaseEvent>> = Default::default();
+            for (release, at, phase, message) in rows {
+                events.entry(release).or_default().push(ReleaseEvent { at, phase, message });
+            }
+            Ok(events)
+        })
+    }
+
     pub async fn release_events(&self, release_id: i64) -> Result<Vec<ReleaseEvent>> {
         with_pool!(self, |pool| {
             let rows: Vec<(i64, String, String)> =

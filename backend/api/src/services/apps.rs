@@ -27,6 +27,28 @@ pub(super) fn env_hidden(principal: &Principal, team: &str) -> bool {
     principal.require(team, Action::DeployApps).is_err()
 }
 
+/// A release with its `events`, its environment's values blanked when `env_hidden` (see
+/// [`env_hidden`]).
+fn release_info(env_hidden: bool, release: &ReleaseRow, events: Vec<berth_wire::api::ReleaseEvent>) -> ReleaseInfo {
+    let mut spec = release.spec();
+    if env_hidden {
+        spec.env.values_mut().for_each(String::clear);
+    }
+    // Secrets are write-only for everyone: the name says the variable is set.
+    spec.secrets.values_mut().for_each(String::clear);
+    ReleaseInfo {
+        number: release.number as u32,
+        spec,
+        env_hidden,
+        state: release.state(),
+        message: release.message.clone(),
+        rollback_of: release.rollback_of.map(|n| n as u32),
+        created_at: release.created_at,
+        finished_at: release.finished_at,
+        events,
+    }
+}
+
 impl Services {
     /// The app `name` of `team`, if the principal may do `action` there; deleting apps are gone.
     pub(crate) async fn find_app(
@@ -124,10 +146,18 @@ impl Services {
     /// Callers check access first.
     pub(super) async fn app_detail(&self, app: &AppRow, env_hidden: bool) -> Result<AppDetail> {
         let summary = self.summary(app).await?;
-        let mut releases = Vec::new();
-        for release in self.store.releases(app.id).await? {
-            releases.push(self.release_info(env_hidden, &release).await?);
-        }
+        // The events of all its releases in one query: an app's history grows with every deploy.
+        let mut events = self.store.release_events_of_app(app.id).await?;
+        let releases = self
+            .store
+            .releases(app.id)
+            .await?
+            .iter()
+            .map(|release| {
+                let events = events.remove(&release.id).unwrap_or_default();
+                release_info(env_hidden, release, events)
+            })
+            .collect();
         let observed = self.cluster.observed();
         let replicas = self
             .store
@@ -154,27 +184,6 @@ impl Services {
         Ok(AppDetail { summary, releases, replicas })
     }
 
-    /// A release, its environment's values blanked when `env_hidden` (see [`env_hidden`]).
-    async fn release_info(&self, env_hidden: bool, release: &ReleaseRow) -> Result<ReleaseInfo> {
-        let mut spec = release.spec();
-        if env_hidden {
-            spec.env.values_mut().for_each(String::clear);
-        }
-        // Secrets are write-only for everyone: the name says the variable is set.
-        spec.secrets.values_mut().for_each(String::clear);
-        Ok(ReleaseInfo {
-            number: release.number as u32,
-            spec,
-            env_hidden,
-            state: release.state(),
-            message: release.message.clone(),
-            rollback_of: release.rollback_of.map(|n| n as u32),
-            created_at: release.created_at,
-            finished_at: release.finished_at,
-            events: self.store.release_events(release.id).await?,
-        })
-    }
-
     pub async fn release(&self, principal: &Principal, team: &str, name: &str, number: u32) -> Result<ReleaseInfo> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
         let release = self
@@ -182,7 +191,8 @@ impl Services {
             .release(app.id, number as i64)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("release {number} of {name} not found")))?;
-        self.release_info(env_hidden(principal, team), &release).await
+        let events = self.store.release_events(release.id).await?;
+        Ok(release_info(env_hidden(principal, team), &release, events))
     }
 
     async fn create_app_inner(&self, principal: &Principal, team: &str, input: CreateApp) -> Result<ReleaseAccepted> {

@@ -12,6 +12,11 @@ use berth_wire::api::ReleaseState;
 use super::Orchestrator;
 use super::desired::new_replica_id;
 
+/// How long an instance, and an ingress node, may be silent and still count as serving (at
+/// least the heartbeat timeout): see `Orchestrator::wait_for_ingresses`.
+const INSTANCE_SILENCE: Duration = Duration::from_secs(3);
+const NODE_SILENCE: Duration = Duration::from_secs(10);
+
 impl Orchestrator {
     pub(super) async fn run_app(&self, app_id: i64) -> anyhow::Result<()> {
         let lock = self.app_lock(app_id);
@@ -246,8 +251,15 @@ impl Orchestrator {
     async fn wait_for_ingresses(&self) -> anyhow::Result<Vec<String>> {
         let version = self.routes_version();
         let deadline = std::time::Instant::now() + self.inner.config.drain_timeout;
-        // Instances report every second: one silent longer than this is not serving.
-        let alive = self.inner.config.heartbeat_timeout.max(Duration::from_secs(3)).as_millis() as i64;
+        // Instances write their own row every second: one silent longer than this is not
+        // serving. Ingress nodes report every second through an instance, which may itself be
+        // stopped: a node turns to another once its report has timed out (3 s), so one that is
+        // alive and serving may be silent for up to about 5 s.
+        let heartbeat = self.inner.config.heartbeat_timeout;
+        let alive = |instance: &berth_store::InstanceRow| {
+            let window = if instance.kind == "ingress" { NODE_SILENCE } else { INSTANCE_SILENCE };
+            instance.silent_ms < heartbeat.max(window).as_millis() as i64
+        };
         loop {
             let lagging: Vec<String> = self
                 .inner
@@ -255,7 +267,7 @@ impl Orchestrator {
                 .instances()
                 .await?
                 .into_iter()
-                .filter(|i| i.id != self.inner.config.instance_id && i.silent_ms < alive && i.routes_applied < version)
+                .filter(|i| i.id != self.inner.config.instance_id && alive(i) && i.routes_applied < version)
                 .map(|i| i.id)
                 .collect();
             if lagging.is_empty() || std::time::Instant::now() >= deadline {
