@@ -46,6 +46,9 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// First pause before retrying a read; the pauses then double, up to [`RETRY_MAX_DELAY`].
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(250);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(4);
+/// How long [`ApiClient::follow_release`] waits for anything on a release's stream (the server
+/// sends a keep-alive every 15 s) before it gives the stream up as dead.
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
 /// The pause before [`ApiClient::follow_release`] opens a release's stream again (or, polling a
 /// server without release streams, reads the release again).
 const RELEASE_REOPEN: Duration = Duration::from_millis(250);
@@ -365,7 +368,9 @@ impl ApiClient {
                 Some(response) => {
                     let response = success_or_api_error(response).await?;
                     let mut events = std::pin::pin!(sse_events(response.bytes_stream().map_err(io::Error::other)));
-                    while let Some(Ok((event, data))) = events.next().await {
+                    // The server sends a keep-alive every 15 s: a stream silent for longer than
+                    // this is held by an instance that is gone without closing it.
+                    while let Ok(Some(Ok((event, data)))) = tokio::time::timeout(STREAM_SILENCE, events.next()).await {
                         if event != "release" {
                             break;
                         }

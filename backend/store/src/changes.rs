@@ -39,25 +39,30 @@ impl Store {
     }
 
     /// Deletes the changes older than `keep` on the database's clock, except the newest; returns
-    /// how many.
+    /// how many. Outside the write lock: nothing else deletes these rows, and inserting new
+    /// ones does not conflict with deleting old ones.
     pub async fn forget_changes(&self, keep: std::time::Duration) -> Result<u64> {
         let keep = keep.as_millis() as i64;
-        write_tx!(self, |tx| {
-            let sql = match self.pool {
-                crate::Pool::Sqlite(_) => concat!(
-                    "DELETE FROM changes WHERE at < ",
+        // The cutoff in a subquery, evaluated once: compared with the clock function itself,
+        // PostgreSQL could not use the index on `at`.
+        let deleted = match &self.pool {
+            crate::Pool::Sqlite(pool) => {
+                let sql = concat!(
+                    "DELETE FROM changes WHERE at < (SELECT ",
                     sqlite_now!(),
-                    " - $1 AND id < (SELECT MAX(id) FROM changes)"
-                ),
-                crate::Pool::Postgres(_) => concat!(
-                    "DELETE FROM changes WHERE at < ",
+                    " - $1) AND id < (SELECT MAX(id) FROM changes)"
+                );
+                sqlx::query(sql).bind(keep).execute(pool).await?.rows_affected()
+            }
+            crate::Pool::Postgres(pool) => {
+                let sql = concat!(
+                    "DELETE FROM changes WHERE at < (SELECT ",
                     postgres_now!(),
-                    " - $1 AND id < (SELECT MAX(id) FROM changes)"
-                ),
-            };
-            let deleted = sqlx::query(sql).bind(keep).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(deleted.rows_affected())
-        })
+                    " - $1) AND id < (SELECT MAX(id) FROM changes)"
+                );
+                sqlx::query(sql).bind(keep).execute(pool).await?.rows_affected()
+            }
+        };
+        Ok(deleted)
     }
 }

@@ -194,7 +194,8 @@ pub(super) async fn release(
     Path((team, app, number)): Path<(String, String, u32)>,
 ) -> ApiResult<impl IntoResponse> {
     let feed = s.services.cluster().feed().subscribe();
-    let app_id = s.services.find_app(&p, &team, &app, Action::ViewApps).await?.id;
+    let row = s.services.find_app(&p, &team, &app, Action::ViewApps).await?;
+    let (app_id, created_at) = (row.id, row.created_at);
     s.services.release(&p, &team, &app, number).await?;
     // Also every 10 s: a follower of a release must not wait forever on a change it missed.
     let trigger = Trigger {
@@ -208,7 +209,14 @@ pub(super) async fn release(
         let p = p.clone();
         move || {
             let (s, p, team, app) = (s.clone(), p.clone(), team.clone(), app.clone());
-            async move { s.services.release(&p, &team, &app, number).await }
+            async move {
+                // The app the stream opened on, not one made since under its name.
+                let now = s.services.find_app(&p, &team, &app, Action::ViewApps).await?;
+                if (now.id, now.created_at) != (app_id, created_at) {
+                    return Err(ServiceError::NotFound(format!("app {app} was deleted")));
+                }
+                s.services.release(&p, &team, &app, number).await
+            }
         }
     });
     Ok(sse(services.while_authorized(&p, scope, changes)))

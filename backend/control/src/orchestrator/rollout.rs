@@ -253,8 +253,8 @@ impl Orchestrator {
         let deadline = std::time::Instant::now() + self.inner.config.drain_timeout;
         // Instances write their own row every second: one silent longer than this is not
         // serving. Ingress nodes report every second through an instance, which may itself be
-        // stopped: a node turns to another once its report has timed out (3 s), so one that is
-        // alive and serving may be silent for up to about 5 s.
+        // stopped: a node turns to the next once its report has timed out (3 s), so one that is
+        // alive and serving is silent for about 4 s per such instance (two in a row within 10 s).
         let heartbeat = self.inner.config.heartbeat_timeout;
         let alive = |instance: &berth_store::InstanceRow| {
             let window = if instance.kind == "ingress" { NODE_SILENCE } else { INSTANCE_SILENCE };
