@@ -126,25 +126,13 @@ impl Subscription {
         }
     }
 
-    /// Every message already waiting, merged (so a burst costs a stream one read).
-    pub fn pending(&mut self) -> Option<Changes> {
-        let mut merged: Option<Changes> = None;
-        loop {
-            let changes = match self.receiver.try_recv() {
-                Ok(changes) => (*changes).clone(),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => Changes::missed(),
-                Err(_) => return merged,
-            };
-            let all = merged.get_or_insert_with(Changes::default);
-            for (app, team) in changes.apps {
-                let known = all.apps.entry(app).or_insert(team);
-                *known = known.or(team);
-            }
-            all.hosts |= changes.hosts;
-            all.reports.extend(changes.reports);
-            all.reports_status |= changes.reports_status;
-            all.missed |= changes.missed;
-        }
+    /// Drops every message already waiting: for a stream about to read anyway, they say
+    /// nothing more.
+    pub fn skip_pending(&mut self) {
+        while !matches!(
+            self.receiver.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
     }
 }
 

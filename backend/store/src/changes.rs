@@ -45,24 +45,19 @@ impl Store {
         let keep = keep.as_millis() as i64;
         // The cutoff in a subquery, evaluated once: compared with the clock function itself,
         // PostgreSQL could not use the index on `at`.
-        let deleted = match &self.pool {
-            crate::Pool::Sqlite(pool) => {
-                let sql = concat!(
-                    "DELETE FROM changes WHERE at < (SELECT ",
-                    sqlite_now!(),
-                    " - $1) AND id < (SELECT MAX(id) FROM changes)"
-                );
-                sqlx::query(sql).bind(keep).execute(pool).await?.rows_affected()
-            }
-            crate::Pool::Postgres(pool) => {
-                let sql = concat!(
-                    "DELETE FROM changes WHERE at < (SELECT ",
-                    postgres_now!(),
-                    " - $1) AND id < (SELECT MAX(id) FROM changes)"
-                );
-                sqlx::query(sql).bind(keep).execute(pool).await?.rows_affected()
-            }
+        let sql = match self.pool {
+            crate::Pool::Sqlite(_) => concat!(
+                "DELETE FROM changes WHERE at < (SELECT ",
+                sqlite_now!(),
+                " - $1) AND id < (SELECT MAX(id) FROM changes)"
+            ),
+            crate::Pool::Postgres(_) => concat!(
+                "DELETE FROM changes WHERE at < (SELECT ",
+                postgres_now!(),
+                " - $1) AND id < (SELECT MAX(id) FROM changes)"
+            ),
         };
+        let deleted = with_pool!(self, |pool| sqlx::query(sql).bind(keep).execute(pool).await?.rows_affected());
         Ok(deleted)
     }
 }

@@ -99,7 +99,7 @@ where
                 }
                 tokio::time::sleep_until(at + MIN_GAP).await;
                 // What came meanwhile is covered by the read below.
-                state.feed.pending();
+                state.feed.skip_pending();
             }
             state.read_at = Some(tokio::time::Instant::now());
             match (state.read)().await {
@@ -179,9 +179,8 @@ pub(super) async fn app(
     p: Principal,
     Path((team, app)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let detail = shared("app", s.services.watch_app(&p, &team, &app).await?);
-    let metrics = shared("metrics", s.services.watch_metrics(&p, &team, &app).await?);
-    let both = futures::stream::select(detail.boxed(), metrics.boxed());
+    let (detail, metrics) = s.services.watch_app(&p, &team, &app).await?;
+    let both = futures::stream::select(shared("app", detail).boxed(), shared("metrics", metrics).boxed());
     Ok(sse(s.services.while_authorized(&p, Scope::Team(team), both)))
 }
 
@@ -215,7 +214,7 @@ pub(super) async fn release(
                 if (now.id, now.created_at) != (app_id, created_at) {
                     return Err(ServiceError::NotFound(format!("app {app} was deleted")));
                 }
-                s.services.release(&p, &team, &app, number).await
+                s.services.release_of(&p, &team, &now, number).await
             }
         }
     });

@@ -99,16 +99,6 @@ impl Services {
             .collect())
     }
 
-    async fn summary(&self, app: &AppRow) -> Result<AppSummary> {
-        let latest = self.store.latest_release(app.id).await?;
-        let serving = match app.serving_release {
-            Some(n) => self.store.release(app.id, n).await?,
-            None => None,
-        };
-        let replicas = self.store.replicas_of_app(app.id).await?;
-        Ok(self.summarize(app, latest.as_ref(), serving.as_ref(), &replicas, &self.cluster.observed()))
-    }
-
     /// An app's summary from its latest and serving releases and its replicas (those of other
     /// releases are not counted).
     fn summarize(
@@ -145,24 +135,24 @@ impl Services {
     /// The app's detail, with its releases' environment values blanked when `env_hidden`.
     /// Callers check access first.
     pub(super) async fn app_detail(&self, app: &AppRow, env_hidden: bool) -> Result<AppDetail> {
-        let summary = self.summary(app).await?;
-        // The events of all its releases in one query: an app's history grows with every deploy.
+        // Each read once (the summary is made from the same rows); the events of all its releases
+        // in one query: an app's history grows with every deploy.
+        let rows = self.store.releases(app.id).await?;
+        let replica_rows = self.store.replicas_of_app(app.id).await?;
         let mut events = self.store.release_events_of_app(app.id).await?;
-        let releases = self
-            .store
-            .releases(app.id)
-            .await?
+        let observed = self.cluster.observed();
+        // Newest first.
+        let latest = rows.first();
+        let serving = app.serving_release.and_then(|n| rows.iter().find(|r| r.number == n));
+        let summary = self.summarize(app, latest, serving, &replica_rows, &observed);
+        let releases = rows
             .iter()
             .map(|release| {
                 let events = events.remove(&release.id).unwrap_or_default();
                 release_info(env_hidden, release, events)
             })
             .collect();
-        let observed = self.cluster.observed();
-        let replicas = self
-            .store
-            .replicas_of_app(app.id)
-            .await?
+        let replicas = replica_rows
             .into_iter()
             .map(|r| {
                 let seen = observed.get(&r.id);
@@ -186,6 +176,18 @@ impl Services {
 
     pub async fn release(&self, principal: &Principal, team: &str, name: &str, number: u32) -> Result<ReleaseInfo> {
         let app = self.find_app(principal, team, name, Action::ViewApps).await?;
+        self.release_of(principal, team, &app, number).await
+    }
+
+    /// Release `number` of `app`, found with [`Services::find_app`] (which checked access).
+    pub(crate) async fn release_of(
+        &self,
+        principal: &Principal,
+        team: &str,
+        app: &AppRow,
+        number: u32,
+    ) -> Result<ReleaseInfo> {
+        let name = &app.name;
         let release = self
             .store
             .release(app.id, number as i64)

@@ -68,17 +68,17 @@ impl Services {
         Ok(self.view(Key::Apps { team }))
     }
 
-    /// The app's detail as `principal` sees it, kept current for as long as the receiver lives.
-    /// Refused as `GET .../apps/{app}` is.
-    pub async fn watch_app(&self, principal: &Principal, team: &str, name: &str) -> Result<watch::Receiver<View>> {
-        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        Ok(self.view(Key::App { app: Incarnation::of(&app), env_hidden: env_hidden(principal, team) }))
-    }
-
-    /// The app's metrics, sampled every two seconds for as long as the receiver lives.
-    pub async fn watch_metrics(&self, principal: &Principal, team: &str, name: &str) -> Result<watch::Receiver<View>> {
-        let app = self.find_app(principal, team, name, Action::ViewApps).await?;
-        Ok(self.view(Key::Metrics { app: Incarnation::of(&app) }))
+    /// The app's detail as `principal` sees it, kept current, and its metrics, sampled every
+    /// two seconds, for as long as the receivers live. Refused as `GET .../apps/{app}` is.
+    pub async fn watch_app(
+        &self,
+        principal: &Principal,
+        team: &str,
+        name: &str,
+    ) -> Result<(watch::Receiver<View>, watch::Receiver<View>)> {
+        let app = Incarnation::of(&self.find_app(principal, team, name, Action::ViewApps).await?);
+        let detail = self.view(Key::App { app, env_hidden: env_hidden(principal, team) });
+        Ok((detail, self.view(Key::Metrics { app })))
     }
 
     fn view(&self, key: Key) -> watch::Receiver<View> {
@@ -127,7 +127,7 @@ impl Services {
                 }
                 tokio::time::sleep_until(next).await;
                 // What came meanwhile is covered by the read below.
-                feed.pending();
+                feed.skip_pending();
             }
             read_at = Some(tokio::time::Instant::now());
             let answer = self.read(key).await.map(|(json, shown)| {
